@@ -1,0 +1,20 @@
+//! Losses for rectified flows, in slimflow's time convention (t = 0 noise, t = 1 data).
+//!
+//! - [`Premetric`]: per-sample distances d(a, b) → [B] (unreduced, so callers can weight by t):
+//!   squared L2, root-mean L2, L1, and the pseudo-Huber of 2-rectified flow++.
+//! - Objectives ([`Objective`]): rectified-flow regression on (x0, x1) pairs ([`Rf`]), one-step
+//!   distillation ([`Distill`]) and SlimFlow's flow-guided regulariser ([`FlowGuided`]).
+//!
+//! Randomness (times, fresh noise) comes from the caller's RNG so that the training loop's saved
+//! generator state reproduces a run exactly.
+
+mod error;
+pub mod objective;
+mod premetric;
+mod random;
+
+pub use error::{Error, Result};
+pub use objective::{Batch, Distill, FlowGuided, LossTerms, Objective, Rf};
+pub use premetric::{Premetric, PremetricConfig};
+pub use random::{normal_tensor, uniform_tensor};
+pub(crate) use objective::distill::one_step as distill_one_step;

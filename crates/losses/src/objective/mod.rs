@@ -1,0 +1,55 @@
+//! Training objectives: what a stage minimises, given the student and a batch.
+//!
+//! The training loop owns everything else (optimizer, EMA, checkpoints); an objective only turns a
+//! batch into a scalar loss plus named parts for logging.
+
+pub(crate) mod distill;
+mod fgd;
+mod rf;
+
+pub use distill::{one_step, Distill};
+pub use fgd::FlowGuided;
+pub use rf::Rf;
+
+use rand::RngCore;
+use slimflow_models::Model;
+use tch::Tensor;
+
+use crate::error::Result;
+
+/// A training batch of paired endpoints.
+#[derive(Debug)]
+pub struct Batch {
+    /// Noise endpoints x0 (for pairs: the stored z, possibly annealed): [B, …].
+    pub x0: Tensor,
+    /// Data endpoints x1: [B, …].
+    pub x1: Tensor,
+    /// Class labels [B] (int64) for class-conditional models.
+    pub labels: Option<Tensor>,
+}
+
+/// A scalar loss to minimise and its named parts (batch means) for logging.
+#[derive(Debug)]
+pub struct LossTerms {
+    /// Scalar loss (with autograd graph to the student).
+    pub total: Tensor,
+    /// Named batch-mean parts, e.g. `("distill", 0.012)`.
+    pub parts: Vec<(&'static str, f64)>,
+}
+
+/// Something a training stage minimises.
+pub trait Objective {
+    /// Loss on `batch` for `student` (in training mode); randomness from `rng`.
+    fn loss(&self, student: &Model, batch: &Batch, rng: &mut dyn RngCore) -> Result<LossTerms>;
+}
+
+pub(crate) fn check_batch(batch: &Batch) -> Result<()> {
+    if batch.x0.size() != batch.x1.size() {
+        return Err(crate::Error::ShapeMismatch {
+            what: "batch x0 vs x1",
+            a: batch.x0.size(),
+            b: batch.x1.size(),
+        });
+    }
+    Ok(())
+}

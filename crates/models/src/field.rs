@@ -1,0 +1,109 @@
+//! The velocity-field interface and the owning [`Model`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tch::{nn, Device, Tensor};
+
+use crate::checkpoint;
+use crate::error::{Error, Result};
+use crate::registry::ArchConfig;
+
+/// A network v_θ(x, t[, labels]) in slimflow's time convention.
+///
+/// Implementations take t in [0, 1] (t = 0 noise) and turn it into their own noise-label input (an
+/// MLP's sinusoidal features of 1000·t, SlimFlow's NCSN++ 999·t, …); callers never pre-scale t.
+pub trait VelocityField: std::fmt::Debug + Send {
+    /// x: [B, …] (the architecture's data shape), t: [B], labels: [B] class indices (i64) when the
+    /// architecture is class-conditional; `train` enables dropout.
+    fn forward_t(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor;
+
+    /// The architecture config this network was built from.
+    fn config(&self) -> &ArchConfig;
+}
+
+/// A network together with its parameters; what stages build, train, save and load.
+#[derive(Debug)]
+pub struct Model {
+    /// Parameter store; variable names are the checkpoint keys.
+    pub vs: nn::VarStore,
+    net: Box<dyn VelocityField>,
+}
+
+impl Model {
+    /// Validates `config` and builds a freshly initialised network on `device`.
+    pub fn new(config: &ArchConfig, device: Device) -> Result<Self> {
+        config.validate()?;
+        let vs = nn::VarStore::new(device);
+        let net = config.build(&vs.root());
+        Ok(Model { vs, net })
+    }
+
+    /// Loads a self-describing checkpoint written by [`Model::save`] (strictly: see
+    /// [`checkpoint::load_strict`]).
+    pub fn load(path: &Path, device: Device) -> Result<Self> {
+        let file = checkpoint::read(path)?;
+        let arch = file.metadata.get(checkpoint::ARCH_KEY).ok_or_else(|| Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("no `{}` metadata: not a slimflow model checkpoint", checkpoint::ARCH_KEY),
+        })?;
+        let config: ArchConfig = serde_json::from_str(arch).map_err(|e| Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("architecture metadata: {e}"),
+        })?;
+        let mut model = Model::new(&config, device)?;
+        checkpoint::load_strict(&mut model.vs, &file, &[])?;
+        Ok(model)
+    }
+
+    /// Writes the parameters with the architecture config (and `extra` metadata) atomically.
+    pub fn save(&self, path: &Path, extra: &BTreeMap<String, String>) -> Result<()> {
+        let mut metadata = extra.clone();
+        metadata.insert(
+            checkpoint::ARCH_KEY.to_string(),
+            serde_json::to_string(self.config()).expect("architecture configs serialise"),
+        );
+        checkpoint::write(path, &checkpoint::named_variables(&self.vs), &metadata)
+    }
+
+    /// The network.
+    pub fn net(&self) -> &dyn VelocityField {
+        self.net.as_ref()
+    }
+
+    /// The architecture config.
+    pub fn config(&self) -> &ArchConfig {
+        self.net.config()
+    }
+
+    /// Number of trainable scalar parameters.
+    pub fn num_params(&self) -> i64 {
+        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+    }
+
+    /// Checks a user-supplied batch against the architecture before a forward pass.
+    pub fn check_input(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<()> {
+        self.config().check_input(x, t, labels)
+    }
+
+    /// Evaluation-mode view usable by solvers (optionally with fixed class labels).
+    pub fn eval_field<'a>(&'a self, labels: Option<&'a Tensor>) -> EvalField<'a> {
+        EvalField {
+            net: self.net(),
+            labels,
+        }
+    }
+}
+
+/// A network in evaluation mode, seen by solvers as a plain [`slimflow_sampling::Velocity`].
+#[derive(Debug)]
+pub struct EvalField<'a> {
+    net: &'a dyn VelocityField,
+    labels: Option<&'a Tensor>,
+}
+
+impl slimflow_sampling::Velocity for EvalField<'_> {
+    fn velocity(&self, x: &Tensor, t: &Tensor) -> Tensor {
+        self.net.forward_t(x, t, self.labels, false)
+    }
+}

@@ -1,0 +1,20 @@
+//! Velocity-field networks v_θ(x, t) for rectified flows (t = 0 noise, t = 1 data).
+//!
+//! - [`VelocityField`]: the interface every architecture implements (x, t, optional class labels,
+//!   train/eval); [`Model`] owns a network with its parameters and is what stages pass around.
+//! - [`ArchConfig`]: the registry of architectures, keyed by the `arch` field of a config; validated
+//!   before any layer is built (tch's constructors panic on bad shapes).
+//! - [`checkpoint`]: self-describing safetensors checkpoints (architecture config in the metadata),
+//!   written atomically and loaded strictly — every missing key, unexpected key and shape mismatch is
+//!   reported, and values are cast to the model's dtype rather than the file's.
+
+pub mod checkpoint;
+mod error;
+mod field;
+mod mlp;
+mod registry;
+
+pub use error::{Error, Result};
+pub use field::{EvalField, Model, VelocityField};
+pub use mlp::{Mlp, MlpConfig};
+pub use registry::{ArchConfig, Preset, PRESETS};

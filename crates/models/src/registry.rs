@@ -1,0 +1,246 @@
+//! The architecture registry: one enum variant per architecture, selected by `arch = "…"` in a config.
+//!
+//! Adding an architecture: implement [`crate::VelocityField`] in its own file, add a variant here and
+//! a line in [`ArchConfig::build`], [`ArchConfig::validate`] and (optionally) [`PRESETS`].
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::field::VelocityField;
+use crate::mlp::{Mlp, MlpConfig};
+
+/// Architecture config, tagged by `arch` (e.g. `[model] arch = "mlp"  hidden = 256`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "arch", rename_all = "snake_case")]
+pub enum ArchConfig {
+    /// [`Mlp`] for low-dimensional data.
+    Mlp(MlpConfig),
+}
+
+/// A named architecture config.
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    /// Preset name (`slimflow models` lists these).
+    pub name: &'static str,
+    /// What it is for.
+    pub description: &'static str,
+    /// Builds the config.
+    pub config: fn() -> ArchConfig,
+}
+
+/// Every registered preset.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "mlp-toy",
+        description: "3×256 SiLU MLP for the 2-D toy distributions",
+        config: || ArchConfig::Mlp(MlpConfig::default()),
+    },
+    Preset {
+        name: "mlp-toy-small",
+        description: "2×64 SiLU MLP, a slim student for the 2-D toy distributions",
+        config: || {
+            ArchConfig::Mlp(MlpConfig {
+                hidden: 64,
+                depth: 2,
+                ..MlpConfig::default()
+            })
+        },
+    },
+];
+
+impl ArchConfig {
+    /// The registry name of the architecture.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ArchConfig::Mlp(_) => "mlp",
+        }
+    }
+
+    /// A preset by name.
+    pub fn preset(name: &str) -> Result<ArchConfig> {
+        PRESETS
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| (p.config)())
+            .ok_or_else(|| {
+                let known: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+                Error::InvalidConfig(vec![format!("unknown preset `{name}` (known: {})", known.join(", "))])
+            })
+    }
+
+    /// Reports every problem of the config at once.
+    pub fn validate(&self) -> Result<()> {
+        let problems = match self {
+            ArchConfig::Mlp(c) => c.problems(),
+        };
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidConfig(problems))
+        }
+    }
+
+    /// Builds the network under `p`. Call [`ArchConfig::validate`] first.
+    pub fn build(&self, p: &nn::Path) -> Box<dyn VelocityField> {
+        match self {
+            ArchConfig::Mlp(c) => Box::new(Mlp::new(p, c)),
+        }
+    }
+
+    /// Shape of one data sample, e.g. `[2]` or `[3, 32, 32]`.
+    pub fn data_shape(&self) -> Vec<i64> {
+        match self {
+            ArchConfig::Mlp(c) => vec![c.data_dim],
+        }
+    }
+
+    /// Number of classes (0: unconditional).
+    pub fn label_dim(&self) -> i64 {
+        match self {
+            ArchConfig::Mlp(c) => c.label_dim,
+        }
+    }
+
+    /// Checks a batch (x: [B, …data_shape], t: [B], labels: [B] i64 when conditional).
+    pub fn check_input(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<()> {
+        let shape = self.data_shape();
+        let xs = x.size();
+        if xs.len() != shape.len() + 1 || xs[1..] != shape[..] {
+            return Err(Error::BadInput {
+                name: "x",
+                expected: format!("[B, {}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+                got: xs,
+            });
+        }
+        let b = xs[0];
+        if t.size() != [b] {
+            return Err(Error::BadInput {
+                name: "t",
+                expected: format!("[{b}]"),
+                got: t.size(),
+            });
+        }
+        match (self.label_dim(), labels) {
+            (0, Some(y)) => Err(Error::BadInput {
+                name: "labels",
+                expected: "none (unconditional architecture)".into(),
+                got: y.size(),
+            }),
+            (n, Some(y)) if y.size() != [b] || y.kind() != Kind::Int64 => Err(Error::BadInput {
+                name: "labels",
+                expected: format!("[{b}] int64 class indices below {n}"),
+                got: y.size(),
+            }),
+            (n, None) if n > 0 => Err(Error::BadInput {
+                name: "labels",
+                expected: format!("[{b}] int64 class indices (conditional architecture)"),
+                got: vec![],
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Model;
+    use std::collections::BTreeMap;
+    use tch::{Device, Kind, Tensor};
+
+    #[test]
+    fn presets_build_and_count_parameters() {
+        let m = Model::new(&ArchConfig::preset("mlp-toy").unwrap(), Device::Cpu).unwrap();
+        // (2 + 32)·256 + 256 + 2·(256·256 + 256) + 256·2 + 2
+        assert_eq!(m.num_params(), 34 * 256 + 256 + 2 * (256 * 256 + 256) + 512 + 2);
+        assert!(ArchConfig::preset("nope").unwrap_err().to_string().contains("mlp-toy"));
+    }
+
+    #[test]
+    fn invalid_configs_list_every_problem() {
+        let cfg = ArchConfig::Mlp(MlpConfig {
+            hidden: 0,
+            time_embed_dim: 3,
+            ..MlpConfig::default()
+        });
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("hidden") && err.contains("time_embed_dim"), "{err}");
+        assert!(Model::new(&cfg, Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn config_parses_with_arch_tag_and_rejects_unknown_fields() {
+        let c: ArchConfig = serde_json::from_str(r#"{"arch":"mlp","hidden":32}"#).unwrap();
+        assert_eq!(c, ArchConfig::Mlp(MlpConfig { hidden: 32, ..MlpConfig::default() }));
+        assert!(serde_json::from_str::<ArchConfig>(r#"{"arch":"mlp","hiden":32}"#).is_err());
+        assert!(serde_json::from_str::<ArchConfig>(r#"{"arch":"unet"}"#).is_err());
+    }
+
+    #[test]
+    fn forward_shapes_time_dependence_and_gradients() {
+        let m = Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu).unwrap();
+        let x = Tensor::randn([5, 2], (Kind::Float, Device::Cpu));
+        let t0 = Tensor::full([5], 0.1, (Kind::Float, Device::Cpu));
+        let t1 = Tensor::full([5], 0.9, (Kind::Float, Device::Cpu));
+        m.check_input(&x, &t0, None).unwrap();
+        let v0 = m.net().forward_t(&x, &t0, None, true);
+        assert_eq!(v0.size(), vec![5, 2]);
+        let v1 = m.net().forward_t(&x, &t1, None, false);
+        assert!((&v0 - &v1).abs().max().double_value(&[]) > 1e-6, "output must depend on t");
+        v0.square().sum(Kind::Float).backward();
+        for (name, var) in m.vs.variables() {
+            let g = var.grad();
+            assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{name} gets no gradient");
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_rejected() {
+        let m = Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu).unwrap();
+        let t = Tensor::zeros([4], (Kind::Float, Device::Cpu));
+        let x3 = Tensor::zeros([4, 3], (Kind::Float, Device::Cpu));
+        assert!(m.check_input(&x3, &t, None).unwrap_err().to_string().contains("[B, 2]"));
+        let x = Tensor::zeros([4, 2], (Kind::Float, Device::Cpu));
+        assert!(m.check_input(&x, &Tensor::zeros([3], (Kind::Float, Device::Cpu)), None).is_err());
+        let y = Tensor::zeros([4], (Kind::Int64, Device::Cpu));
+        assert!(m.check_input(&x, &t, Some(&y)).is_err());
+    }
+
+    #[test]
+    fn class_conditional_mlp_uses_labels() {
+        let cfg = ArchConfig::Mlp(MlpConfig { label_dim: 3, hidden: 16, ..MlpConfig::default() });
+        let m = Model::new(&cfg, Device::Cpu).unwrap();
+        let x = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
+        let t = Tensor::full([2], 0.5, (Kind::Float, Device::Cpu));
+        let y0 = Tensor::from_slice(&[0i64, 0]);
+        let y1 = Tensor::from_slice(&[1i64, 2]);
+        m.check_input(&x, &t, Some(&y0)).unwrap();
+        assert!(m.check_input(&x, &t, None).is_err());
+        let d = (m.net().forward_t(&x, &t, Some(&y0), false) - m.net().forward_t(&x, &t, Some(&y1), false)).abs().max();
+        assert!(d.double_value(&[]) > 1e-6);
+    }
+
+    #[test]
+    fn save_load_gives_identical_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let m = Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu).unwrap();
+        m.save(&path, &BTreeMap::from([("note".into(), "x".into())])).unwrap();
+        let back = Model::load(&path, Device::Cpu).unwrap();
+        assert_eq!(back.config(), m.config());
+        let x = Tensor::randn([7, 2], (Kind::Float, Device::Cpu));
+        let t = Tensor::rand([7], (Kind::Float, Device::Cpu));
+        let a = m.net().forward_t(&x, &t, None, false);
+        let b = back.net().forward_t(&x, &t, None, false);
+        assert!(a.equal(&b));
+        // A checkpoint of another architecture is refused by name.
+        let other = Model::new(&ArchConfig::preset("mlp-toy").unwrap(), Device::Cpu).unwrap();
+        let other_path = dir.path().join("o.safetensors");
+        other.save(&other_path, &BTreeMap::new()).unwrap();
+        let file = crate::checkpoint::read(&other_path).unwrap();
+        let mut vs = Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu).unwrap().vs;
+        let err = crate::checkpoint::load_strict(&mut vs, &file, &[]).unwrap_err().to_string();
+        assert!(err.contains("layers.3.weight"), "{err}");
+    }
+}
