@@ -152,6 +152,22 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<Stri
     atomic_write(path, &bytes)
 }
 
+/// Writes a model checkpoint: `tensors` under their variable names plus the architecture config
+/// (JSON under [`ARCH_KEY`]) and `extra` metadata, so that `Model::load` needs nothing else.
+pub fn write_model(
+    path: &Path,
+    arch: &crate::ArchConfig,
+    tensors: &[(String, Tensor)],
+    extra: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut metadata = extra.clone();
+    metadata.insert(
+        ARCH_KEY.to_string(),
+        serde_json::to_string(arch).expect("architecture configs serialise"),
+    );
+    write(path, tensors, &metadata)
+}
+
 /// Writes `bytes` to `path` through `path.tmp` + fsync + rename.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| Error::Io {

@@ -58,12 +58,7 @@ impl Model {
 
     /// Writes the parameters with the architecture config (and `extra` metadata) atomically.
     pub fn save(&self, path: &Path, extra: &BTreeMap<String, String>) -> Result<()> {
-        let mut metadata = extra.clone();
-        metadata.insert(
-            checkpoint::ARCH_KEY.to_string(),
-            serde_json::to_string(self.config()).expect("architecture configs serialise"),
-        );
-        checkpoint::write(path, &checkpoint::named_variables(&self.vs), &metadata)
+        checkpoint::write_model(path, self.config(), &checkpoint::named_variables(&self.vs), extra)
     }
 
     /// The network.

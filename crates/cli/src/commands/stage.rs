@@ -1,0 +1,112 @@
+//! The stage commands (`train`, `generate-pairs`, `reflow`, `distill`, `eval`, `pipeline`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use slimflow_trainer::{config::DeviceChoice, load_config, stage, StageCtx, StageOutcome};
+
+/// Options shared by every stage command.
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    /// Pipeline config (TOML), e.g. configs/toy/checkerboard.toml.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Override a config value before validation, e.g. `--set train.steps=500` or
+    /// `--set reflow.anneal='{ kind = "linear" }'`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Run directory (default: runs/<name> from the config).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Device: auto, cpu or cuda (overrides the config's `device`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Discard a stage directory made with a different config instead of refusing.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the resolved config and the run directory, then exit.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Which stages to run.
+#[derive(Debug, Clone, Copy)]
+pub enum Which {
+    /// One stage by name.
+    One(&'static str),
+    /// All, in order.
+    All,
+}
+
+/// Builds the stage context from the arguments.
+pub fn context(args: &StageArgs) -> Result<StageCtx> {
+    let mut overrides = args.overrides.clone();
+    if let Some(d) = &args.device {
+        overrides.push(format!("device=\"{d}\""));
+    }
+    let config = load_config(&args.config, &overrides)?;
+    let run_dir = args
+        .run
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
+    let device = config.device.device();
+    if config.device == DeviceChoice::Cuda && !tch::Cuda::is_available() {
+        anyhow::bail!("device = \"cuda\" but libtorch sees no CUDA device");
+    }
+    Ok(StageCtx {
+        run_dir,
+        config,
+        device,
+        force: args.force,
+    })
+}
+
+fn run_one(ctx: &StageCtx, name: &str) -> Result<StageOutcome> {
+    let outcome = match name {
+        "train" => stage::train(ctx),
+        "generate-pairs" => stage::generate_pairs(ctx),
+        "reflow" => stage::reflow(ctx),
+        "distill" => stage::distill(ctx),
+        "eval" => stage::eval(ctx),
+        other => unreachable!("unknown stage {other}"),
+    };
+    outcome.with_context(|| format!("stage `{name}` in {}", ctx.run_dir.display()))
+}
+
+/// Runs the selected stages; exit 130 when one was interrupted.
+pub fn run(args: &StageArgs, which: Which) -> Result<ExitCode> {
+    let ctx = context(args)?;
+    if args.dry_run {
+        println!("# run directory: {}", ctx.run_dir.display());
+        println!("{}", toml_string(&ctx)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    slimflow_trainer::interrupt::install();
+    let names: Vec<&str> = match which {
+        Which::One(n) => vec![n],
+        Which::All => stage::STAGES.to_vec(),
+    };
+    for name in names {
+        match run_one(&ctx, name)? {
+            StageOutcome::Interrupted => {
+                eprintln!("stage `{name}` interrupted; run the same command again to resume");
+                return Ok(ExitCode::from(130));
+            }
+            StageOutcome::Skipped => eprintln!("stage `{name}`: already complete"),
+            StageOutcome::Completed => eprintln!("stage `{name}`: complete"),
+        }
+    }
+    if matches!(which, Which::All | Which::One("eval")) {
+        let md = ctx.run_dir.join("eval").join("report.md");
+        if let Ok(table) = std::fs::read_to_string(&md) {
+            println!("{table}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn toml_string(ctx: &StageCtx) -> Result<String> {
+    slimflow_trainer::config::to_toml(&ctx.config).context("serialising the resolved config")
+}

@@ -1,0 +1,73 @@
+//! `slimflow`: train one-step generators with rectified flows.
+//!
+//! Every stage command reads the pipeline config (`--config FILE`, overridable with `--set key=value`)
+//! and works in the run directory (`runs/<name>` or `--run DIR`). Exit codes: 0 success, 1 failure,
+//! 2 invalid configuration or usage, 130 interrupted (run the same command again to resume).
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use commands::{models::ModelsArgs, sample::SampleArgs, stage::StageArgs};
+
+/// Train small one-step image generators with rectified flows (SlimFlow, 2-rectified flow++).
+#[derive(Debug, Parser)]
+#[command(name = "slimflow", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train the 1-rectified-flow teacher on independent (noise, data) pairs.
+    Train(StageArgs),
+    /// Solve the teacher's ODE from seeded noise into a sharded, resumable pair store.
+    GeneratePairs(StageArgs),
+    /// Train the 2-rectified flow on the teacher's pairs (optionally Annealing Reflow).
+    Reflow(StageArgs),
+    /// Distil the 2-rectified flow into a one-step generator (optionally flow-guided).
+    Distill(StageArgs),
+    /// Evaluate every trained model: distance to target at 1 and many steps, straightness, NFE.
+    Eval(StageArgs),
+    /// Run every stage in order, skipping complete ones and resuming a partial one.
+    Pipeline(StageArgs),
+    /// Draw samples from a stage's model or a checkpoint.
+    Sample(SampleArgs),
+    /// List registered architectures and presets with their parameter counts.
+    Models(ModelsArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLIMFLOW_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => commands::stage::run(&a, commands::stage::Which::One("train")),
+        Command::GeneratePairs(a) => commands::stage::run(&a, commands::stage::Which::One("generate-pairs")),
+        Command::Reflow(a) => commands::stage::run(&a, commands::stage::Which::One("reflow")),
+        Command::Distill(a) => commands::stage::run(&a, commands::stage::Which::One("distill")),
+        Command::Eval(a) => commands::stage::run(&a, commands::stage::Which::One("eval")),
+        Command::Pipeline(a) => commands::stage::run(&a, commands::stage::Which::All),
+        Command::Sample(a) => commands::sample::run(&a),
+        Command::Models(a) => commands::models::run(&a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.chain().any(|c| c.downcast_ref::<slimflow_trainer::ConfigError>().is_some()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Evaluation of rectified flows.
+//!
+//! - [`toy`]: distances between sample sets of low-dimensional distributions — sliced Wasserstein-2
+//!   and energy distance — against held-out target samples.
+//! - [`agreement`]: distance between one-step samples and the many-step ODE solution from the same
+//!   noise, the direct measure of distillation quality; straightness comes from `slimflow-sampling`.
+//! - [`plot`]: PNG scatter plots of 2-D samples and trajectories.
+//! - [`report`]: the per-model evaluation table written as `report.json` and Markdown.
+
+pub mod agreement;
+mod error;
+pub mod plot;
+pub mod report;
+pub mod toy;
+
+pub use error::{Error, Result};
+pub use slimflow_sampling::straightness;

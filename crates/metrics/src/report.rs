@@ -1,0 +1,106 @@
+//! The evaluation table: one row per model.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Evaluation of one model against held-out target samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelReport {
+    /// Model name, e.g. `1-RF`, `2-RF`, `distilled`.
+    pub model: String,
+    /// Stage that produced it.
+    pub stage: String,
+    /// Trainable parameters.
+    pub params: i64,
+    /// Distance to the target (sliced Wasserstein-2) of one-step (one Euler step) samples.
+    pub distance_1step: f64,
+    /// The same for the many-step ODE solution.
+    pub distance_many: f64,
+    /// Energy distance to the target of one-step samples.
+    pub energy_1step: f64,
+    /// Energy distance to the target of many-step samples.
+    pub energy_many: f64,
+    /// Straightness of the ODE trajectories (0 = straight).
+    pub straightness: f64,
+    /// E‖x_1step − x_many‖² from the same noise.
+    pub agreement: f64,
+    /// Mean NFE of the many-step solve.
+    pub nfe: usize,
+    /// The many-step solver.
+    pub solver: String,
+}
+
+/// Writes the rows as a JSON array.
+pub fn write_json(path: &Path, rows: &[ModelReport]) -> Result<()> {
+    let json = serde_json::to_vec_pretty(rows).expect("reports serialise");
+    std::fs::write(path, json).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads rows written by [`write_json`].
+pub fn read_json(path: &Path) -> Result<Vec<ModelReport>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))
+}
+
+/// A Markdown table of the rows.
+pub fn to_markdown(rows: &[ModelReport]) -> String {
+    let mut s = String::from(
+        "| model | params | SW2 1-step | SW2 ODE | energy 1-step | energy ODE | straightness | 1-step vs ODE | NFE (solver) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} ({}) |\n",
+            r.model,
+            r.params,
+            r.distance_1step,
+            r.distance_many,
+            r.energy_1step,
+            r.energy_many,
+            r.straightness,
+            r.agreement,
+            r.nfe,
+            r.solver
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_and_markdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = ModelReport {
+            model: "2-RF".into(),
+            stage: "reflow".into(),
+            params: 10,
+            distance_1step: 0.5,
+            distance_many: 0.1,
+            energy_1step: 0.2,
+            energy_many: 0.01,
+            straightness: 0.03,
+            agreement: 0.4,
+            nfe: 38,
+            solver: "rk45-1e-5".into(),
+        };
+        let p = dir.path().join("report.json");
+        write_json(&p, std::slice::from_ref(&row)).unwrap();
+        assert_eq!(read_json(&p).unwrap(), vec![row.clone()]);
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(v[0]["distance_1step"], 0.5);
+        let md = to_markdown(&[row]);
+        assert!(md.contains("| 2-RF | 10 | 0.5000 | 0.1000"));
+    }
+}

@@ -1,0 +1,601 @@
+//! The pipeline configuration: one TOML file with a section per stage.
+//!
+//! Loading applies `--set a.b=value` overrides to the TOML document *before* deserialisation, so
+//! overrides pass the same checks as the file; unknown keys are rejected everywhere
+//! (`deny_unknown_fields`), and errors name the file, line and key path.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use slimflow_data::Toy;
+use slimflow_losses::PremetricConfig;
+use slimflow_models::ArchConfig;
+use slimflow_sampling::SolverConfig;
+use slimflow_schedules::{Anneal, TimeDist};
+
+/// A configuration problem, reported with file, line and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a value/key rejected by the schema.
+    #[error("{location}: {message}")]
+    Invalid {
+        /// `file:line:column` (or `--set key`).
+        location: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A `--set` argument is malformed.
+    #[error("--set {arg}: {reason}")]
+    BadOverride {
+        /// The argument.
+        arg: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Where the stages run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    #[default]
+    Auto,
+    /// CPU.
+    Cpu,
+    /// The first CUDA device.
+    Cuda,
+}
+
+impl DeviceChoice {
+    /// The libtorch device.
+    pub fn device(self) -> tch::Device {
+        match self {
+            DeviceChoice::Auto => tch::Device::cuda_if_available(),
+            DeviceChoice::Cpu => tch::Device::Cpu,
+            DeviceChoice::Cuda => tch::Device::Cuda(0),
+        }
+    }
+}
+
+/// Adam and the schedule around it (defaults: the references' Adam, see DESIGN.md §3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Learning rate (RectifiedFlow / SlimFlow / rfpp: 2e-4).
+    pub lr: f64,
+    /// Adam β1.
+    pub beta1: f64,
+    /// Adam β2.
+    pub beta2: f64,
+    /// Adam ε.
+    pub eps: f64,
+    /// Linear LR warm-up steps (references: 5000; 0 when fine-tuning).
+    pub warmup_steps: u64,
+    /// Gradient-norm clip (1.0); 0 disables.
+    pub grad_clip: f64,
+    /// EMA decay per step (rfpp 0.9999, SlimFlow 0.999999).
+    pub ema_decay: f64,
+    /// Save the EMA weights (true) or the raw weights as the stage's model.
+    pub use_ema: bool,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            lr: 2e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            warmup_steps: 5000,
+            grad_clip: 1.0,
+            ema_decay: 0.9999,
+            use_ema: true,
+        }
+    }
+}
+
+/// Checkpoint and logging cadence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Save a resumable state every this many steps (and at the end and on interrupt).
+    pub every: u64,
+    /// How many state checkpoints to keep.
+    pub keep_last: usize,
+    /// Append a metrics line every this many steps.
+    pub log_every: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            every: 1000,
+            keep_last: 2,
+            log_every: 100,
+        }
+    }
+}
+
+/// Data of the toy pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Source (noise) distribution; standard Gaussian by default.
+    #[serde(default = "default_source")]
+    pub source: Toy,
+    /// Target (data) distribution.
+    pub target: Toy,
+}
+
+fn default_source() -> Toy {
+    Toy::Gaussian { std: 1.0 }
+}
+
+/// Stage `train`: a 1-rectified flow on independent (noise, data) pairs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Training-time distribution.
+    #[serde(default)]
+    pub time: TimeDist,
+    /// Velocity premetric.
+    #[serde(default)]
+    pub premetric: PremetricConfig,
+    /// Optimizer.
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// Checkpoints and logging.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+}
+
+/// Stage `generate-pairs`: teacher ODE solves from seeded noise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairsConfig {
+    /// Number of pairs.
+    pub count: u64,
+    /// Pairs per shard.
+    #[serde(default = "default_shard_size")]
+    pub shard_size: u64,
+    /// Pairs per teacher batch.
+    #[serde(default = "default_pair_batch")]
+    pub batch_size: usize,
+    /// Solver (reference: RK45 with rtol = atol = 1e-5).
+    #[serde(default)]
+    pub solver: SolverConfig,
+    /// Start time of the solve.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Pair i uses noise seed `seed_base + i`.
+    #[serde(default = "default_seed_base")]
+    pub seed_base: u64,
+}
+
+fn default_shard_size() -> u64 {
+    10_000
+}
+fn default_pair_batch() -> usize {
+    5_000
+}
+fn default_eps() -> f64 {
+    1e-3
+}
+fn default_seed_base() -> u64 {
+    1 << 32
+}
+
+/// How the reflow student starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Init {
+    /// Copy the teacher's weights (same architecture required).
+    #[default]
+    Teacher,
+    /// Fresh random weights (SlimFlow's slim students).
+    Random,
+}
+
+/// Stage `reflow`: a 2-rectified flow on teacher pairs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReflowConfig {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Student architecture; the teacher's (`[model]`) when absent.
+    #[serde(default)]
+    pub model: Option<ArchConfig>,
+    /// Initialisation.
+    #[serde(default)]
+    pub init: Init,
+    /// Training-time distribution (rfpp: `u_shaped`, a = 4).
+    #[serde(default)]
+    pub time: TimeDist,
+    /// Velocity premetric (rfpp: `pseudo_huber`).
+    #[serde(default)]
+    pub premetric: PremetricConfig,
+    /// SlimFlow's Annealing Reflow schedule β_k (default: fixed β = 0, plain reflow).
+    #[serde(default)]
+    pub anneal: Anneal,
+    /// Steps K over which β anneals.
+    #[serde(default)]
+    pub anneal_steps: u64,
+    /// Flip (z', x1) together with probability ½ (images: horizontally; 2-D: the first coordinate).
+    #[serde(default)]
+    pub hflip: bool,
+    /// Optimizer.
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// Checkpoints and logging.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+}
+
+/// Stage `distill`: one-step distillation of the 2-RF.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Start time of the one-step generator.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Distance between prediction and pair endpoint.
+    #[serde(default)]
+    pub premetric: PremetricConfig,
+    /// Weight λ of SlimFlow's flow-guided term (0 disables it).
+    #[serde(default)]
+    pub flow_guided_weight: f64,
+    /// Range of t' for the flow-guided term.
+    #[serde(default = "default_fg_range")]
+    pub flow_guided_t: [f64; 2],
+    /// Optimizer.
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// Checkpoints and logging.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+}
+
+fn default_fg_range() -> [f64; 2] {
+    [0.2, 0.8]
+}
+
+/// Stage `eval`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Generated and held-out target samples per model.
+    pub samples: usize,
+    /// Many-step solver.
+    #[serde(default)]
+    pub solver: SolverConfig,
+    /// Euler steps of the trajectories used for straightness.
+    #[serde(default = "default_straightness_steps")]
+    pub straightness_steps: usize,
+    /// Start time of all solves.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Random directions of the sliced Wasserstein distance.
+    #[serde(default = "default_projections")]
+    pub projections: usize,
+    /// Half-width of the plotted square.
+    #[serde(default = "default_extent")]
+    pub plot_extent: f64,
+}
+
+fn default_straightness_steps() -> usize {
+    100
+}
+fn default_projections() -> usize {
+    256
+}
+fn default_extent() -> f64 {
+    4.0
+}
+
+/// The whole pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Run name: the run directory is `runs/<name>` unless given explicitly.
+    pub name: String,
+    /// Master seed.
+    #[serde(default)]
+    pub seed: u64,
+    /// Device.
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// Data.
+    pub data: DataConfig,
+    /// Teacher architecture.
+    pub model: ArchConfig,
+    /// Stage `train`.
+    pub train: TrainConfig,
+    /// Stage `generate-pairs`.
+    pub pairs: PairsConfig,
+    /// Stage `reflow`.
+    pub reflow: ReflowConfig,
+    /// Stage `distill`.
+    pub distill: DistillConfig,
+    /// Stage `eval`.
+    pub eval: EvalConfig,
+}
+
+impl PipelineConfig {
+    /// Semantic checks beyond the schema, all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut check = |key: &str, r: Result<(), String>| {
+            if let Err(e) = r {
+                problems.push(format!("{key}: {e}"));
+            }
+        };
+        check("model", self.model.validate().map_err(|e| e.to_string()));
+        if let Some(m) = &self.reflow.model {
+            check("reflow.model", m.validate().map_err(|e| e.to_string()));
+        }
+        check("data.source", self.data.source.validate().map_err(|e| e.to_string()));
+        check("data.target", self.data.target.validate().map_err(|e| e.to_string()));
+        check("train.time", self.train.time.validate().map_err(|e| e.to_string()));
+        check("reflow.time", self.reflow.time.validate().map_err(|e| e.to_string()));
+        check("reflow.anneal", self.reflow.anneal.validate().map_err(|e| e.to_string()));
+        check("pairs.solver", self.pairs.solver.validate().map_err(|e| e.to_string()));
+        check("eval.solver", self.eval.solver.validate().map_err(|e| e.to_string()));
+        for (key, bs) in [
+            ("train.batch_size", self.train.batch_size),
+            ("reflow.batch_size", self.reflow.batch_size),
+            ("distill.batch_size", self.distill.batch_size),
+            ("pairs.batch_size", self.pairs.batch_size),
+        ] {
+            check(key, if bs == 0 { Err("must be positive".into()) } else { Ok(()) });
+        }
+        for (key, o) in [("train.optim", &self.train.optim), ("reflow.optim", &self.reflow.optim), ("distill.optim", &self.distill.optim)] {
+            let ok = o.lr.is_finite() && o.lr > 0.0 && (0.0..1.0).contains(&o.beta1) && (0.0..1.0).contains(&o.beta2)
+                && o.eps > 0.0 && o.grad_clip >= 0.0 && (0.0..1.0).contains(&o.ema_decay);
+            check(key, if ok { Ok(()) } else { Err("need lr > 0, β in [0, 1), eps > 0, grad_clip ≥ 0, ema_decay in [0, 1)".into()) });
+        }
+        if self.reflow.init == Init::Teacher {
+            if let Some(m) = &self.reflow.model {
+                if m != &self.model {
+                    check("reflow.init", Err("`teacher` needs the student to share the teacher's architecture; use init = \"random\"".into()));
+                }
+            }
+        }
+        let [lo, hi] = self.distill.flow_guided_t;
+        check("distill.flow_guided_t", if self.distill.eps <= lo && lo < hi && hi <= 1.0 { Ok(()) } else { Err(format!("need eps ≤ lo < hi ≤ 1, got [{lo}, {hi}]")) });
+        check("distill.flow_guided_weight", if self.distill.flow_guided_weight >= 0.0 { Ok(()) } else { Err("must be ≥ 0".into()) });
+        check("eval.samples", if self.eval.samples >= 2 { Ok(()) } else { Err("need at least 2".into()) });
+        check("eval.straightness_steps", if self.eval.straightness_steps >= 1 { Ok(()) } else { Err("need at least 1".into()) });
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                location: "config".into(),
+                message: problems.join("; "),
+            })
+        }
+    }
+
+    /// The reflow/distill student's architecture.
+    pub fn student_arch(&self) -> &ArchConfig {
+        self.reflow.model.as_ref().unwrap_or(&self.model)
+    }
+}
+
+/// Parses a `--set` value as TOML (number, bool, string, inline table, array), falling back to a bare
+/// string.
+fn parse_value(raw: &str) -> toml_edit::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml_edit::DocumentMut>() {
+        Ok(d) => d["v"].as_value().cloned().unwrap_or_else(|| raw.into()),
+        Err(_) => raw.into(),
+    }
+}
+
+/// Applies `a.b.c=value` to the document.
+fn apply_override(doc: &mut toml_edit::DocumentMut, arg: &str) -> Result<(), ConfigError> {
+    let bad = |reason: &str| ConfigError::BadOverride {
+        arg: arg.to_string(),
+        reason: reason.to_string(),
+    };
+    let (key, raw) = arg.split_once('=').ok_or_else(|| bad("expected key=value"))?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(bad("empty key segment"));
+    }
+    let mut item = doc.as_item_mut();
+    for part in &parts[..parts.len() - 1] {
+        let table = item.as_table_like_mut().ok_or_else(|| bad("parent is not a table"))?;
+        if table.get(part).is_none() {
+            table.insert(part, toml_edit::Item::Table(toml_edit::Table::new()));
+        }
+        item = table.get_mut(part).expect("just inserted");
+    }
+    let table = item.as_table_like_mut().ok_or_else(|| bad("parent is not a table"))?;
+    table.insert(parts[parts.len() - 1], toml_edit::Item::Value(parse_value(raw.trim())));
+    Ok(())
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map(|i| before.len() - i).unwrap_or(before.len() + 1);
+    (line, col)
+}
+
+/// Deserialises `T` from TOML text with overrides applied; `origin` names the file in errors.
+pub fn parse_with_overrides<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &Path,
+    overrides: &[String],
+) -> Result<T, ConfigError> {
+    let file = origin.display().to_string();
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        ConfigError::Invalid {
+            location: format!("{file}:{line}:{col}"),
+            message: format!("invalid TOML: {}", e.message()),
+        }
+    })?;
+    for o in overrides {
+        apply_override(&mut doc, o)?;
+    }
+    let edited = doc.to_string();
+    let de = toml::Deserializer::new(&edited);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let overridden = overrides
+            .iter()
+            .filter_map(|o| o.split_once('=').map(|(k, _)| k.trim().to_string()))
+            .find(|k| path == *k || path.starts_with(&format!("{k}.")) || k.starts_with(&format!("{path}.")));
+        let location = match (overridden, inner.span()) {
+            (Some(k), _) => format!("--set {k}"),
+            (None, Some(span)) => {
+                let (line, col) = line_col(&edited, span.start);
+                format!("{file}:{line}:{col}")
+            }
+            (None, None) => file.clone(),
+        };
+        let key = if path == "." { String::new() } else { format!("key `{path}`: ") };
+        ConfigError::Invalid {
+            location,
+            message: format!("{key}{}", inner.message().trim()),
+        }
+    })
+}
+
+/// The resolved config as TOML (written into every stage directory and printed by `--dry-run`).
+pub fn to_toml(cfg: &PipelineConfig) -> Result<String, toml::ser::Error> {
+    toml::to_string_pretty(cfg)
+}
+
+/// Loads and validates a pipeline config file with `--set` overrides.
+pub fn load_config(path: &Path, overrides: &[String]) -> Result<PipelineConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let cfg: PipelineConfig = parse_with_overrides(&text, path, overrides)?;
+    cfg.validate().map_err(|e| match e {
+        ConfigError::Invalid { message, .. } => ConfigError::Invalid {
+            location: path.display().to_string(),
+            message,
+        },
+        other => other,
+    })?;
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+seed = 1
+
+[data]
+target = { kind = "checkerboard", squares = 4, size = 4.0 }
+
+[model]
+arch = "mlp"
+hidden = 32
+
+[train]
+steps = 10
+batch_size = 8
+
+[pairs]
+count = 16
+
+[reflow]
+steps = 10
+batch_size = 8
+
+[distill]
+steps = 10
+batch_size = 8
+
+[eval]
+samples = 16
+"#;
+
+    fn parse(text: &str, overrides: &[&str]) -> Result<PipelineConfig, ConfigError> {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        let cfg: PipelineConfig = parse_with_overrides(text, Path::new("cfg.toml"), &o)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn minimal_config_takes_documented_defaults() {
+        let c = parse(MINIMAL, &[]).unwrap();
+        assert_eq!(c.train.optim.lr, 2e-4);
+        assert_eq!(c.pairs.solver, SolverConfig::Rk45 { rtol: 1e-5, atol: 1e-5 });
+        assert_eq!(c.data.source, Toy::Gaussian { std: 1.0 });
+        assert_eq!(c.student_arch(), &c.model);
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_line_and_path() {
+        let text = MINIMAL.replace("batch_size = 8\n\n[pairs]", "batch_size = 8\nbatchsize = 3\n\n[pairs]");
+        let err = parse(&text, &[]).unwrap_err().to_string();
+        assert!(err.starts_with("cfg.toml:15:"), "{err}");
+        assert!(err.contains("batchsize"), "{err}");
+    }
+
+    #[test]
+    fn mistyped_value_names_the_key() {
+        let text = MINIMAL.replace("steps = 10\nbatch_size = 8\n\n[pairs]", "steps = \"ten\"\nbatch_size = 8\n\n[pairs]");
+        let err = parse(&text, &[]).unwrap_err().to_string();
+        assert!(err.contains("cfg.toml:13:") && err.contains("train.steps"), "{err}");
+    }
+
+    #[test]
+    fn malformed_toml_is_reported_with_its_line() {
+        let text = MINIMAL.replace("seed = 1", "seed = = 1");
+        let err = parse(&text, &[]).unwrap_err().to_string();
+        assert!(err.starts_with("cfg.toml:3:") && err.contains("invalid TOML"), "{err}");
+    }
+
+    #[test]
+    fn overrides_edit_the_tree_and_are_checked() {
+        let c = parse(MINIMAL, &["train.optim.lr=0.01", "reflow.anneal={ kind = \"linear\" }", "name=other"]).unwrap();
+        assert_eq!(c.train.optim.lr, 0.01);
+        assert_eq!(c.reflow.anneal, Anneal::Linear {});
+        assert_eq!(c.name, "other");
+        let err = parse(MINIMAL, &["train.optim.lrr=0.01"]).unwrap_err().to_string();
+        assert!(err.contains("--set train.optim.lrr") && err.contains("lrr"), "{err}");
+        let err = parse(MINIMAL, &["train.steps=abc"]).unwrap_err().to_string();
+        assert!(err.contains("--set train.steps"), "{err}");
+        assert!(parse(MINIMAL, &["novalue"]).is_err());
+    }
+
+    #[test]
+    fn semantic_problems_are_all_listed() {
+        let err = parse(MINIMAL, &["train.batch_size=0", "eval.samples=1", "reflow.model={ arch = \"mlp\", hidden = 8 }"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("train.batch_size") && err.contains("eval.samples") && err.contains("reflow.init"), "{err}");
+    }
+}

@@ -1,0 +1,93 @@
+//! Errors of the trainer crate.
+
+use std::path::PathBuf;
+
+/// Why a stage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A required input of a stage is missing.
+    #[error("stage `{stage}` needs {what} at {}: run the `{producer}` stage first", path.display())]
+    MissingInput {
+        /// The stage that needs it.
+        stage: &'static str,
+        /// What it needs.
+        what: &'static str,
+        /// Where it looked.
+        path: PathBuf,
+        /// The stage that produces it.
+        producer: &'static str,
+    },
+    /// The stage directory holds results of another configuration.
+    #[error("{}: holds a `{stage}` run with a different configuration (hash {found}, now {expected}); pass --force to discard it", path.display())]
+    ConfigChanged {
+        /// The stage.
+        stage: String,
+        /// The stage directory.
+        path: PathBuf,
+        /// Hash in the manifest.
+        found: String,
+        /// Hash of the current config.
+        expected: String,
+    },
+    /// The loss became NaN or infinite.
+    #[error("non-finite loss ({value}) at step {step}; the run stopped. Last good checkpoint: {}", checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none yet".into()))]
+    NonFiniteLoss {
+        /// The step.
+        step: u64,
+        /// The loss value.
+        value: f64,
+        /// The newest intact checkpoint.
+        checkpoint: Option<PathBuf>,
+    },
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint or state file is unusable.
+    #[error("{}: {reason}", path.display())]
+    BadCheckpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// From the models crate.
+    #[error(transparent)]
+    Models(#[from] slimflow_models::Error),
+    /// From the data crate.
+    #[error(transparent)]
+    Data(#[from] slimflow_data::Error),
+    /// From the losses crate.
+    #[error(transparent)]
+    Losses(#[from] slimflow_losses::Error),
+    /// From the sampling crate.
+    #[error(transparent)]
+    Sampling(#[from] slimflow_sampling::Error),
+    /// From the metrics crate.
+    #[error(transparent)]
+    Metrics(#[from] slimflow_metrics::Error),
+    /// From the schedules crate.
+    #[error(transparent)]
+    Schedules(#[from] slimflow_schedules::Error),
+    /// An error from libtorch.
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,152 @@
+//! Adam exactly as `torch.optim.Adam` computes it (no weight decay, no amsgrad), with moments that can
+//! be saved and restored — tch's `nn::Optimizer` cannot export its state.
+//!
+//! step t: m ← β1·m + (1 − β1)·g; v ← β2·v + (1 − β2)·g²;
+//! p ← p − (lr / (1 − β1ᵗ)) · m / (sqrt(v) / sqrt(1 − β2ᵗ) + ε).
+
+use tch::Tensor;
+
+use crate::config::OptimConfig;
+
+/// Adam state over an ordered list of parameters.
+#[derive(Debug)]
+pub struct Adam {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    /// Steps taken.
+    pub t: u64,
+    /// First moments, one per parameter.
+    pub m: Vec<Tensor>,
+    /// Second moments, one per parameter.
+    pub v: Vec<Tensor>,
+}
+
+impl Adam {
+    /// Zero moments for `params`.
+    pub fn new(cfg: &OptimConfig, params: &[Tensor]) -> Self {
+        Adam {
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            t: 0,
+            m: params.iter().map(|p| p.zeros_like()).collect(),
+            v: params.iter().map(|p| p.zeros_like()).collect(),
+        }
+    }
+
+    /// One update with learning rate `lr` using each parameter's `.grad()`. Parameters without a
+    /// gradient are left alone (their moments still decay, as in torch only when they had a gradient
+    /// before: we skip them entirely, matching torch's `if p.grad is None: continue`).
+    pub fn step(&mut self, params: &[Tensor], lr: f64) {
+        self.t += 1;
+        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - self.beta2.powi(self.t as i32);
+        tch::no_grad(|| {
+            for ((p, m), v) in params.iter().zip(&mut self.m).zip(&mut self.v) {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let _ = m.g_mul_scalar_(self.beta1).g_add_(&(&g * (1.0 - self.beta1)));
+                let _ = v.g_mul_scalar_(self.beta2).g_add_(&(g.square() * (1.0 - self.beta2)));
+                let denom = v.sqrt() / bc2.sqrt() + self.eps;
+                let mut p = p.shallow_clone();
+                let _ = p.g_sub_(&(&*m / &denom * (lr / bc1)));
+            }
+        });
+    }
+}
+
+/// Learning rate at `step` (0-based) with linear warm-up over `warmup` steps: lr·min(1, (step+1)/warmup).
+pub fn warmup_lr(lr: f64, step: u64, warmup: u64) -> f64 {
+    if warmup == 0 {
+        lr
+    } else {
+        lr * ((step + 1) as f64 / warmup as f64).min(1.0)
+    }
+}
+
+/// Replaces NaN/±inf gradient entries by 0, then clips the global gradient norm to `max_norm`
+/// (torch's `clip_grad_norm_`: scale by max_norm / (norm + 1e-6) when below 1). Returns the norm
+/// before clipping (after zeroing).
+pub fn sanitize_and_clip(params: &[Tensor], max_norm: f64) -> f64 {
+    tch::no_grad(|| {
+        let mut sq = 0.0;
+        let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+        for g in &grads {
+            let mut g = g.shallow_clone();
+            let _ = g.nan_to_num_(0.0, 0.0, 0.0);
+            sq += g.square().sum(tch::Kind::Double).double_value(&[]);
+        }
+        let norm = sq.sqrt();
+        if max_norm > 0.0 {
+            let coef = max_norm / (norm + 1e-6);
+            if coef < 1.0 {
+                for g in &grads {
+                    let mut g = g.shallow_clone();
+                    let _ = g.g_mul_scalar_(coef);
+                }
+            }
+        }
+        norm
+    })
+}
+
+/// Zeroes every defined gradient.
+pub fn zero_grad(params: &[Tensor]) {
+    for p in params {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn two_steps_match_torch_adam() {
+        // torch: p = torch.tensor([1.0, -2.0], requires_grad=True); opt = torch.optim.Adam([p], lr=0.1)
+        // (float64) step 1 with grad [0.5, -1.0], step 2 with grad [0.25, 2.0]; torch 2.11 prints
+        // [0.900000002, -1.900000001] then [0.8067820404774624, -1.9366103534720749].
+        let p = Tensor::from_slice(&[1.0f64, -2.0]).set_requires_grad(true);
+        let cfg = OptimConfig { lr: 0.1, ..OptimConfig::default() };
+        let mut adam = Adam::new(&cfg, std::slice::from_ref(&p));
+        for g in [[0.5f64, -1.0], [0.25, 2.0]] {
+            zero_grad(std::slice::from_ref(&p));
+            (&p * Tensor::from_slice(&g)).sum(Kind::Double).backward();
+            adam.step(std::slice::from_ref(&p), 0.1);
+        }
+        let got = Vec::<f64>::try_from(&p.detach()).unwrap();
+        // m = [0.9·0.05 + 0.025, 0.9·(−0.1) + 0.2] = [0.07, 0.11]
+        // v = [0.999·0.00025 + 0.001·0.0625, 0.999·0.001 + 0.001·4] = [0.00031225, 0.004999]
+        let expected = [0.806_782_040_477_462_4, -1.936_610_353_472_074_9];
+        for (g, e) in got.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-12, "{got:?} vs {expected:?}");
+        }
+    }
+
+    #[test]
+    fn non_finite_gradients_are_zeroed_and_norm_clipped() {
+        let p = Tensor::from_slice(&[1.0f32, 1.0, 1.0]).set_requires_grad(true);
+        (&p * Tensor::from_slice(&[f32::NAN, 3.0, 4.0])).sum(Kind::Float).backward();
+        let norm = sanitize_and_clip(std::slice::from_ref(&p), 1.0);
+        assert!((norm - 5.0).abs() < 1e-5);
+        let g = Vec::<f32>::try_from(&p.grad()).unwrap();
+        assert_eq!(g[0], 0.0);
+        assert!((g[1] - 0.6).abs() < 1e-5 && (g[2] - 0.8).abs() < 1e-5);
+        let _ = Device::Cpu;
+    }
+
+    #[test]
+    fn warmup_is_linear_then_flat() {
+        assert_eq!(warmup_lr(1.0, 0, 4), 0.25);
+        assert_eq!(warmup_lr(1.0, 3, 4), 1.0);
+        assert_eq!(warmup_lr(1.0, 100, 4), 1.0);
+        assert_eq!(warmup_lr(0.5, 0, 0), 0.5);
+    }
+}

@@ -1,0 +1,59 @@
+//! Stage `distill`: one-step distillation of the 2-RF on the pairs, initialised from the 2-RF, with
+//! SlimFlow's flow-guided term (frozen 2-RF teacher) when `flow_guided_weight` > 0.
+
+use serde_json::json;
+use slimflow_data::PairStore;
+use slimflow_losses::{Distill, FlowGuided};
+use slimflow_models::Model;
+
+use crate::error::Result;
+use crate::run_dir::{run_stage, StageCtx, StageOutcome};
+use crate::run_loop::{self, LoopEnd, LoopSettings};
+use crate::stage::{input, pair_batch, stage_seed};
+
+/// Runs (or resumes, or skips) the stage.
+pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
+    let cfg = &ctx.config;
+    let dc = &cfg.distill;
+    let (pairs_json, pairs_sha) = input(ctx, "distill", "generate-pairs", "the pair store", "pairs/pairs.json")?;
+    let (rf2_path, rf2_sha) = input(ctx, "distill", "reflow", "the 2-RF model", "model.safetensors")?;
+    let hash = json!({"seed": cfg.seed, "distill": dc, "reflow": rf2_sha, "pairs": pairs_sha});
+    run_stage(ctx, "distill", hash, |dir| {
+        let mut student = Model::load(&rf2_path, ctx.device)?;
+        let mut teacher = Model::load(&rf2_path, ctx.device)?;
+        teacher.vs.freeze();
+        let store_dir = pairs_json.parent().expect("pairs.json has a parent");
+        let pairs = PairStore::open(store_dir)?.load(ctx.device)?;
+        let guide = (dc.flow_guided_weight > 0.0).then(|| {
+            (
+                FlowGuided {
+                    teacher: &teacher,
+                    eps: dc.eps,
+                    t_range: (dc.flow_guided_t[0], dc.flow_guided_t[1]),
+                    premetric: dc.premetric,
+                },
+                dc.flow_guided_weight,
+            )
+        });
+        let objective = Distill {
+            eps: dc.eps,
+            premetric: dc.premetric,
+            guide,
+        };
+        let mut batches = |rng: &mut rand_chacha::ChaCha20Rng, _step: u64| Ok(pair_batch(&pairs, dc.batch_size, rng));
+        let settings = LoopSettings {
+            steps: dc.steps,
+            optim: &dc.optim,
+            checkpoint: &dc.checkpoint,
+            seed: stage_seed(cfg.seed, 13),
+            label: "distill",
+        };
+        Ok(match run_loop::train(&dir.path, &mut student, &settings, &objective, &mut batches)? {
+            LoopEnd::Finished => {
+                dir.output("model", "model.safetensors");
+                StageOutcome::Completed
+            }
+            LoopEnd::Interrupted => StageOutcome::Interrupted,
+        })
+    })
+}

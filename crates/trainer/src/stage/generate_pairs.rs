@@ -1,0 +1,64 @@
+//! Stage `generate-pairs`: z ~ N(0, I) from per-pair seeds, x1 = ODE solve of the teacher from eps to 1
+//! (reference: RK45, rtol = atol = 1e-5), written shard by shard so that an interrupted or killed run
+//! resumes at the first missing shard.
+
+use serde_json::json;
+use slimflow_data::{seeded_normal, PairStore, PairStoreManifest};
+use slimflow_models::Model;
+use slimflow_sampling::solve;
+use tch::Tensor;
+
+use crate::error::Result;
+use crate::progress::Progress;
+use crate::run_dir::{run_stage, StageCtx, StageOutcome};
+use crate::stage::input;
+
+/// Runs (or resumes, or skips) the stage.
+pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
+    let cfg = &ctx.config.pairs;
+    let (teacher_path, teacher_sha) = input(ctx, "generate-pairs", "train", "the teacher (1-RF) model", "model.safetensors")?;
+    let hash = json!({"pairs": cfg, "teacher": teacher_sha});
+    run_stage(ctx, "generate-pairs", hash, |dir| {
+        let teacher = Model::load(&teacher_path, ctx.device)?;
+        let shape = teacher.config().data_shape();
+        let manifest = PairStoreManifest::new(
+            cfg.count,
+            cfg.shard_size,
+            shape.clone(),
+            cfg.seed_base,
+            teacher_sha.clone(),
+            serde_json::to_string(&cfg.solver).expect("solver configs serialise"),
+        )?;
+        let store = PairStore::create_or_resume(&dir.path.join("pairs"), manifest)?;
+        let missing = store.missing_shards();
+        let done: u64 = (0..store.num_shards())
+            .filter(|i| !missing.contains(i))
+            .map(|i| store.shard_range(i).end - store.shard_range(i).start)
+            .sum();
+        let mut progress = Progress::new("generate-pairs", done, cfg.count);
+        let mut produced = done;
+        let field = teacher.eval_field(None);
+        for shard in missing {
+            if crate::interrupt::requested() {
+                progress.finish();
+                return Ok(StageOutcome::Interrupted);
+            }
+            let seeds = store.shard_seeds(shard);
+            let (mut zs, mut xs) = (Vec::new(), Vec::new());
+            let mut nfe = 0;
+            for chunk in seeds.chunks(cfg.batch_size) {
+                let z = seeded_normal(chunk, &shape, ctx.device);
+                let sol = solve(&cfg.solver, &field, &z, cfg.eps, 1.0, false)?;
+                nfe = sol.nfe;
+                zs.push(z);
+                xs.push(sol.x);
+            }
+            store.write_shard(shard, &Tensor::cat(&zs, 0), &Tensor::cat(&xs, 0))?;
+            produced += seeds.len() as u64;
+            progress.set(produced, || format!("shard {shard} (NFE {nfe})"));
+        }
+        progress.finish();
+        dir.output("pairs", "pairs");
+        Ok(StageOutcome::Completed)
+    })
+}

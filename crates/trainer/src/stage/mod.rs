@@ -1,0 +1,96 @@
+//! The pipeline stages. Each reads its inputs from the run directory, writes its outputs and a
+//! manifest into `<run>/<stage>/`, and is skipped when already complete for the same config.
+
+mod distill;
+mod eval;
+mod generate_pairs;
+mod reflow;
+mod sample;
+mod train;
+
+pub use distill::run as distill;
+pub use eval::run as eval;
+pub use generate_pairs::run as generate_pairs;
+pub use reflow::run as reflow;
+pub use sample::{run as sample, SampleRequest};
+pub use train::run as train;
+
+use std::path::PathBuf;
+
+use rand::Rng;
+use rand_chacha::ChaCha20Rng;
+use slimflow_data::Pairs;
+use slimflow_losses::Batch;
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::run_dir::{sha256_file, StageCtx};
+
+/// Stage names in pipeline order.
+pub const STAGES: [&str; 5] = ["train", "generate-pairs", "reflow", "distill", "eval"];
+
+/// Per-stage salt mixed into the master seed so stages draw independent streams.
+pub(crate) fn stage_seed(seed: u64, salt: u64) -> u64 {
+    seed.wrapping_mul(0x0000_0100_0000_01B3).wrapping_add(salt)
+}
+
+/// A required input file of `stage`, produced by `producer`.
+pub(crate) fn input(ctx: &StageCtx, stage: &'static str, producer: &'static str, what: &'static str, rel: &str) -> Result<(PathBuf, String)> {
+    let path = ctx.stage_path(producer).join(rel);
+    let complete = ctx
+        .manifest(producer)?
+        .is_some_and(|m| m.status == crate::run_dir::Status::Complete);
+    if !path.exists() || !complete {
+        return Err(Error::MissingInput { stage, what, path, producer });
+    }
+    let sha = sha256_file(&path)?;
+    Ok((path, sha))
+}
+
+/// A batch of `n` pairs drawn uniformly with replacement from `pairs` using `rng`.
+pub(crate) fn pair_batch(pairs: &Pairs, n: usize, rng: &mut ChaCha20Rng) -> Batch {
+    let total = pairs.z.size()[0];
+    let idx: Vec<i64> = (0..n).map(|_| rng.gen_range(0..total)).collect();
+    let idx = Tensor::from_slice(&idx).to_device(pairs.z.device());
+    Batch {
+        x0: pairs.z.index_select(0, &idx),
+        x1: pairs.x1.index_select(0, &idx),
+        labels: None,
+    }
+}
+
+/// Mirrors the samples where `flip` is set: images ([B, C, H, W]) horizontally, vectors ([B, D]) in
+/// their first coordinate.
+pub(crate) fn hflip(x: &Tensor, flip: &Tensor) -> Tensor {
+    match x.dim() {
+        4 => x.flip([3]).where_self(&flip.view([-1, 1, 1, 1]), x),
+        _ => {
+            let sign = Tensor::ones([x.size()[1]], (x.kind(), x.device()));
+            let _ = sign.narrow(0, 0, 1).fill_(-1.0);
+            (x * sign).where_self(&flip.view([-1, 1]), x)
+        }
+    }
+}
+
+/// A [B] boolean mask with each entry set with probability ½ by `rng`.
+pub(crate) fn coin_flips(rng: &mut ChaCha20Rng, n: usize, device: tch::Device) -> Tensor {
+    let v: Vec<bool> = (0..n).map(|_| rng.gen::<bool>()).collect();
+    Tensor::from_slice(&v).to_kind(Kind::Bool).to_device(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn hflip_mirrors_only_selected_samples() {
+        let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).reshape([2, 2]);
+        let flip = Tensor::from_slice(&[true, false]);
+        let y = hflip(&x, &flip);
+        assert_eq!(Vec::<f32>::try_from(&y.flatten(0, -1)).unwrap(), vec![-1.0, 2.0, 3.0, 4.0]);
+        let img = Tensor::arange(8, (Kind::Float, Device::Cpu)).reshape([2, 1, 2, 2]);
+        let y = hflip(&img, &flip);
+        assert_eq!(Vec::<f32>::try_from(&y.flatten(0, -1)).unwrap(), vec![1.0, 0.0, 3.0, 2.0, 4.0, 5.0, 6.0, 7.0]);
+    }
+}

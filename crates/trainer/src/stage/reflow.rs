@@ -1,0 +1,78 @@
+//! Stage `reflow`: a 2-rectified flow trained on the teacher's pairs.
+//!
+//! Options cover both papers: rfpp's U-shaped time distribution and pseudo-Huber premetric with
+//! initialisation from the teacher, and SlimFlow's Annealing Reflow for a randomly initialised slim
+//! student — pair noise z' = sqrt(1 − β_k²)·z + β_k·ε with fresh ε, β_k from 1 to 0 over
+//! `anneal_steps`, and (z', x1) flipped together with probability ½.
+
+use serde_json::json;
+use slimflow_data::PairStore;
+use slimflow_losses::{normal_tensor, Rf};
+use slimflow_models::{checkpoint, Model};
+
+use crate::config::Init;
+use crate::error::Result;
+use crate::run_dir::{run_stage, sha256_file, StageCtx, StageOutcome};
+use crate::run_loop::{self, LoopEnd, LoopSettings};
+use crate::stage::{coin_flips, hflip, input, pair_batch, stage_seed};
+
+/// Runs (or resumes, or skips) the stage.
+pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
+    let cfg = &ctx.config;
+    let rc = &cfg.reflow;
+    let (pairs_json, pairs_sha) = input(ctx, "reflow", "generate-pairs", "the pair store", "pairs/pairs.json")?;
+    let teacher = match rc.init {
+        Init::Teacher => Some(input(ctx, "reflow", "train", "the teacher (1-RF) model", "model.safetensors")?),
+        Init::Random => None,
+    };
+    let student_arch = cfg.student_arch().clone();
+    let hash = json!({
+        "seed": cfg.seed, "reflow": rc, "student": student_arch, "pairs": pairs_sha,
+        "teacher": teacher.as_ref().map(|t| t.1.clone()),
+    });
+    run_stage(ctx, "reflow", hash, |dir| {
+        tch::manual_seed(stage_seed(cfg.seed, 2) as i64);
+        let mut model = Model::new(&student_arch, ctx.device)?;
+        if let Some((path, _)) = &teacher {
+            checkpoint::load_strict(&mut model.vs, &checkpoint::read(path)?, &[])?;
+        }
+        tracing::info!("reflow: 2-RF student with {} parameters ({:?} init)", model.num_params(), rc.init);
+        let store_dir = pairs_json.parent().expect("pairs.json has a parent");
+        let pairs = PairStore::open(store_dir)?.load(ctx.device)?;
+        let objective = Rf {
+            time: rc.time,
+            premetric: rc.premetric,
+        };
+        let device = ctx.device;
+        let mut batches = |rng: &mut rand_chacha::ChaCha20Rng, step: u64| {
+            let mut batch = pair_batch(&pairs, rc.batch_size, rng);
+            let (keep, beta) = rc.anneal.mix(step, rc.anneal_steps);
+            if beta > 0.0 {
+                let eps = normal_tensor(rng, &batch.x0.size(), device);
+                batch.x0 = &batch.x0 * keep + eps * beta;
+            }
+            if rc.hflip {
+                let flip = coin_flips(rng, rc.batch_size, device);
+                batch.x0 = hflip(&batch.x0, &flip);
+                batch.x1 = hflip(&batch.x1, &flip);
+            }
+            Ok(batch)
+        };
+        let settings = LoopSettings {
+            steps: rc.steps,
+            optim: &rc.optim,
+            checkpoint: &rc.checkpoint,
+            seed: stage_seed(cfg.seed, 12),
+            label: "reflow",
+        };
+        let end = run_loop::train(&dir.path, &mut model, &settings, &objective, &mut batches)?;
+        Ok(match end {
+            LoopEnd::Finished => {
+                dir.output("model", "model.safetensors");
+                dir.output("pairs_sha256", sha256_file(&pairs_json)?);
+                StageOutcome::Completed
+            }
+            LoopEnd::Interrupted => StageOutcome::Interrupted,
+        })
+    })
+}
