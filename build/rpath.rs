@@ -8,7 +8,10 @@ fn main() {
         return;
     };
     let lib = std::path::Path::new(&root).join("lib");
-    println!("cargo:rerun-if-changed={}", lib.join("libtorch_cpu.so").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        lib.join("libtorch_cpu.so").display()
+    );
     // Resolve the `.libtorch` link so that the rpath names the real directory.
     let lib = std::fs::canonicalize(&lib).unwrap_or(lib);
     if cfg!(target_os = "linux") || cfg!(target_os = "macos") {

@@ -1,0 +1,119 @@
+//! The whole toy pipeline through the CLI: teacher → pairs → reflow → distill → eval, and the science
+//! it must show.
+
+mod common;
+
+use common::*;
+
+fn read_report(run: &std::path::Path) -> Vec<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(run.join("eval/report.json")).expect("eval wrote report.json");
+    serde_json::from_str(&text).expect("report.json is JSON")
+}
+
+fn row<'a>(rows: &'a [serde_json::Value], model: &str) -> &'a serde_json::Value {
+    rows.iter()
+        .find(|r| r["model"] == model)
+        .unwrap_or_else(|| panic!("no row for {model}"))
+}
+
+#[test]
+fn toy_pipeline_straightens_and_distils() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let stdout = ok(stage_cmd("pipeline", &toy_config(), &run, FAST));
+    assert!(
+        stdout.contains("| 1-RF |") && stdout.contains("| distilled |"),
+        "{stdout}"
+    );
+
+    let rows = read_report(&run);
+    let f = |m: &str, k: &str| {
+        row(&rows, m)[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{m}.{k}"))
+    };
+    eprintln!(
+        "{}",
+        std::fs::read_to_string(run.join("eval/report.md")).unwrap()
+    );
+    // Reflow straightens the flow by a large factor.
+    assert!(
+        f("2-RF", "straightness") * 5.0 < f("1-RF", "straightness"),
+        "{rows:?}"
+    );
+    // The 2-RF's one-step samples are far closer to the target than the 1-RF's.
+    assert!(
+        f("2-RF", "distance_1step") < 0.5 * f("1-RF", "distance_1step"),
+        "{rows:?}"
+    );
+    // Distillation does not lose one-step quality (10 % slack for evaluation noise).
+    assert!(
+        f("distilled", "distance_1step") <= 1.1 * f("2-RF", "distance_1step"),
+        "{rows:?}"
+    );
+    // Many-step quality of the teacher is good: the one-step gap is the point.
+    assert!(
+        f("1-RF", "distance_many") < 0.3 * f("1-RF", "distance_1step"),
+        "{rows:?}"
+    );
+    for r in &rows {
+        for key in [
+            "params",
+            "distance_1step",
+            "distance_many",
+            "straightness",
+            "nfe",
+            "agreement",
+        ] {
+            assert!(r.get(key).is_some(), "report row lacks {key}: {r}");
+        }
+    }
+
+    // Every stage is complete and produced its outputs; the PNGs decode.
+    for stage in ["train", "generate-pairs", "reflow", "distill", "eval"] {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join(stage).join("manifest.json")).unwrap())
+                .unwrap();
+        assert_eq!(m["status"], "complete", "{stage}");
+        assert!(run.join(stage).join("config.toml").exists());
+    }
+    for png in [
+        "samples-1rf-1step.png",
+        "samples-distilled-1step.png",
+        "trajectories-2rf.png",
+    ] {
+        let file = std::fs::File::open(run.join("eval").join(png)).unwrap();
+        let info = png::Decoder::new(file).read_info().unwrap().info().clone();
+        assert_eq!((info.width, info.height), (512, 512), "{png}");
+    }
+    assert_eq!(
+        tensors(&run.join("generate-pairs/pairs/pairs-000002.safetensors")).len(),
+        3
+    );
+
+    // A second run skips every complete stage.
+    let started = std::time::Instant::now();
+    let out = output(stage_cmd("pipeline", &toy_config(), &run, FAST));
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("already complete").count(), 5, "{err}");
+    assert!(started.elapsed().as_secs() < 20);
+
+    // Sampling the distilled model in one step.
+    let samples = run.join("samples.safetensors");
+    let mut c = stage_cmd("sample", &toy_config(), &run, FAST);
+    c.args(["--n", "64", "--solver", "euler:1", "--out"])
+        .arg(&samples);
+    ok(c);
+    let t = tensors(&samples);
+    assert_eq!(t.iter().find(|x| x.0 == "samples").unwrap().2, vec![64, 2]);
+    assert!(samples.with_extension("png").exists());
+
+    // Changing a stage's config is refused unless --force.
+    let mut changed: Vec<&str> = FAST.to_vec();
+    changed.push("distill.steps=601");
+    let out = output(stage_cmd("distill", &toy_config(), &run, &changed));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+}

@@ -43,7 +43,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLIMFLOW_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SLIMFLOW_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -51,7 +52,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => commands::stage::run(&a, commands::stage::Which::One("train")),
-        Command::GeneratePairs(a) => commands::stage::run(&a, commands::stage::Which::One("generate-pairs")),
+        Command::GeneratePairs(a) => {
+            commands::stage::run(&a, commands::stage::Which::One("generate-pairs"))
+        }
         Command::Reflow(a) => commands::stage::run(&a, commands::stage::Which::One("reflow")),
         Command::Distill(a) => commands::stage::run(&a, commands::stage::Which::One("distill")),
         Command::Eval(a) => commands::stage::run(&a, commands::stage::Which::One("eval")),
@@ -63,7 +66,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.chain().any(|c| c.downcast_ref::<slimflow_trainer::ConfigError>().is_some()) {
+            if e.chain()
+                .any(|c| c.downcast_ref::<slimflow_trainer::ConfigError>().is_some())
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

@@ -19,7 +19,10 @@ pub fn seeded_normal(seeds: &[u64], sample_shape: &[i64], device: Device) -> Ten
     }
     let mut shape = vec![seeds.len() as i64];
     shape.extend_from_slice(sample_shape);
-    Tensor::from_slice(&values).reshape(shape.as_slice()).to_kind(Kind::Float).to_device(device)
+    Tensor::from_slice(&values)
+        .reshape(shape.as_slice())
+        .to_kind(Kind::Float)
+        .to_device(device)
 }
 
 #[cfg(test)]

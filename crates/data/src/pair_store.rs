@@ -49,7 +49,9 @@ impl PairStoreManifest {
         solver: String,
     ) -> Result<Self> {
         if count == 0 || shard_size == 0 {
-            return Err(Error::Invalid("pair count and shard size must be positive".into()));
+            return Err(Error::Invalid(
+                "pair count and shard size must be positive".into(),
+            ));
         }
         Ok(PairStoreManifest {
             format: FORMAT,
@@ -84,10 +86,12 @@ pub struct PairStore {
 fn read_manifest(dir: &Path) -> Result<Option<PairStoreManifest>> {
     let path = dir.join(MANIFEST);
     match std::fs::read_to_string(&path) {
-        Ok(s) => serde_json::from_str(&s).map(Some).map_err(|e| Error::Corrupt {
-            path,
-            reason: format!("manifest: {e}"),
-        }),
+        Ok(s) => serde_json::from_str(&s)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                path,
+                reason: format!("manifest: {e}"),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(Error::Io { path, source }),
     }
@@ -162,12 +166,16 @@ impl PairStore {
 
     /// Noise seeds of shard `i`.
     pub fn shard_seeds(&self, i: usize) -> Vec<u64> {
-        self.shard_range(i).map(|j| self.manifest.seed_base + j).collect()
+        self.shard_range(i)
+            .map(|j| self.manifest.seed_base + j)
+            .collect()
     }
 
     /// Shards not yet written.
     pub fn missing_shards(&self) -> Vec<usize> {
-        (0..self.num_shards()).filter(|&i| !self.shard_path(i).exists()).collect()
+        (0..self.num_shards())
+            .filter(|&i| !self.shard_path(i).exists())
+            .collect()
     }
 
     /// Writes shard `i` atomically. z and x1: [n, …sample_shape] with n the shard's length.
@@ -185,8 +193,14 @@ impl PairStore {
         }
         let seeds: Vec<i64> = self.shard_seeds(i).iter().map(|&s| s as i64).collect();
         let tensors = vec![
-            ("z".to_string(), z.to_kind(Kind::Float).to_device(Device::Cpu)),
-            ("x1".to_string(), x1.to_kind(Kind::Float).to_device(Device::Cpu)),
+            (
+                "z".to_string(),
+                z.to_kind(Kind::Float).to_device(Device::Cpu),
+            ),
+            (
+                "x1".to_string(),
+                x1.to_kind(Kind::Float).to_device(Device::Cpu),
+            ),
             ("seed".to_string(), Tensor::from_slice(&seeds)),
         ];
         checkpoint::write(&self.shard_path(i), &tensors, &BTreeMap::new())?;
@@ -214,7 +228,10 @@ impl PairStore {
             if z.size() != shape || x1.size() != shape || seed.size() != [n] {
                 return Err(Error::Corrupt {
                     path,
-                    reason: format!("expected {n} pairs of shape {:?}", self.manifest.sample_shape),
+                    reason: format!(
+                        "expected {n} pairs of shape {:?}",
+                        self.manifest.sample_shape
+                    ),
                 });
             }
             let expected: Vec<i64> = self.shard_seeds(i).iter().map(|&s| s as i64).collect();
@@ -254,13 +271,20 @@ mod tests {
         let z = Tensor::ones([4, 2], (Kind::Float, Device::Cpu));
         store.write_shard(0, &z, &(&z * 2.0)).unwrap();
         assert_eq!(store.missing_shards(), vec![1, 2]);
-        assert!(store.load(Device::Cpu).unwrap_err().to_string().contains("pairs-000001"));
+        assert!(store
+            .load(Device::Cpu)
+            .unwrap_err()
+            .to_string()
+            .contains("pairs-000001"));
         let again = PairStore::create_or_resume(dir.path(), manifest(10)).unwrap();
         assert_eq!(again.missing_shards(), vec![1, 2]);
         again.write_shard(1, &z, &z).unwrap();
         let z2 = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
         again.write_shard(2, &z2, &z2).unwrap();
-        let pairs = PairStore::open(dir.path()).unwrap().load(Device::Cpu).unwrap();
+        let pairs = PairStore::open(dir.path())
+            .unwrap()
+            .load(Device::Cpu)
+            .unwrap();
         assert_eq!(pairs.z.size(), vec![10, 2]);
         assert_eq!(pairs.seed.int64_value(&[9]), 109);
         assert_eq!(pairs.x1.double_value(&[0, 0]), 2.0);
@@ -272,14 +296,20 @@ mod tests {
         let store = PairStore::create_or_resume(dir.path(), manifest(10)).unwrap();
         let mut other = manifest(10);
         other.teacher_sha256 = "def".into();
-        let err = PairStore::create_or_resume(dir.path(), other).unwrap_err().to_string();
+        let err = PairStore::create_or_resume(dir.path(), other)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("teacher checkpoint differs"), "{err}");
         let wrong = Tensor::ones([3, 2], (Kind::Float, Device::Cpu));
         assert!(store.write_shard(0, &wrong, &wrong).is_err());
         std::fs::write(store.shard_path(0), b"garbage").unwrap();
         std::fs::write(store.shard_path(1), b"garbage").unwrap();
         std::fs::write(store.shard_path(2), b"garbage").unwrap();
-        assert!(store.load(Device::Cpu).unwrap_err().to_string().contains("pairs-000000"));
+        assert!(store
+            .load(Device::Cpu)
+            .unwrap_err()
+            .to_string()
+            .contains("pairs-000000"));
         assert!(PairStore::open(&dir.path().join("nope")).is_err());
     }
 }

@@ -61,8 +61,12 @@ impl Toy {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
         match *self {
-            Toy::Gaussian { std } if !(std > 0.0) => bad(format!("gaussian std must be > 0, got {std}")),
-            Toy::GaussianRing { modes, std, radius } if modes == 0 || !(std > 0.0) || !(radius >= 0.0) => {
+            Toy::Gaussian { std } if !(std > 0.0) => {
+                bad(format!("gaussian std must be > 0, got {std}"))
+            }
+            Toy::GaussianRing { modes, std, radius }
+                if modes == 0 || !(std > 0.0) || !(radius >= 0.0) =>
+            {
                 bad("gaussian_ring needs modes ≥ 1, std > 0, radius ≥ 0".into())
             }
             Toy::TwoMoons { noise, scale } if !(noise >= 0.0) || !(scale > 0.0) => {
@@ -71,7 +75,11 @@ impl Toy {
             Toy::Checkerboard { squares, size } if squares < 2 || !(size > 0.0) => {
                 bad("checkerboard needs squares ≥ 2 and size > 0".into())
             }
-            Toy::Rings { count, radius, noise } if count == 0 || !(radius > 0.0) || !(noise >= 0.0) => {
+            Toy::Rings {
+                count,
+                radius,
+                noise,
+            } if count == 0 || !(radius > 0.0) || !(noise >= 0.0) => {
                 bad("rings needs count ≥ 1, radius > 0, noise ≥ 0".into())
             }
             _ => Ok(()),
@@ -86,7 +94,10 @@ impl Toy {
             Toy::GaussianRing { modes, radius, std } => {
                 let k = rng.gen_range(0..modes) as f64;
                 let a = 2.0 * PI * k / modes as f64;
-                [radius * a.cos() + std * normal(rng), radius * a.sin() + std * normal(rng)]
+                [
+                    radius * a.cos() + std * normal(rng),
+                    radius * a.sin() + std * normal(rng),
+                ]
             }
             Toy::TwoMoons { noise, scale } => {
                 let a = PI * rng.gen::<f64>();
@@ -113,7 +124,11 @@ impl Toy {
                     }
                 }
             }
-            Toy::Rings { count, radius, noise } => {
+            Toy::Rings {
+                count,
+                radius,
+                noise,
+            } => {
                 // Ring k (1-based) has circumference ∝ k: pick k with probability k / Σk.
                 let total = (count * (count + 1) / 2) as f64;
                 let mut u = rng.gen::<f64>() * total;
@@ -124,7 +139,10 @@ impl Toy {
                 }
                 let a = 2.0 * PI * rng.gen::<f64>();
                 let r = radius * k as f64;
-                [r * a.cos() + noise * normal(rng), r * a.sin() + noise * normal(rng)]
+                [
+                    r * a.cos() + noise * normal(rng),
+                    r * a.sin() + noise * normal(rng),
+                ]
             }
         }
     }
@@ -142,7 +160,9 @@ impl Toy {
 
     /// `n` points as a float32 tensor [n, 2] on `device`.
     pub fn sample_tensor<R: Rng + ?Sized>(&self, rng: &mut R, n: usize, device: Device) -> Tensor {
-        Tensor::from_slice(&self.sample(rng, n)).reshape([n as i64, 2]).to_device(device)
+        Tensor::from_slice(&self.sample(rng, n))
+            .reshape([n as i64, 2])
+            .to_device(device)
     }
 }
 
@@ -155,10 +175,24 @@ mod tests {
     fn all() -> Vec<Toy> {
         vec![
             Toy::Gaussian { std: 1.0 },
-            Toy::GaussianRing { modes: 8, radius: 4.0, std: 0.2 },
-            Toy::TwoMoons { noise: 0.05, scale: 2.0 },
-            Toy::Checkerboard { squares: 4, size: 4.0 },
-            Toy::Rings { count: 3, radius: 1.0, noise: 0.05 },
+            Toy::GaussianRing {
+                modes: 8,
+                radius: 4.0,
+                std: 0.2,
+            },
+            Toy::TwoMoons {
+                noise: 0.05,
+                scale: 2.0,
+            },
+            Toy::Checkerboard {
+                squares: 4,
+                size: 4.0,
+            },
+            Toy::Rings {
+                count: 3,
+                radius: 1.0,
+                noise: 0.05,
+            },
         ]
     }
 
@@ -176,7 +210,10 @@ mod tests {
 
     #[test]
     fn checkerboard_points_lie_on_black_squares() {
-        let d = Toy::Checkerboard { squares: 4, size: 4.0 };
+        let d = Toy::Checkerboard {
+            squares: 4,
+            size: 4.0,
+        };
         let mut rng = ChaCha20Rng::seed_from_u64(0);
         for _ in 0..2000 {
             let [x, y] = d.sample_point(&mut rng);
@@ -188,7 +225,11 @@ mod tests {
 
     #[test]
     fn ring_modes_sit_at_the_radius() {
-        let d = Toy::GaussianRing { modes: 8, radius: 4.0, std: 0.01 };
+        let d = Toy::GaussianRing {
+            modes: 8,
+            radius: 4.0,
+            std: 0.01,
+        };
         let mut rng = ChaCha20Rng::seed_from_u64(0);
         for _ in 0..500 {
             let [x, y] = d.sample_point(&mut rng);
@@ -200,7 +241,11 @@ mod tests {
 
     #[test]
     fn rings_are_weighted_by_circumference() {
-        let d = Toy::Rings { count: 3, radius: 1.0, noise: 0.0 };
+        let d = Toy::Rings {
+            count: 3,
+            radius: 1.0,
+            noise: 0.0,
+        };
         let mut rng = ChaCha20Rng::seed_from_u64(0);
         let mut counts = [0usize; 3];
         for _ in 0..60_000 {
@@ -209,17 +254,28 @@ mod tests {
         }
         for (k, c) in counts.iter().enumerate() {
             let expected = 60_000.0 * (k + 1) as f64 / 6.0;
-            assert!((*c as f64 - expected).abs() < 0.03 * expected, "ring {k}: {c}");
+            assert!(
+                (*c as f64 - expected).abs() < 0.03 * expected,
+                "ring {k}: {c}"
+            );
         }
     }
 
     #[test]
     fn moons_are_centred_and_invalid_settings_rejected() {
-        let d = Toy::TwoMoons { noise: 0.0, scale: 1.0 };
+        let d = Toy::TwoMoons {
+            noise: 0.0,
+            scale: 1.0,
+        };
         let v = d.sample(&mut ChaCha20Rng::seed_from_u64(4), 20_000);
         let mx: f64 = v.iter().step_by(2).map(|&x| x as f64).sum::<f64>() / 20_000.0;
         assert!(mx.abs() < 0.02, "{mx}");
-        assert!(Toy::Checkerboard { squares: 1, size: 1.0 }.validate().is_err());
+        assert!(Toy::Checkerboard {
+            squares: 1,
+            size: 1.0
+        }
+        .validate()
+        .is_err());
         assert!(Toy::Gaussian { std: 0.0 }.validate().is_err());
     }
 }

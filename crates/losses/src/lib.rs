@@ -14,7 +14,7 @@ mod premetric;
 mod random;
 
 pub use error::{Error, Result};
+pub(crate) use objective::distill::one_step as distill_one_step;
 pub use objective::{Batch, Distill, FlowGuided, LossTerms, Objective, Rf};
 pub use premetric::{Premetric, PremetricConfig};
 pub use random::{normal_tensor, uniform_tensor};
-pub(crate) use objective::distill::one_step as distill_one_step;

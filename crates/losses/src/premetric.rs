@@ -28,7 +28,10 @@ pub enum PremetricConfig {
 
 /// Squared differences summed over all but the batch dimension, in float32 or wider: [B].
 fn sum_sq(a: &Tensor, b: &Tensor) -> Tensor {
-    (a - b).square().flatten(1, -1).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+    (a - b)
+        .square()
+        .flatten(1, -1)
+        .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
 }
 
 fn dims(a: &Tensor) -> f64 {
@@ -55,7 +58,11 @@ impl Premetric for PremetricConfig {
             PremetricConfig::L2Squared {} => sum_sq(a, b) / d,
             PremetricConfig::L2 {} => (sum_sq(a, b) / d).sqrt(),
             PremetricConfig::L1 {} => {
-                (a - b).abs().flatten(1, -1).sum_dim_intlist([1i64].as_slice(), false, Kind::Float) / d
+                (a - b)
+                    .abs()
+                    .flatten(1, -1)
+                    .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+                    / d
             }
             PremetricConfig::PseudoHuber {} => {
                 let c = 0.00054 * d;
@@ -100,8 +107,14 @@ mod tests {
         let zeros = Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu));
         let small = zeros.ones_like() * (0.01 / (d as f64).sqrt()); // ‖δ‖ = 0.01
         let large = zeros.ones_like() * (1000.0 / (d as f64).sqrt()); // ‖δ‖ = 1000
-        let hs = PremetricConfig::PseudoHuber {}.distance(&small, &zeros).unwrap().double_value(&[0]);
-        let hl = PremetricConfig::PseudoHuber {}.distance(&large, &zeros).unwrap().double_value(&[0]);
+        let hs = PremetricConfig::PseudoHuber {}
+            .distance(&small, &zeros)
+            .unwrap()
+            .double_value(&[0]);
+        let hl = PremetricConfig::PseudoHuber {}
+            .distance(&large, &zeros)
+            .unwrap()
+            .double_value(&[0]);
         assert!((hs - 0.01f64.powi(2) / (2.0 * c) / d as f64).abs() / hs < 1e-3);
         assert!((hl - (1000.0 - c) / d as f64).abs() / hl < 1e-3);
     }
@@ -110,7 +123,12 @@ mod tests {
     fn identity_symmetry_and_non_negativity() {
         let a = Tensor::randn([4, 3, 2, 2], (Kind::Float, Device::Cpu));
         let b = Tensor::randn([4, 3, 2, 2], (Kind::Float, Device::Cpu));
-        for p in [PremetricConfig::L2Squared {}, PremetricConfig::L2 {}, PremetricConfig::L1 {}, PremetricConfig::PseudoHuber {}] {
+        for p in [
+            PremetricConfig::L2Squared {},
+            PremetricConfig::L2 {},
+            PremetricConfig::L1 {},
+            PremetricConfig::PseudoHuber {},
+        ] {
             let zero = p.distance(&a, &a).unwrap();
             assert_eq!(zero.abs().max().double_value(&[]), 0.0, "{p:?}");
             let ab = p.distance(&a, &b).unwrap();
@@ -125,7 +143,10 @@ mod tests {
     fn mismatched_shapes_are_errors() {
         let a = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
         let b = Tensor::zeros([2, 4], (Kind::Float, Device::Cpu));
-        let err = PremetricConfig::L2Squared {}.distance(&a, &b).unwrap_err().to_string();
+        let err = PremetricConfig::L2Squared {}
+            .distance(&a, &b)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("[2, 3]") && err.contains("[2, 4]"), "{err}");
     }
 }

@@ -13,7 +13,10 @@ pub fn normal_tensor<R: Rng + ?Sized>(rng: &mut R, shape: &[i64], device: Device
             x as f32
         })
         .collect();
-    Tensor::from_slice(&v).reshape(shape).to_kind(Kind::Float).to_device(device)
+    Tensor::from_slice(&v)
+        .reshape(shape)
+        .to_kind(Kind::Float)
+        .to_device(device)
 }
 
 /// Float32 tensor [values.len()] on `device` from f64 values (e.g. sampled times).

@@ -7,7 +7,11 @@ use crate::error::{Error, Result};
 /// E‖a − b‖² (mean over samples of the squared Euclidean norm over all other dimensions), a, b: [B, …].
 pub fn mean_squared_distance(a: &Tensor, b: &Tensor) -> Result<f64> {
     if a.size() != b.size() || a.dim() < 2 {
-        return Err(Error::BadInput(format!("shapes {:?} and {:?} differ", a.size(), b.size())));
+        return Err(Error::BadInput(format!(
+            "shapes {:?} and {:?} differ",
+            a.size(),
+            b.size()
+        )));
     }
     Ok((a - b)
         .to_kind(Kind::Double)

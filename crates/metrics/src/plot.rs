@@ -74,7 +74,10 @@ impl Canvas {
     pub fn line(&mut self, a: (f64, f64), b: (f64, f64), c: Rgb) {
         let (x0, y0) = self.to_px(a.0, a.1);
         let (x1, y1) = self.to_px(b.0, b.1);
-        let steps = (x1 - x0).abs().max((y1 - y0).abs()).clamp(1, 4 * self.size as i64);
+        let steps = (x1 - x0)
+            .abs()
+            .max((y1 - y0).abs())
+            .clamp(1, 4 * self.size as i64);
         for i in 0..=steps {
             let f = i as f64 / steps as f64;
             let px = x0 as f64 + f * (x1 - x0) as f64;
@@ -87,7 +90,10 @@ impl Canvas {
     pub fn scatter(&mut self, points: &Tensor, radius: i64, c: Rgb) -> Result<()> {
         let a = to_array(points)?;
         if a.ncols() != 2 {
-            return Err(Error::BadInput(format!("scatter needs [N, 2] points, got {:?}", a.dim())));
+            return Err(Error::BadInput(format!(
+                "scatter needs [N, 2] points, got {:?}",
+                a.dim()
+            )));
         }
         for row in a.rows() {
             self.dot(row[0], row[1], radius, c);
@@ -124,9 +130,16 @@ pub fn samples_png(path: &Path, reference: &Tensor, samples: &Tensor, extent: f6
 
 /// The first `count` trajectories of a captured path (each x: [B, 2]) as polylines, start points
 /// grey, endpoints orange.
-pub fn trajectories_png(path: &Path, trajectory: &[(f64, Tensor)], count: usize, extent: f64) -> Result<()> {
+pub fn trajectories_png(
+    path: &Path,
+    trajectory: &[(f64, Tensor)],
+    count: usize,
+    extent: f64,
+) -> Result<()> {
     if trajectory.len() < 2 {
-        return Err(Error::BadInput("a trajectory needs at least two points".into()));
+        return Err(Error::BadInput(
+            "a trajectory needs at least two points".into(),
+        ));
     }
     let steps: Vec<_> = trajectory
         .iter()
@@ -136,7 +149,11 @@ pub fn trajectories_png(path: &Path, trajectory: &[(f64, Tensor)], count: usize,
     let n = steps[0].nrows();
     for i in 0..n {
         for w in steps.windows(2) {
-            c.line((w[0][[i, 0]], w[0][[i, 1]]), (w[1][[i, 0]], w[1][[i, 1]]), BLUE);
+            c.line(
+                (w[0][[i, 0]], w[0][[i, 1]]),
+                (w[1][[i, 0]], w[1][[i, 1]]),
+                BLUE,
+            );
         }
     }
     for i in 0..n {
@@ -181,7 +198,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.png");
         let traj: Vec<(f64, Tensor)> = (0..=4)
-            .map(|i| (i as f64 / 4.0, Tensor::full([3, 2], i as f64 - 2.0, (Kind::Float, Device::Cpu))))
+            .map(|i| {
+                (
+                    i as f64 / 4.0,
+                    Tensor::full([3, 2], i as f64 - 2.0, (Kind::Float, Device::Cpu)),
+                )
+            })
             .collect();
         trajectories_png(&p, &traj, 2, 4.0).unwrap();
         let (_, _, buf) = decode(&p);

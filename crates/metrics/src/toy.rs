@@ -12,10 +12,17 @@ use crate::error::{Error, Result};
 /// Copies a [N, D] tensor into an f64 array.
 pub fn to_array(x: &Tensor) -> Result<Array2<f64>> {
     if x.dim() != 2 {
-        return Err(Error::BadInput(format!("expected [N, D] samples, got {:?}", x.size())));
+        return Err(Error::BadInput(format!(
+            "expected [N, D] samples, got {:?}",
+            x.size()
+        )));
     }
     let (n, d) = (x.size()[0] as usize, x.size()[1] as usize);
-    let flat: Vec<f64> = Vec::<f64>::try_from(&x.to_kind(Kind::Double).to_device(tch::Device::Cpu).flatten(0, -1))?;
+    let flat: Vec<f64> = Vec::<f64>::try_from(
+        &x.to_kind(Kind::Double)
+            .to_device(tch::Device::Cpu)
+            .flatten(0, -1),
+    )?;
     Array2::from_shape_vec((n, d), flat).map_err(|e| Error::BadInput(e.to_string()))
 }
 
@@ -103,7 +110,9 @@ fn mean_pairwise(a: &Array2<f64>, b: &Array2<f64>, same: bool) -> f64 {
 pub fn energy_distance(a: &Tensor, b: &Tensor) -> Result<f64> {
     let (a, b) = (to_array(a)?, to_array(b)?);
     check(&a, &b)?;
-    Ok(2.0 * mean_pairwise(&a, &b, false) - mean_pairwise(&a, &a, true) - mean_pairwise(&b, &b, true))
+    Ok(2.0 * mean_pairwise(&a, &b, false)
+        - mean_pairwise(&a, &a, true)
+        - mean_pairwise(&b, &b, true))
 }
 
 #[cfg(test)]

@@ -100,8 +100,12 @@ pub fn read(path: &Path) -> Result<TensorFile> {
         let view = st
             .tensor(&name)
             .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
-        let kind = kind_of(view.dtype())
-            .ok_or_else(|| corrupt(format!("tensor `{name}`: unsupported dtype {:?}", view.dtype())))?;
+        let kind = kind_of(view.dtype()).ok_or_else(|| {
+            corrupt(format!(
+                "tensor `{name}`: unsupported dtype {:?}",
+                view.dtype()
+            ))
+        })?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
         tensors.push((name, t));
@@ -124,7 +128,11 @@ fn tensor_bytes(t: &Tensor) -> Vec<u8> {
 
 /// Writes tensors and metadata atomically (temp file, fsync, rename). The library version is added
 /// to the metadata.
-pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn write(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut owned = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let dtype = dtype_of(t.kind()).ok_or_else(|| Error::Corrupt {
@@ -143,7 +151,10 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<Stri
             )
         })
         .collect();
-    let mut meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut meta: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     meta.insert(VERSION_KEY.into(), env!("CARGO_PKG_VERSION").into());
     let bytes = safetensors::serialize(views, &Some(meta)).map_err(|e| Error::Corrupt {
         path: path.to_path_buf(),
@@ -202,7 +213,8 @@ pub fn named_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 /// dtype and device.
 pub fn load_strict(vs: &mut nn::VarStore, file: &TensorFile, ignorable: &[&str]) -> Result<()> {
     let vars = vs.variables();
-    let in_file: HashMap<&str, &Tensor> = file.tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let in_file: HashMap<&str, &Tensor> =
+        file.tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     let mut missing: Vec<String> = vars
         .keys()
         .filter(|k| !in_file.contains_key(k.as_str()))
@@ -219,7 +231,8 @@ pub fn load_strict(vs: &mut nn::VarStore, file: &TensorFile, ignorable: &[&str])
         .iter()
         .filter_map(|(k, v)| {
             let t = in_file.get(k.as_str())?;
-            (t.size() != v.size()).then(|| format!("{k}: model {:?}, file {:?}", v.size(), t.size()))
+            (t.size() != v.size())
+                .then(|| format!("{k}: model {:?}, file {:?}", v.size(), t.size()))
         })
         .collect();
     if !(missing.is_empty() && unexpected.is_empty() && mismatched.is_empty()) {
@@ -253,7 +266,15 @@ mod tests {
         let a = Tensor::from_slice(&[1.0f32, -2.5, 3.25]).reshape([3, 1]);
         let b = Tensor::from_slice(&[7i64, 8]);
         let meta = BTreeMap::from([("k".to_string(), "v".to_string())]);
-        write(&path, &[("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())], &meta).unwrap();
+        write(
+            &path,
+            &[
+                ("a".into(), a.shallow_clone()),
+                ("b".into(), b.shallow_clone()),
+            ],
+            &meta,
+        )
+        .unwrap();
         assert!(!dir.path().join("a.safetensors.tmp").exists());
         let f = read(&path).unwrap();
         assert_eq!(f.metadata["k"], "v");
@@ -267,14 +288,25 @@ mod tests {
     fn truncated_and_garbage_files_are_reported_as_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.safetensors");
-        write(&path, &[("a".into(), Tensor::ones([64], (Kind::Float, Device::Cpu)))], &BTreeMap::new()).unwrap();
+        write(
+            &path,
+            &[("a".into(), Tensor::ones([64], (Kind::Float, Device::Cpu)))],
+            &BTreeMap::new(),
+        )
+        .unwrap();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
         let err = read(&path).unwrap_err().to_string();
-        assert!(err.contains("a.safetensors") && err.contains("corrupt"), "{err}");
+        assert!(
+            err.contains("a.safetensors") && err.contains("corrupt"),
+            "{err}"
+        );
         std::fs::write(&path, b"not a checkpoint").unwrap();
         assert!(matches!(read(&path), Err(Error::Corrupt { .. })));
-        assert!(matches!(read(&dir.path().join("missing")), Err(Error::Io { .. })));
+        assert!(matches!(
+            read(&dir.path().join("missing")),
+            Err(Error::Io { .. })
+        ));
     }
 
     #[test]
@@ -293,7 +325,10 @@ mod tests {
             &[
                 ("w".into(), w64.shallow_clone()),
                 ("b".into(), Tensor::zeros([3], (Kind::Float, Device::Cpu))),
-                ("extra".into(), Tensor::zeros([1], (Kind::Float, Device::Cpu))),
+                (
+                    "extra".into(),
+                    Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+                ),
             ],
             &BTreeMap::new(),
         )
@@ -311,13 +346,19 @@ mod tests {
                 ("w".into(), w64.shallow_clone()),
                 ("b".into(), Tensor::ones([2], (Kind::Double, Device::Cpu))),
                 ("c".into(), Tensor::ones([1], (Kind::Float, Device::Cpu))),
-                ("num_batches_tracked".into(), Tensor::zeros([1], (Kind::Int64, Device::Cpu))),
+                (
+                    "num_batches_tracked".into(),
+                    Tensor::zeros([1], (Kind::Int64, Device::Cpu)),
+                ),
             ],
             &BTreeMap::new(),
         )
         .unwrap();
         let file = read(&path).unwrap();
-        assert!(load_strict(&mut vs, &file, &[]).is_err(), "ignorable keys must be declared");
+        assert!(
+            load_strict(&mut vs, &file, &[]).is_err(),
+            "ignorable keys must be declared"
+        );
         load_strict(&mut vs, &file, &["num_batches_tracked"]).unwrap();
         let w = &vs.variables()["w"];
         assert_eq!(w.kind(), Kind::Float);

@@ -43,10 +43,16 @@ impl Model {
     /// [`checkpoint::load_strict`]).
     pub fn load(path: &Path, device: Device) -> Result<Self> {
         let file = checkpoint::read(path)?;
-        let arch = file.metadata.get(checkpoint::ARCH_KEY).ok_or_else(|| Error::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!("no `{}` metadata: not a slimflow model checkpoint", checkpoint::ARCH_KEY),
-        })?;
+        let arch = file
+            .metadata
+            .get(checkpoint::ARCH_KEY)
+            .ok_or_else(|| Error::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "no `{}` metadata: not a slimflow model checkpoint",
+                    checkpoint::ARCH_KEY
+                ),
+            })?;
         let config: ArchConfig = serde_json::from_str(arch).map_err(|e| Error::Corrupt {
             path: path.to_path_buf(),
             reason: format!("architecture metadata: {e}"),
@@ -58,7 +64,12 @@ impl Model {
 
     /// Writes the parameters with the architecture config (and `extra` metadata) atomically.
     pub fn save(&self, path: &Path, extra: &BTreeMap<String, String>) -> Result<()> {
-        checkpoint::write_model(path, self.config(), &checkpoint::named_variables(&self.vs), extra)
+        checkpoint::write_model(
+            path,
+            self.config(),
+            &checkpoint::named_variables(&self.vs),
+            extra,
+        )
     }
 
     /// The network.
@@ -73,7 +84,11 @@ impl Model {
 
     /// Number of trainable scalar parameters.
     pub fn num_params(&self) -> i64 {
-        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
     }
 
     /// Checks a user-supplied batch against the architecture before a forward pass.

@@ -53,7 +53,10 @@ impl MlpConfig {
             p.push(format!("depth must be ≥ 1, got {}", self.depth));
         }
         if self.time_embed_dim < 2 || self.time_embed_dim % 2 != 0 {
-            p.push(format!("time_embed_dim must be even and ≥ 2, got {}", self.time_embed_dim));
+            p.push(format!(
+                "time_embed_dim must be even and ≥ 2, got {}",
+                self.time_embed_dim
+            ));
         }
         if self.label_dim < 0 {
             p.push(format!("label_dim must be ≥ 0, got {}", self.label_dim));
@@ -84,9 +87,19 @@ impl Mlp {
             layers.push(nn::linear(&lp / i, fan_in, cfg.hidden, Default::default()));
             fan_in = cfg.hidden;
         }
-        layers.push(nn::linear(&lp / cfg.depth, fan_in, cfg.data_dim, Default::default()));
+        layers.push(nn::linear(
+            &lp / cfg.depth,
+            fan_in,
+            cfg.data_dim,
+            Default::default(),
+        ));
         let label_embed = (cfg.label_dim > 0).then(|| {
-            nn::embedding(p / "label_embed", cfg.label_dim, cfg.hidden, Default::default())
+            nn::embedding(
+                p / "label_embed",
+                cfg.label_dim,
+                cfg.hidden,
+                Default::default(),
+            )
         });
         Mlp {
             config: ArchConfig::Mlp(cfg.clone()),
@@ -99,7 +112,9 @@ impl Mlp {
     /// Sinusoidal features of 1000·t: [B] → [B, time_embed_dim].
     fn time_features(&self, t: &Tensor) -> Tensor {
         let half = self.cfg.time_embed_dim / 2;
-        let freqs = (Tensor::arange(half, (Kind::Float, t.device())) * (-(10_000f64.ln()) / half as f64)).exp();
+        let freqs = (Tensor::arange(half, (Kind::Float, t.device()))
+            * (-(10_000f64.ln()) / half as f64))
+            .exp();
         let args = (t.to_kind(Kind::Float) * 1000.0).unsqueeze(1) * freqs.unsqueeze(0); // [B, half]
         Tensor::cat(&[args.cos(), args.sin()], 1)
     }

@@ -65,7 +65,10 @@ impl ArchConfig {
             .map(|p| (p.config)())
             .ok_or_else(|| {
                 let known: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
-                Error::InvalidConfig(vec![format!("unknown preset `{name}` (known: {})", known.join(", "))])
+                Error::InvalidConfig(vec![format!(
+                    "unknown preset `{name}` (known: {})",
+                    known.join(", ")
+                )])
             })
     }
 
@@ -109,7 +112,14 @@ impl ArchConfig {
         if xs.len() != shape.len() + 1 || xs[1..] != shape[..] {
             return Err(Error::BadInput {
                 name: "x",
-                expected: format!("[B, {}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+                expected: format!(
+                    "[B, {}]",
+                    shape
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 got: xs,
             });
         }
@@ -153,8 +163,14 @@ mod tests {
     fn presets_build_and_count_parameters() {
         let m = Model::new(&ArchConfig::preset("mlp-toy").unwrap(), Device::Cpu).unwrap();
         // (2 + 32)·256 + 256 + 2·(256·256 + 256) + 256·2 + 2
-        assert_eq!(m.num_params(), 34 * 256 + 256 + 2 * (256 * 256 + 256) + 512 + 2);
-        assert!(ArchConfig::preset("nope").unwrap_err().to_string().contains("mlp-toy"));
+        assert_eq!(
+            m.num_params(),
+            34 * 256 + 256 + 2 * (256 * 256 + 256) + 512 + 2
+        );
+        assert!(ArchConfig::preset("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("mlp-toy"));
     }
 
     #[test]
@@ -165,14 +181,23 @@ mod tests {
             ..MlpConfig::default()
         });
         let err = cfg.validate().unwrap_err().to_string();
-        assert!(err.contains("hidden") && err.contains("time_embed_dim"), "{err}");
+        assert!(
+            err.contains("hidden") && err.contains("time_embed_dim"),
+            "{err}"
+        );
         assert!(Model::new(&cfg, Device::Cpu).is_err());
     }
 
     #[test]
     fn config_parses_with_arch_tag_and_rejects_unknown_fields() {
         let c: ArchConfig = serde_json::from_str(r#"{"arch":"mlp","hidden":32}"#).unwrap();
-        assert_eq!(c, ArchConfig::Mlp(MlpConfig { hidden: 32, ..MlpConfig::default() }));
+        assert_eq!(
+            c,
+            ArchConfig::Mlp(MlpConfig {
+                hidden: 32,
+                ..MlpConfig::default()
+            })
+        );
         assert!(serde_json::from_str::<ArchConfig>(r#"{"arch":"mlp","hiden":32}"#).is_err());
         assert!(serde_json::from_str::<ArchConfig>(r#"{"arch":"unet"}"#).is_err());
     }
@@ -187,11 +212,17 @@ mod tests {
         let v0 = m.net().forward_t(&x, &t0, None, true);
         assert_eq!(v0.size(), vec![5, 2]);
         let v1 = m.net().forward_t(&x, &t1, None, false);
-        assert!((&v0 - &v1).abs().max().double_value(&[]) > 1e-6, "output must depend on t");
+        assert!(
+            (&v0 - &v1).abs().max().double_value(&[]) > 1e-6,
+            "output must depend on t"
+        );
         v0.square().sum(Kind::Float).backward();
         for (name, var) in m.vs.variables() {
             let g = var.grad();
-            assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{name} gets no gradient");
+            assert!(
+                g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "{name} gets no gradient"
+            );
         }
     }
 
@@ -200,16 +231,26 @@ mod tests {
         let m = Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu).unwrap();
         let t = Tensor::zeros([4], (Kind::Float, Device::Cpu));
         let x3 = Tensor::zeros([4, 3], (Kind::Float, Device::Cpu));
-        assert!(m.check_input(&x3, &t, None).unwrap_err().to_string().contains("[B, 2]"));
+        assert!(m
+            .check_input(&x3, &t, None)
+            .unwrap_err()
+            .to_string()
+            .contains("[B, 2]"));
         let x = Tensor::zeros([4, 2], (Kind::Float, Device::Cpu));
-        assert!(m.check_input(&x, &Tensor::zeros([3], (Kind::Float, Device::Cpu)), None).is_err());
+        assert!(m
+            .check_input(&x, &Tensor::zeros([3], (Kind::Float, Device::Cpu)), None)
+            .is_err());
         let y = Tensor::zeros([4], (Kind::Int64, Device::Cpu));
         assert!(m.check_input(&x, &t, Some(&y)).is_err());
     }
 
     #[test]
     fn class_conditional_mlp_uses_labels() {
-        let cfg = ArchConfig::Mlp(MlpConfig { label_dim: 3, hidden: 16, ..MlpConfig::default() });
+        let cfg = ArchConfig::Mlp(MlpConfig {
+            label_dim: 3,
+            hidden: 16,
+            ..MlpConfig::default()
+        });
         let m = Model::new(&cfg, Device::Cpu).unwrap();
         let x = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
         let t = Tensor::full([2], 0.5, (Kind::Float, Device::Cpu));
@@ -217,7 +258,10 @@ mod tests {
         let y1 = Tensor::from_slice(&[1i64, 2]);
         m.check_input(&x, &t, Some(&y0)).unwrap();
         assert!(m.check_input(&x, &t, None).is_err());
-        let d = (m.net().forward_t(&x, &t, Some(&y0), false) - m.net().forward_t(&x, &t, Some(&y1), false)).abs().max();
+        let d = (m.net().forward_t(&x, &t, Some(&y0), false)
+            - m.net().forward_t(&x, &t, Some(&y1), false))
+        .abs()
+        .max();
         assert!(d.double_value(&[]) > 1e-6);
     }
 
@@ -226,7 +270,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
         let m = Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu).unwrap();
-        m.save(&path, &BTreeMap::from([("note".into(), "x".into())])).unwrap();
+        m.save(&path, &BTreeMap::from([("note".into(), "x".into())]))
+            .unwrap();
         let back = Model::load(&path, Device::Cpu).unwrap();
         assert_eq!(back.config(), m.config());
         let x = Tensor::randn([7, 2], (Kind::Float, Device::Cpu));
@@ -239,8 +284,12 @@ mod tests {
         let other_path = dir.path().join("o.safetensors");
         other.save(&other_path, &BTreeMap::new()).unwrap();
         let file = crate::checkpoint::read(&other_path).unwrap();
-        let mut vs = Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu).unwrap().vs;
-        let err = crate::checkpoint::load_strict(&mut vs, &file, &[]).unwrap_err().to_string();
+        let mut vs = Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu)
+            .unwrap()
+            .vs;
+        let err = crate::checkpoint::load_strict(&mut vs, &file, &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("layers.3.weight"), "{err}");
     }
 }

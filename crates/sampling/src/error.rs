@@ -12,7 +12,9 @@ pub enum Error {
         reason: String,
     },
     /// The adaptive solver needed more steps than allowed.
-    #[error("RK45 did not reach t = {to} within {max_steps} steps (at t = {at}); loosen rtol/atol")]
+    #[error(
+        "RK45 did not reach t = {to} within {max_steps} steps (at t = {at}); loosen rtol/atol"
+    )]
     TooManySteps {
         /// Target time.
         to: f64,

@@ -54,7 +54,11 @@ const MAX_FACTOR: f64 = 10.0;
 const MAX_STEPS: usize = 100_000;
 
 fn rms(x: &Tensor) -> f64 {
-    x.to_kind(Kind::Double).square().mean(Kind::Double).sqrt().double_value(&[])
+    x.to_kind(Kind::Double)
+        .square()
+        .mean(Kind::Double)
+        .sqrt()
+        .double_value(&[])
 }
 
 pub(crate) fn solve(

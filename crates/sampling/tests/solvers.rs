@@ -107,19 +107,28 @@ fn growth_error(cfg: SolverConfig) -> f64 {
 
 #[test]
 fn euler_converges_at_first_order() {
-    let ratio = growth_error(SolverConfig::Euler { steps: 64 }) / growth_error(SolverConfig::Euler { steps: 128 });
+    let ratio = growth_error(SolverConfig::Euler { steps: 64 })
+        / growth_error(SolverConfig::Euler { steps: 128 });
     assert!((ratio - 2.0).abs() < 0.1, "{ratio}");
 }
 
 #[test]
 fn heun_converges_at_second_order() {
-    let ratio = growth_error(SolverConfig::Heun { steps: 64 }) / growth_error(SolverConfig::Heun { steps: 128 });
+    let ratio = growth_error(SolverConfig::Heun { steps: 64 })
+        / growth_error(SolverConfig::Heun { steps: 128 });
     assert!((ratio - 4.0).abs() < 0.2, "{ratio}");
     let sol_nfe = {
         let v = |x: &Tensor, _t: &Tensor| x.shallow_clone();
-        solve(&SolverConfig::Heun { steps: 5 }, &v, &scalar_batch(&[1.0]), 0.0, 1.0, false)
-            .unwrap()
-            .nfe
+        solve(
+            &SolverConfig::Heun { steps: 5 },
+            &v,
+            &scalar_batch(&[1.0]),
+            0.0,
+            1.0,
+            false,
+        )
+        .unwrap()
+        .nfe
     };
     assert_eq!(sol_nfe, 10);
 }
@@ -165,7 +174,15 @@ fn trajectory_capture_and_straightness() {
     let x0 = scalar_batch(&[0.0, 0.0]);
     // Straight constant-speed path: S = 0.
     let straight = |x: &Tensor, _t: &Tensor| x.ones_like();
-    let sol = solve(&SolverConfig::Euler { steps: 10 }, &straight, &x0, 0.0, 1.0, true).unwrap();
+    let sol = solve(
+        &SolverConfig::Euler { steps: 10 },
+        &straight,
+        &x0,
+        0.0,
+        1.0,
+        true,
+    )
+    .unwrap();
     let path = sol.path.unwrap();
     assert_eq!(path.len(), 11);
     assert!(straightness(&path).unwrap().abs() < 1e-20);
@@ -192,7 +209,15 @@ fn solves_build_no_graph_and_reject_bad_settings() {
     assert!(solve(&bad, &v, &x0, 0.0, 1.0, false).is_err());
     assert!(solve(&SolverConfig::Euler { steps: 1 }, &v, &x0, 0.5, 0.5, false).is_err());
     let blowup = |x: &Tensor, _t: &Tensor| x * f64::INFINITY;
-    assert!(solve(&SolverConfig::Euler { steps: 1 }, &blowup, &x0, 0.0, 1.0, false).is_err());
+    assert!(solve(
+        &SolverConfig::Euler { steps: 1 },
+        &blowup,
+        &x0,
+        0.0,
+        1.0,
+        false
+    )
+    .is_err());
 }
 
 #[test]
@@ -200,6 +225,9 @@ fn solver_config_parses_from_toml_style_json() {
     let c: SolverConfig = serde_json::from_str(r#"{"kind":"heun","steps":8}"#).unwrap();
     assert_eq!(c, SolverConfig::Heun { steps: 8 });
     // An adaptive solver with a step count cannot be written.
-    assert!(serde_json::from_str::<SolverConfig>(r#"{"kind":"rk45","rtol":1e-5,"atol":1e-5,"steps":3}"#).is_err());
+    assert!(serde_json::from_str::<SolverConfig>(
+        r#"{"kind":"rk45","rtol":1e-5,"atol":1e-5,"steps":3}"#
+    )
+    .is_err());
     let _ = Kind::Double;
 }

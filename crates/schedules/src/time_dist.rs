@@ -293,8 +293,7 @@ impl Density for TimeDist {
                     return 0.0;
                 }
                 let z = (logit(t) - mean) / std;
-                (-0.5 * z * z).exp()
-                    / (std * (2.0 * std::f64::consts::PI).sqrt() * t * (1.0 - t))
+                (-0.5 * z * z).exp() / (std * (2.0 * std::f64::consts::PI).sqrt() * t * (1.0 - t))
             }
             TimeDist::Discrete { .. } | TimeDist::Fixed { .. } => 0.0,
         }
@@ -368,7 +367,9 @@ mod tests {
             std: 1.2,
         };
         let mut rng = ChaCha20Rng::seed_from_u64(5);
-        let s: Vec<f64> = (0..N).map(|_| sigmoid(0.3 + 1.2 * normal(&mut rng))).collect();
+        let s: Vec<f64> = (0..N)
+            .map(|_| sigmoid(0.3 + 1.2 * normal(&mut rng)))
+            .collect();
         assert!(ks(s, |t| d.cdf(t)) < ks_limit(N));
     }
 
@@ -477,7 +478,9 @@ mod tests {
         }
         .validate()
         .is_err());
-        assert!(TimeDist::Discrete { steps: 0, eps: 0.0 }.validate().is_err());
+        assert!(TimeDist::Discrete { steps: 0, eps: 0.0 }
+            .validate()
+            .is_err());
         assert!(TimeDist::Fixed { t: 2.0 }.validate().is_err());
         assert!(TimeDist::default().validate().is_ok());
     }

@@ -8,12 +8,17 @@ use slimflow_schedules::{Density, TimeDist, TimeDistribution};
 fn parity_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("SLIMFLOW_PARITY_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/parity"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/parity")
+        });
     if dir.is_dir() {
         return Some(dir);
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("parity vectors not found at {} (set SLIMFLOW_PARITY_DIR)", dir.display());
+        panic!(
+            "parity vectors not found at {} (set SLIMFLOW_PARITY_DIR)",
+            dir.display()
+        );
     }
     eprintln!("SKIP: parity vectors not found at {}", dir.display());
     None

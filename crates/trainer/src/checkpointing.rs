@@ -74,7 +74,10 @@ pub fn list_states(dir: &Path) -> Vec<u64> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            name.strip_prefix("state-")?.strip_suffix(".safetensors")?.parse().ok()
+            name.strip_prefix("state-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()
         })
         .collect();
     steps.sort_unstable();
@@ -93,8 +96,14 @@ pub fn save_state(dir: &Path, s: &TrainState) -> Result<PathBuf> {
     let meta = BTreeMap::from([
         ("slimflow.step".to_string(), s.step.to_string()),
         ("slimflow.adam_t".to_string(), s.adam_t.to_string()),
-        ("slimflow.rng".to_string(), serde_json::to_string(&s.rng).expect("rng serialises")),
-        (checkpoint::ARCH_KEY.to_string(), serde_json::to_string(&s.arch).expect("arch serialises")),
+        (
+            "slimflow.rng".to_string(),
+            serde_json::to_string(&s.rng).expect("rng serialises"),
+        ),
+        (
+            checkpoint::ARCH_KEY.to_string(),
+            serde_json::to_string(&s.arch).expect("arch serialises"),
+        ),
     ]);
     let path = state_path(dir, s.step);
     checkpoint::write(&path, &tensors, &meta)?;
@@ -108,16 +117,32 @@ pub fn load_state(path: &Path, names: &[String]) -> Result<TrainState> {
         path: path.to_path_buf(),
         reason,
     };
-    let meta = |key: &str| file.metadata.get(key).ok_or_else(|| bad(format!("missing metadata `{key}`")));
-    let step = meta("slimflow.step")?.parse().map_err(|e| bad(format!("step: {e}")))?;
-    let adam_t = meta("slimflow.adam_t")?.parse().map_err(|e| bad(format!("adam_t: {e}")))?;
-    let rng: ChaCha20Rng = serde_json::from_str(meta("slimflow.rng")?).map_err(|e| bad(format!("rng: {e}")))?;
-    let arch: ArchConfig = serde_json::from_str(meta(checkpoint::ARCH_KEY)?).map_err(|e| bad(format!("arch: {e}")))?;
+    let meta = |key: &str| {
+        file.metadata
+            .get(key)
+            .ok_or_else(|| bad(format!("missing metadata `{key}`")))
+    };
+    let step = meta("slimflow.step")?
+        .parse()
+        .map_err(|e| bad(format!("step: {e}")))?;
+    let adam_t = meta("slimflow.adam_t")?
+        .parse()
+        .map_err(|e| bad(format!("adam_t: {e}")))?;
+    let rng: ChaCha20Rng =
+        serde_json::from_str(meta("slimflow.rng")?).map_err(|e| bad(format!("rng: {e}")))?;
+    let arch: ArchConfig =
+        serde_json::from_str(meta(checkpoint::ARCH_KEY)?).map_err(|e| bad(format!("arch: {e}")))?;
     let expected = 4 * names.len();
     if file.tensors.len() != expected {
-        return Err(bad(format!("holds {} tensors, the model needs {expected}", file.tensors.len())));
+        return Err(bad(format!(
+            "holds {} tensors, the model needs {expected}",
+            file.tensors.len()
+        )));
     }
-    let get = |prefix: &str, name: &str| file.get(&format!("{prefix}.{name}")).map(|t| t.shallow_clone());
+    let get = |prefix: &str, name: &str| {
+        file.get(&format!("{prefix}.{name}"))
+            .map(|t| t.shallow_clone())
+    };
     let mut s = TrainState {
         step,
         params: Vec::new(),
@@ -163,8 +188,19 @@ mod tests {
     fn keep_last_n_deletes_only_the_oldest() {
         assert_eq!(plan(7, 100, 10, 2, &[]), vec![]);
         assert_eq!(plan(10, 100, 10, 2, &[]), vec![Action::Save(10)]);
-        assert_eq!(plan(30, 100, 10, 2, &[10, 20]), vec![Action::Save(30), Action::Delete(10)]);
-        assert_eq!(plan(40, 100, 10, 1, &[10, 20, 30]), vec![Action::Save(40), Action::Delete(10), Action::Delete(20), Action::Delete(30)]);
+        assert_eq!(
+            plan(30, 100, 10, 2, &[10, 20]),
+            vec![Action::Save(30), Action::Delete(10)]
+        );
+        assert_eq!(
+            plan(40, 100, 10, 1, &[10, 20, 30]),
+            vec![
+                Action::Save(40),
+                Action::Delete(10),
+                Action::Delete(20),
+                Action::Delete(30)
+            ]
+        );
         // The final step always saves, even off-cadence.
         assert_eq!(plan(95, 95, 10, 3, &[90]), vec![Action::Save(95)]);
     }
@@ -172,7 +208,13 @@ mod tests {
     #[test]
     fn list_states_parses_only_state_files() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["state-00000010.safetensors", "state-00000002.safetensors", "state-x.safetensors", "state-00000003.safetensors.tmp", "other"] {
+        for name in [
+            "state-00000010.safetensors",
+            "state-00000002.safetensors",
+            "state-x.safetensors",
+            "state-00000003.safetensors.tmp",
+            "other",
+        ] {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
         assert_eq!(list_states(dir.path()), vec![2, 10]);

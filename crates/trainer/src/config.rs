@@ -353,25 +353,72 @@ impl PipelineConfig {
         if let Some(m) = &self.reflow.model {
             check("reflow.model", m.validate().map_err(|e| e.to_string()));
         }
-        check("data.source", self.data.source.validate().map_err(|e| e.to_string()));
-        check("data.target", self.data.target.validate().map_err(|e| e.to_string()));
-        check("train.time", self.train.time.validate().map_err(|e| e.to_string()));
-        check("reflow.time", self.reflow.time.validate().map_err(|e| e.to_string()));
-        check("reflow.anneal", self.reflow.anneal.validate().map_err(|e| e.to_string()));
-        check("pairs.solver", self.pairs.solver.validate().map_err(|e| e.to_string()));
-        check("eval.solver", self.eval.solver.validate().map_err(|e| e.to_string()));
+        check(
+            "data.source",
+            self.data.source.validate().map_err(|e| e.to_string()),
+        );
+        check(
+            "data.target",
+            self.data.target.validate().map_err(|e| e.to_string()),
+        );
+        check(
+            "train.time",
+            self.train.time.validate().map_err(|e| e.to_string()),
+        );
+        check(
+            "reflow.time",
+            self.reflow.time.validate().map_err(|e| e.to_string()),
+        );
+        check(
+            "reflow.anneal",
+            self.reflow.anneal.validate().map_err(|e| e.to_string()),
+        );
+        check(
+            "pairs.solver",
+            self.pairs.solver.validate().map_err(|e| e.to_string()),
+        );
+        check(
+            "eval.solver",
+            self.eval.solver.validate().map_err(|e| e.to_string()),
+        );
         for (key, bs) in [
             ("train.batch_size", self.train.batch_size),
             ("reflow.batch_size", self.reflow.batch_size),
             ("distill.batch_size", self.distill.batch_size),
             ("pairs.batch_size", self.pairs.batch_size),
         ] {
-            check(key, if bs == 0 { Err("must be positive".into()) } else { Ok(()) });
+            check(
+                key,
+                if bs == 0 {
+                    Err("must be positive".into())
+                } else {
+                    Ok(())
+                },
+            );
         }
-        for (key, o) in [("train.optim", &self.train.optim), ("reflow.optim", &self.reflow.optim), ("distill.optim", &self.distill.optim)] {
-            let ok = o.lr.is_finite() && o.lr > 0.0 && (0.0..1.0).contains(&o.beta1) && (0.0..1.0).contains(&o.beta2)
-                && o.eps > 0.0 && o.grad_clip >= 0.0 && (0.0..1.0).contains(&o.ema_decay);
-            check(key, if ok { Ok(()) } else { Err("need lr > 0, β in [0, 1), eps > 0, grad_clip ≥ 0, ema_decay in [0, 1)".into()) });
+        for (key, o) in [
+            ("train.optim", &self.train.optim),
+            ("reflow.optim", &self.reflow.optim),
+            ("distill.optim", &self.distill.optim),
+        ] {
+            let ok = o.lr.is_finite()
+                && o.lr > 0.0
+                && (0.0..1.0).contains(&o.beta1)
+                && (0.0..1.0).contains(&o.beta2)
+                && o.eps > 0.0
+                && o.grad_clip >= 0.0
+                && (0.0..1.0).contains(&o.ema_decay);
+            check(
+                key,
+                if ok {
+                    Ok(())
+                } else {
+                    Err(
+                        "need lr > 0, β in [0, 1), eps > 0, grad_clip ≥ 0, ema_decay in [0, 1)"
+                            .into(),
+                    )
+                },
+            );
         }
         if self.reflow.init == Init::Teacher {
             if let Some(m) = &self.reflow.model {
@@ -381,10 +428,38 @@ impl PipelineConfig {
             }
         }
         let [lo, hi] = self.distill.flow_guided_t;
-        check("distill.flow_guided_t", if self.distill.eps <= lo && lo < hi && hi <= 1.0 { Ok(()) } else { Err(format!("need eps ≤ lo < hi ≤ 1, got [{lo}, {hi}]")) });
-        check("distill.flow_guided_weight", if self.distill.flow_guided_weight >= 0.0 { Ok(()) } else { Err("must be ≥ 0".into()) });
-        check("eval.samples", if self.eval.samples >= 2 { Ok(()) } else { Err("need at least 2".into()) });
-        check("eval.straightness_steps", if self.eval.straightness_steps >= 1 { Ok(()) } else { Err("need at least 1".into()) });
+        check(
+            "distill.flow_guided_t",
+            if self.distill.eps <= lo && lo < hi && hi <= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("need eps ≤ lo < hi ≤ 1, got [{lo}, {hi}]"))
+            },
+        );
+        check(
+            "distill.flow_guided_weight",
+            if self.distill.flow_guided_weight >= 0.0 {
+                Ok(())
+            } else {
+                Err("must be ≥ 0".into())
+            },
+        );
+        check(
+            "eval.samples",
+            if self.eval.samples >= 2 {
+                Ok(())
+            } else {
+                Err("need at least 2".into())
+            },
+        );
+        check(
+            "eval.straightness_steps",
+            if self.eval.straightness_steps >= 1 {
+                Ok(())
+            } else {
+                Err("need at least 1".into())
+            },
+        );
         if problems.is_empty() {
             Ok(())
         } else {
@@ -417,28 +492,40 @@ fn apply_override(doc: &mut toml_edit::DocumentMut, arg: &str) -> Result<(), Con
         arg: arg.to_string(),
         reason: reason.to_string(),
     };
-    let (key, raw) = arg.split_once('=').ok_or_else(|| bad("expected key=value"))?;
+    let (key, raw) = arg
+        .split_once('=')
+        .ok_or_else(|| bad("expected key=value"))?;
     let parts: Vec<&str> = key.trim().split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(bad("empty key segment"));
     }
     let mut item = doc.as_item_mut();
     for part in &parts[..parts.len() - 1] {
-        let table = item.as_table_like_mut().ok_or_else(|| bad("parent is not a table"))?;
+        let table = item
+            .as_table_like_mut()
+            .ok_or_else(|| bad("parent is not a table"))?;
         if table.get(part).is_none() {
             table.insert(part, toml_edit::Item::Table(toml_edit::Table::new()));
         }
         item = table.get_mut(part).expect("just inserted");
     }
-    let table = item.as_table_like_mut().ok_or_else(|| bad("parent is not a table"))?;
-    table.insert(parts[parts.len() - 1], toml_edit::Item::Value(parse_value(raw.trim())));
+    let table = item
+        .as_table_like_mut()
+        .ok_or_else(|| bad("parent is not a table"))?;
+    table.insert(
+        parts[parts.len() - 1],
+        toml_edit::Item::Value(parse_value(raw.trim())),
+    );
     Ok(())
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map(|i| before.len() - i).unwrap_or(before.len() + 1);
+    let col = before
+        .rfind('\n')
+        .map(|i| before.len() - i)
+        .unwrap_or(before.len() + 1);
     (line, col)
 }
 
@@ -467,7 +554,11 @@ pub fn parse_with_overrides<T: serde::de::DeserializeOwned>(
         let overridden = overrides
             .iter()
             .filter_map(|o| o.split_once('=').map(|(k, _)| k.trim().to_string()))
-            .find(|k| path == *k || path.starts_with(&format!("{k}.")) || k.starts_with(&format!("{path}.")));
+            .find(|k| {
+                path == *k
+                    || path.starts_with(&format!("{k}."))
+                    || k.starts_with(&format!("{path}."))
+            });
         let location = match (overridden, inner.span()) {
             (Some(k), _) => format!("--set {k}"),
             (None, Some(span)) => {
@@ -476,7 +567,11 @@ pub fn parse_with_overrides<T: serde::de::DeserializeOwned>(
             }
             (None, None) => file.clone(),
         };
-        let key = if path == "." { String::new() } else { format!("key `{path}`: ") };
+        let key = if path == "." {
+            String::new()
+        } else {
+            format!("key `{path}`: ")
+        };
         ConfigError::Invalid {
             location,
             message: format!("{key}{}", inner.message().trim()),
@@ -551,14 +646,23 @@ samples = 16
     fn minimal_config_takes_documented_defaults() {
         let c = parse(MINIMAL, &[]).unwrap();
         assert_eq!(c.train.optim.lr, 2e-4);
-        assert_eq!(c.pairs.solver, SolverConfig::Rk45 { rtol: 1e-5, atol: 1e-5 });
+        assert_eq!(
+            c.pairs.solver,
+            SolverConfig::Rk45 {
+                rtol: 1e-5,
+                atol: 1e-5
+            }
+        );
         assert_eq!(c.data.source, Toy::Gaussian { std: 1.0 });
         assert_eq!(c.student_arch(), &c.model);
     }
 
     #[test]
     fn unknown_key_is_reported_with_line_and_path() {
-        let text = MINIMAL.replace("batch_size = 8\n\n[pairs]", "batch_size = 8\nbatchsize = 3\n\n[pairs]");
+        let text = MINIMAL.replace(
+            "batch_size = 8\n\n[pairs]",
+            "batch_size = 8\nbatchsize = 3\n\n[pairs]",
+        );
         let err = parse(&text, &[]).unwrap_err().to_string();
         assert!(err.starts_with("cfg.toml:15:"), "{err}");
         assert!(err.contains("batchsize"), "{err}");
@@ -566,36 +670,72 @@ samples = 16
 
     #[test]
     fn mistyped_value_names_the_key() {
-        let text = MINIMAL.replace("steps = 10\nbatch_size = 8\n\n[pairs]", "steps = \"ten\"\nbatch_size = 8\n\n[pairs]");
+        let text = MINIMAL.replace(
+            "steps = 10\nbatch_size = 8\n\n[pairs]",
+            "steps = \"ten\"\nbatch_size = 8\n\n[pairs]",
+        );
         let err = parse(&text, &[]).unwrap_err().to_string();
-        assert!(err.contains("cfg.toml:13:") && err.contains("train.steps"), "{err}");
+        assert!(
+            err.contains("cfg.toml:13:") && err.contains("train.steps"),
+            "{err}"
+        );
     }
 
     #[test]
     fn malformed_toml_is_reported_with_its_line() {
         let text = MINIMAL.replace("seed = 1", "seed = = 1");
         let err = parse(&text, &[]).unwrap_err().to_string();
-        assert!(err.starts_with("cfg.toml:3:") && err.contains("invalid TOML"), "{err}");
+        assert!(
+            err.starts_with("cfg.toml:3:") && err.contains("invalid TOML"),
+            "{err}"
+        );
     }
 
     #[test]
     fn overrides_edit_the_tree_and_are_checked() {
-        let c = parse(MINIMAL, &["train.optim.lr=0.01", "reflow.anneal={ kind = \"linear\" }", "name=other"]).unwrap();
+        let c = parse(
+            MINIMAL,
+            &[
+                "train.optim.lr=0.01",
+                "reflow.anneal={ kind = \"linear\" }",
+                "name=other",
+            ],
+        )
+        .unwrap();
         assert_eq!(c.train.optim.lr, 0.01);
         assert_eq!(c.reflow.anneal, Anneal::Linear {});
         assert_eq!(c.name, "other");
-        let err = parse(MINIMAL, &["train.optim.lrr=0.01"]).unwrap_err().to_string();
-        assert!(err.contains("--set train.optim.lrr") && err.contains("lrr"), "{err}");
-        let err = parse(MINIMAL, &["train.steps=abc"]).unwrap_err().to_string();
+        let err = parse(MINIMAL, &["train.optim.lrr=0.01"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--set train.optim.lrr") && err.contains("lrr"),
+            "{err}"
+        );
+        let err = parse(MINIMAL, &["train.steps=abc"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--set train.steps"), "{err}");
         assert!(parse(MINIMAL, &["novalue"]).is_err());
     }
 
     #[test]
     fn semantic_problems_are_all_listed() {
-        let err = parse(MINIMAL, &["train.batch_size=0", "eval.samples=1", "reflow.model={ arch = \"mlp\", hidden = 8 }"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("train.batch_size") && err.contains("eval.samples") && err.contains("reflow.init"), "{err}");
+        let err = parse(
+            MINIMAL,
+            &[
+                "train.batch_size=0",
+                "eval.samples=1",
+                "reflow.model={ arch = \"mlp\", hidden = 8 }",
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("train.batch_size")
+                && err.contains("eval.samples")
+                && err.contains("reflow.init"),
+            "{err}"
+        );
     }
 }

@@ -24,7 +24,9 @@ impl Ema {
     pub fn update(&mut self, params: &[Tensor]) {
         tch::no_grad(|| {
             for (e, p) in self.values.iter_mut().zip(params) {
-                let _ = e.g_mul_scalar_(self.decay).g_add_(&(p * (1.0 - self.decay)));
+                let _ = e
+                    .g_mul_scalar_(self.decay)
+                    .g_add_(&(p * (1.0 - self.decay)));
             }
         });
     }

@@ -21,7 +21,9 @@ fn ctrlc_handler() -> Result<(), String> {
             // Second signal: stop now.
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt received: saving a checkpoint and stopping (send again to stop at once)");
+        eprintln!(
+            "\ninterrupt received: saving a checkpoint and stopping (send again to stop at once)"
+        );
     })
     .map_err(|e| e.to_string())
 }

@@ -48,8 +48,12 @@ impl Adam {
                 if !g.defined() {
                     continue;
                 }
-                let _ = m.g_mul_scalar_(self.beta1).g_add_(&(&g * (1.0 - self.beta1)));
-                let _ = v.g_mul_scalar_(self.beta2).g_add_(&(g.square() * (1.0 - self.beta2)));
+                let _ = m
+                    .g_mul_scalar_(self.beta1)
+                    .g_add_(&(&g * (1.0 - self.beta1)));
+                let _ = v
+                    .g_mul_scalar_(self.beta2)
+                    .g_add_(&(g.square() * (1.0 - self.beta2)));
                 let denom = v.sqrt() / bc2.sqrt() + self.eps;
                 let mut p = p.shallow_clone();
                 let _ = p.g_sub_(&(&*m / &denom * (lr / bc1)));
@@ -73,7 +77,11 @@ pub fn warmup_lr(lr: f64, step: u64, warmup: u64) -> f64 {
 pub fn sanitize_and_clip(params: &[Tensor], max_norm: f64) -> f64 {
     tch::no_grad(|| {
         let mut sq = 0.0;
-        let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+        let grads: Vec<Tensor> = params
+            .iter()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .collect();
         for g in &grads {
             let mut g = g.shallow_clone();
             let _ = g.nan_to_num_(0.0, 0.0, 0.0);
@@ -114,7 +122,10 @@ mod tests {
         // (float64) step 1 with grad [0.5, -1.0], step 2 with grad [0.25, 2.0]; torch 2.11 prints
         // [0.900000002, -1.900000001] then [0.8067820404774624, -1.9366103534720749].
         let p = Tensor::from_slice(&[1.0f64, -2.0]).set_requires_grad(true);
-        let cfg = OptimConfig { lr: 0.1, ..OptimConfig::default() };
+        let cfg = OptimConfig {
+            lr: 0.1,
+            ..OptimConfig::default()
+        };
         let mut adam = Adam::new(&cfg, std::slice::from_ref(&p));
         for g in [[0.5f64, -1.0], [0.25, 2.0]] {
             zero_grad(std::slice::from_ref(&p));
@@ -133,7 +144,9 @@ mod tests {
     #[test]
     fn non_finite_gradients_are_zeroed_and_norm_clipped() {
         let p = Tensor::from_slice(&[1.0f32, 1.0, 1.0]).set_requires_grad(true);
-        (&p * Tensor::from_slice(&[f32::NAN, 3.0, 4.0])).sum(Kind::Float).backward();
+        (&p * Tensor::from_slice(&[f32::NAN, 3.0, 4.0]))
+            .sum(Kind::Float)
+            .backward();
         let norm = sanitize_and_clip(std::slice::from_ref(&p), 1.0);
         assert!((norm - 5.0).abs() < 1e-5);
         let g = Vec::<f32>::try_from(&p.grad()).unwrap();

@@ -99,8 +99,13 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 fn git_revision() -> Option<String> {
-    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// A stage being run.
@@ -125,10 +130,12 @@ impl StageCtx {
             return Ok(None);
         }
         let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
-        serde_json::from_str(&text).map(Some).map_err(|e| Error::BadCheckpoint {
-            path: p,
-            reason: format!("manifest: {e}"),
-        })
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::BadCheckpoint {
+                path: p,
+                reason: format!("manifest: {e}"),
+            })
     }
 
     /// Starts `stage`: `None` when it is already complete for the same `hash_input`; otherwise the
@@ -139,7 +146,10 @@ impl StageCtx {
         let path = self.stage_path(stage);
         if let Some(m) = self.manifest(stage)? {
             if m.config_hash == hash && m.status == Status::Complete {
-                tracing::info!("stage `{stage}` already complete ({}), skipping", path.display());
+                tracing::info!(
+                    "stage `{stage}` already complete ({}), skipping",
+                    path.display()
+                );
                 return Ok(None);
             }
             if m.config_hash != hash {

@@ -99,7 +99,11 @@ pub fn train(
     let save = |step: u64, adam: &Adam, ema: &Ema, rng: &ChaCha20Rng| -> Result<PathBuf> {
         let state = TrainState {
             step,
-            params: names.iter().cloned().zip(params.iter().map(|p| p.detach())).collect(),
+            params: names
+                .iter()
+                .cloned()
+                .zip(params.iter().map(|p| p.detach()))
+                .collect(),
             ema: ema.values.iter().map(|t| t.shallow_clone()).collect(),
             adam_m: adam.m.iter().map(|t| t.shallow_clone()).collect(),
             adam_v: adam.v.iter().map(|t| t.shallow_clone()).collect(),
@@ -115,7 +119,10 @@ pub fn train(
                 save(step, &adam, &ema, &rng)?;
             }
             progress.finish();
-            tracing::info!("{}: interrupted at step {step}; run again to resume", settings.label);
+            tracing::info!(
+                "{}: interrupted at step {step}; run again to resume",
+                settings.label
+            );
             return Ok(LoopEnd::Interrupted);
         }
         tch::manual_seed((settings.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
@@ -124,7 +131,9 @@ pub fn train(
         let loss = terms.total.double_value(&[]);
         if !loss.is_finite() {
             progress.finish();
-            let last = checkpointing::list_states(&ckpt_dir).last().map(|&s| checkpointing::state_path(&ckpt_dir, s));
+            let last = checkpointing::list_states(&ckpt_dir)
+                .last()
+                .map(|&s| checkpointing::state_path(&ckpt_dir, s));
             return Err(Error::NonFiniteLoss {
                 step,
                 value: loss,
@@ -140,13 +149,20 @@ pub fn train(
         let done = step + 1;
         let every = settings.checkpoint.log_every.max(1);
         if done % every == 0 || done == settings.steps {
-            let mut fields: Vec<(&str, f64)> = vec![("loss", loss), ("grad_norm", grad_norm), ("lr", lr)];
+            let mut fields: Vec<(&str, f64)> =
+                vec![("loss", loss), ("grad_norm", grad_norm), ("lr", lr)];
             fields.extend(terms.parts.iter().map(|(k, v)| (*k, *v)));
             sink.record(done, &fields)?;
         }
         progress.set(done, || format!("loss {loss:.4}"));
         let existing = checkpointing::list_states(&ckpt_dir);
-        for action in checkpointing::plan(done, settings.steps, settings.checkpoint.every, settings.checkpoint.keep_last, &existing) {
+        for action in checkpointing::plan(
+            done,
+            settings.steps,
+            settings.checkpoint.every,
+            settings.checkpoint.keep_last,
+            &existing,
+        ) {
             match action {
                 Action::Save(s) => {
                     save(s, &adam, &ema, &rng)?;
@@ -157,13 +173,24 @@ pub fn train(
     }
     progress.finish();
     let weights: Vec<(String, Tensor)> = if settings.optim.use_ema {
-        names.iter().cloned().zip(ema.values.iter().map(|t| t.shallow_clone())).collect()
+        names
+            .iter()
+            .cloned()
+            .zip(ema.values.iter().map(|t| t.shallow_clone()))
+            .collect()
     } else {
-        names.iter().cloned().zip(params.iter().map(|t| t.detach())).collect()
+        names
+            .iter()
+            .cloned()
+            .zip(params.iter().map(|t| t.detach()))
+            .collect()
     };
     let meta = BTreeMap::from([
         ("slimflow.step".to_string(), settings.steps.to_string()),
-        ("slimflow.weights".to_string(), if settings.optim.use_ema { "ema" } else { "raw" }.to_string()),
+        (
+            "slimflow.weights".to_string(),
+            if settings.optim.use_ema { "ema" } else { "raw" }.to_string(),
+        ),
     ]);
     ckpt::write_model(&stage_dir.join("model.safetensors"), &arch, &weights, &meta)?;
     Ok(LoopEnd::Finished)

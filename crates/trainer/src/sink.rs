@@ -36,7 +36,9 @@ impl JsonlSink {
                 .collect();
             std::fs::write(path, kept).map_err(io_err(path))?;
         }
-        Ok(JsonlSink { path: path.to_path_buf() })
+        Ok(JsonlSink {
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -45,9 +47,18 @@ impl MetricSink for JsonlSink {
         let mut obj = serde_json::Map::new();
         obj.insert("step".into(), step.into());
         for (k, v) in fields {
-            obj.insert((*k).into(), serde_json::Number::from_f64(*v).map(Into::into).unwrap_or(serde_json::Value::Null));
+            obj.insert(
+                (*k).into(),
+                serde_json::Number::from_f64(*v)
+                    .map(Into::into)
+                    .unwrap_or(serde_json::Value::Null),
+            );
         }
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(io_err(&self.path))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io_err(&self.path))?;
         writeln!(f, "{}", serde_json::Value::Object(obj)).map_err(io_err(&self.path))
     }
 }
@@ -61,7 +72,10 @@ pub struct MemorySink {
 
 impl MetricSink for MemorySink {
     fn record(&mut self, step: u64, fields: &[(&str, f64)]) -> Result<()> {
-        self.records.push((step, fields.iter().map(|(k, v)| (k.to_string(), *v)).collect()));
+        self.records.push((
+            step,
+            fields.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ));
         Ok(())
     }
 }
@@ -81,7 +95,14 @@ mod tests {
         let mut s = JsonlSink::open(&p, 20).unwrap();
         s.record(30, &[("loss", 0.25)]).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
-        let steps: Vec<u64> = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+        let steps: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
         assert_eq!(steps, vec![10, 20, 30]);
         assert!(text.lines().last().unwrap().contains("0.25"));
         JsonlSink::open(&p, 0).unwrap();

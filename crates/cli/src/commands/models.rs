@@ -25,9 +25,18 @@ pub fn run(args: &ModelsArgs) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<16} {:<6} {:>12}  description", "preset", "arch", "params");
+        println!(
+            "{:<16} {:<6} {:>12}  description",
+            "preset", "arch", "params"
+        );
         for r in &rows {
-            println!("{:<16} {:<6} {:>12}  {}", r["name"].as_str().unwrap_or(""), r["arch"].as_str().unwrap_or(""), r["params"], r["description"].as_str().unwrap_or(""));
+            println!(
+                "{:<16} {:<6} {:>12}  {}",
+                r["name"].as_str().unwrap_or(""),
+                r["arch"].as_str().unwrap_or(""),
+                r["params"],
+                r["description"].as_str().unwrap_or("")
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

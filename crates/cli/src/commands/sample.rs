@@ -49,8 +49,16 @@ pub fn parse_solver(spec: &str) -> Result<SolverConfig> {
         "heun" => SolverConfig::Heun { steps: steps()? },
         "x_pred" => SolverConfig::XPred { steps: steps()? },
         "rk45" => {
-            let tol = if arg.is_empty() { 1e-5 } else { arg.parse().map_err(|_| anyhow::anyhow!("solver `{spec}`: bad tolerance"))? };
-            SolverConfig::Rk45 { rtol: tol, atol: tol }
+            let tol = if arg.is_empty() {
+                1e-5
+            } else {
+                arg.parse()
+                    .map_err(|_| anyhow::anyhow!("solver `{spec}`: bad tolerance"))?
+            };
+            SolverConfig::Rk45 {
+                rtol: tol,
+                atol: tol,
+            }
         }
         _ => bail!("unknown solver `{kind}` (euler:N, heun:N, x_pred:N, rk45[:TOL])"),
     })
@@ -69,7 +77,11 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
         out: args.out.clone(),
     };
     let nfe = stage::sample(&ctx, &req)?;
-    eprintln!("wrote {} samples to {} (NFE {nfe})", args.n, args.out.display());
+    eprintln!(
+        "wrote {} samples to {} (NFE {nfe})",
+        args.n,
+        args.out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -79,9 +91,24 @@ mod tests {
 
     #[test]
     fn solver_specs() {
-        assert_eq!(parse_solver("euler:1").unwrap(), SolverConfig::Euler { steps: 1 });
-        assert_eq!(parse_solver("rk45").unwrap(), SolverConfig::Rk45 { rtol: 1e-5, atol: 1e-5 });
-        assert_eq!(parse_solver("rk45:1e-3").unwrap(), SolverConfig::Rk45 { rtol: 1e-3, atol: 1e-3 });
+        assert_eq!(
+            parse_solver("euler:1").unwrap(),
+            SolverConfig::Euler { steps: 1 }
+        );
+        assert_eq!(
+            parse_solver("rk45").unwrap(),
+            SolverConfig::Rk45 {
+                rtol: 1e-5,
+                atol: 1e-5
+            }
+        );
+        assert_eq!(
+            parse_solver("rk45:1e-3").unwrap(),
+            SolverConfig::Rk45 {
+                rtol: 1e-3,
+                atol: 1e-3
+            }
+        );
         assert!(parse_solver("heun:0").is_err());
         assert!(parse_solver("midpoint:3").is_err());
     }

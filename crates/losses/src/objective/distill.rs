@@ -23,7 +23,13 @@ pub struct Distill<'a> {
 }
 
 /// x̂1 of the one-step generator from noise z: [B, …].
-pub fn one_step(student: &Model, z: &Tensor, eps: f64, labels: Option<&Tensor>, train: bool) -> Tensor {
+pub fn one_step(
+    student: &Model,
+    z: &Tensor,
+    eps: f64,
+    labels: Option<&Tensor>,
+    train: bool,
+) -> Tensor {
     let t = Tensor::full([z.size()[0]], eps, (z.kind(), z.device()));
     let v = student.net().forward_t(z, &t, labels, train);
     x1_from_velocity(z, &t, &v)
@@ -33,7 +39,10 @@ impl Objective for Distill<'_> {
     fn loss(&self, student: &Model, batch: &Batch, rng: &mut dyn RngCore) -> Result<LossTerms> {
         check_batch(batch)?;
         let x1_hat = one_step(student, &batch.x0, self.eps, batch.labels.as_ref(), true);
-        let distill = self.premetric.distance(&x1_hat, &batch.x1)?.mean(Kind::Float);
+        let distill = self
+            .premetric
+            .distance(&x1_hat, &batch.x1)?
+            .mean(Kind::Float);
         let mut parts = vec![("distill", distill.double_value(&[]))];
         let total = match &self.guide {
             Some((guide, weight)) => {
@@ -60,12 +69,25 @@ mod tests {
         let m = Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu).unwrap();
         let z = Tensor::randn([6, 2], (Kind::Float, Device::Cpu));
         let x1 = Tensor::randn([6, 2], (Kind::Float, Device::Cpu));
-        let obj = Distill { eps: 1e-3, premetric: PremetricConfig::L2Squared {}, guide: None };
-        let batch = Batch { x0: z.shallow_clone(), x1: x1.shallow_clone(), labels: None };
-        let terms = obj.loss(&m, &batch, &mut ChaCha20Rng::seed_from_u64(0)).unwrap();
+        let obj = Distill {
+            eps: 1e-3,
+            premetric: PremetricConfig::L2Squared {},
+            guide: None,
+        };
+        let batch = Batch {
+            x0: z.shallow_clone(),
+            x1: x1.shallow_clone(),
+            labels: None,
+        };
+        let terms = obj
+            .loss(&m, &batch, &mut ChaCha20Rng::seed_from_u64(0))
+            .unwrap();
         let t = Tensor::full([6], 1e-3, (Kind::Float, Device::Cpu));
         let v = m.net().forward_t(&z, &t, None, false);
-        let manual = (&z + v * (1.0 - 1e-3) - &x1).square().mean(Kind::Float).double_value(&[]);
+        let manual = (&z + v * (1.0 - 1e-3) - &x1)
+            .square()
+            .mean(Kind::Float)
+            .double_value(&[]);
         assert!((terms.total.double_value(&[]) - manual).abs() < 1e-6);
         assert_eq!(terms.parts.len(), 1);
     }

@@ -43,17 +43,24 @@ impl FlowGuided<'_> {
         let x1 = &batch.x1;
         let b = x1.size()[0] as usize;
         let eps_noise = normal_tensor(rng, &x1.size(), x1.device()).to_kind(x1.kind());
-        let x1_student = distill_one_step(student, &eps_noise, self.eps, batch.labels.as_ref(), true);
+        let x1_student =
+            distill_one_step(student, &eps_noise, self.eps, batch.labels.as_ref(), true);
         let ts: Vec<f64> = (0..b).map(|_| rng.gen_range(lo..hi)).collect();
         let t = uniform_tensor(&ts, x1.device()).to_kind(x1.kind());
         let target = tch::no_grad(|| {
             // v_s from the student's prediction: x̂1_s = ε + (1 − eps)·v_s.
             let v_s = (x1_student.detach() - &eps_noise) / (1.0 - self.eps);
             let x_mid = &eps_noise + slimflow_schedules::expand_t(&(&t - self.eps), &v_s) * &v_s;
-            let v_t = self.teacher.net().forward_t(&x_mid, &t, batch.labels.as_ref(), false);
+            let v_t = self
+                .teacher
+                .net()
+                .forward_t(&x_mid, &t, batch.labels.as_ref(), false);
             x1_from_velocity(&x_mid, &t, &v_t)
         });
-        Ok(self.premetric.distance(&x1_student, &target)?.mean(Kind::Float))
+        Ok(self
+            .premetric
+            .distance(&x1_student, &target)?
+            .mean(Kind::Float))
     }
 }
 
@@ -70,17 +77,27 @@ mod tests {
         let cfg = ArchConfig::preset("mlp-toy-small").unwrap();
         let student = Model::new(&cfg, Device::Cpu).unwrap();
         let teacher = Model::new(&cfg, Device::Cpu).unwrap();
-        let fg = FlowGuided { teacher: &teacher, eps: 1e-3, t_range: (0.2, 0.8), premetric: PremetricConfig::L2Squared {} };
+        let fg = FlowGuided {
+            teacher: &teacher,
+            eps: 1e-3,
+            t_range: (0.2, 0.8),
+            premetric: PremetricConfig::L2Squared {},
+        };
         let batch = Batch {
             x0: Tensor::zeros([16, 2], (Kind::Float, Device::Cpu)),
             x1: Tensor::zeros([16, 2], (Kind::Float, Device::Cpu)),
             labels: None,
         };
-        let term = fg.term(&student, &batch, &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
+        let term = fg
+            .term(&student, &batch, &mut ChaCha20Rng::seed_from_u64(1))
+            .unwrap();
         assert!(term.double_value(&[]) > 0.0);
         term.backward();
         for (name, var) in teacher.vs.variables() {
-            assert!(!var.grad().defined() || var.grad().abs().sum(Kind::Float).double_value(&[]) == 0.0, "teacher {name}");
+            assert!(
+                !var.grad().defined() || var.grad().abs().sum(Kind::Float).double_value(&[]) == 0.0,
+                "teacher {name}"
+            );
         }
         for (name, var) in student.vs.variables() {
             assert!(var.grad().defined(), "student {name}");
@@ -103,15 +120,27 @@ mod tests {
             }
         });
         teacher.vs.copy(&student.vs).unwrap();
-        let fg = FlowGuided { teacher: &teacher, eps: 1e-3, t_range: (0.2, 0.8), premetric: PremetricConfig::L2Squared {} };
+        let fg = FlowGuided {
+            teacher: &teacher,
+            eps: 1e-3,
+            t_range: (0.2, 0.8),
+            premetric: PremetricConfig::L2Squared {},
+        };
         let batch = Batch {
             x0: Tensor::zeros([8, 2], (Kind::Float, Device::Cpu)),
             x1: Tensor::zeros([8, 2], (Kind::Float, Device::Cpu)),
             labels: None,
         };
-        let term = fg.term(&student, &batch, &mut ChaCha20Rng::seed_from_u64(2)).unwrap();
+        let term = fg
+            .term(&student, &batch, &mut ChaCha20Rng::seed_from_u64(2))
+            .unwrap();
         assert!(term.double_value(&[]) < 1e-10);
-        let bad = FlowGuided { t_range: (0.8, 0.2), ..fg };
-        assert!(bad.term(&student, &batch, &mut ChaCha20Rng::seed_from_u64(2)).is_err());
+        let bad = FlowGuided {
+            t_range: (0.8, 0.2),
+            ..fg
+        };
+        assert!(bad
+            .term(&student, &batch, &mut ChaCha20Rng::seed_from_u64(2))
+            .is_err());
     }
 }

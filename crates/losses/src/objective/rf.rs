@@ -26,9 +26,12 @@ impl Objective for Rf {
         check_batch(batch)?;
         self.time.validate()?;
         let b = batch.x1.size()[0] as usize;
-        let t = uniform_tensor(&self.time.sample(rng, b), batch.x1.device()).to_kind(batch.x1.kind());
+        let t =
+            uniform_tensor(&self.time.sample(rng, b), batch.x1.device()).to_kind(batch.x1.kind());
         let path = RectifiedPath.sample(&batch.x0, &batch.x1, &t);
-        let v_hat = student.net().forward_t(&path.x_t, &t, batch.labels.as_ref(), true);
+        let v_hat = student
+            .net()
+            .forward_t(&path.x_t, &t, batch.labels.as_ref(), true);
         let per_sample = self.premetric.distance(&v_hat, &path.v)?;
         let total = per_sample.mean(Kind::Float);
         let value = total.double_value(&[]);
@@ -53,21 +56,39 @@ mod tests {
         let m = Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu).unwrap();
         let x0 = Tensor::randn([8, 2], (Kind::Float, Device::Cpu));
         let x1 = Tensor::randn([8, 2], (Kind::Float, Device::Cpu));
-        let batch = Batch { x0: x0.shallow_clone(), x1: x1.shallow_clone(), labels: None };
-        let obj = Rf { time: TimeDist::Uniform { eps: 1e-3 }, premetric: PremetricConfig::L2Squared {} };
-        let terms = obj.loss(&m, &batch, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
+        let batch = Batch {
+            x0: x0.shallow_clone(),
+            x1: x1.shallow_clone(),
+            labels: None,
+        };
+        let obj = Rf {
+            time: TimeDist::Uniform { eps: 1e-3 },
+            premetric: PremetricConfig::L2Squared {},
+        };
+        let terms = obj
+            .loss(&m, &batch, &mut ChaCha20Rng::seed_from_u64(3))
+            .unwrap();
         // Same draws by hand.
         let ts = TimeDist::Uniform { eps: 1e-3 }.sample(&mut ChaCha20Rng::seed_from_u64(3), 8);
         let t = uniform_tensor(&ts, Device::Cpu);
         let x_t = t.unsqueeze(1) * &x1 + (1.0 - t.unsqueeze(1)) * &x0;
         let v = m.net().forward_t(&x_t, &t, None, true);
-        let manual = (v - (&x1 - &x0)).square().mean(Kind::Float).double_value(&[]);
+        let manual = (v - (&x1 - &x0))
+            .square()
+            .mean(Kind::Float)
+            .double_value(&[]);
         assert!((terms.parts[0].1 - manual).abs() < 1e-6);
         terms.total.backward();
         for (name, var) in m.vs.variables() {
             assert!(var.grad().defined(), "{name}");
         }
-        let bad = Batch { x0: Tensor::zeros([8, 3], (Kind::Float, Device::Cpu)), x1, labels: None };
-        assert!(obj.loss(&m, &bad, &mut ChaCha20Rng::seed_from_u64(3)).is_err());
+        let bad = Batch {
+            x0: Tensor::zeros([8, 3], (Kind::Float, Device::Cpu)),
+            x1,
+            labels: None,
+        };
+        assert!(obj
+            .loss(&m, &bad, &mut ChaCha20Rng::seed_from_u64(3))
+            .is_err());
     }
 }

@@ -15,8 +15,20 @@ use crate::stage::{input, pair_batch, stage_seed};
 pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     let cfg = &ctx.config;
     let dc = &cfg.distill;
-    let (pairs_json, pairs_sha) = input(ctx, "distill", "generate-pairs", "the pair store", "pairs/pairs.json")?;
-    let (rf2_path, rf2_sha) = input(ctx, "distill", "reflow", "the 2-RF model", "model.safetensors")?;
+    let (pairs_json, pairs_sha) = input(
+        ctx,
+        "distill",
+        "generate-pairs",
+        "the pair store",
+        "pairs/pairs.json",
+    )?;
+    let (rf2_path, rf2_sha) = input(
+        ctx,
+        "distill",
+        "reflow",
+        "the 2-RF model",
+        "model.safetensors",
+    )?;
     let hash = json!({"seed": cfg.seed, "distill": dc, "reflow": rf2_sha, "pairs": pairs_sha});
     run_stage(ctx, "distill", hash, |dir| {
         let mut student = Model::load(&rf2_path, ctx.device)?;
@@ -40,7 +52,9 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             premetric: dc.premetric,
             guide,
         };
-        let mut batches = |rng: &mut rand_chacha::ChaCha20Rng, _step: u64| Ok(pair_batch(&pairs, dc.batch_size, rng));
+        let mut batches = |rng: &mut rand_chacha::ChaCha20Rng, _step: u64| {
+            Ok(pair_batch(&pairs, dc.batch_size, rng))
+        };
         let settings = LoopSettings {
             steps: dc.steps,
             optim: &dc.optim,
@@ -48,12 +62,14 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             seed: stage_seed(cfg.seed, 13),
             label: "distill",
         };
-        Ok(match run_loop::train(&dir.path, &mut student, &settings, &objective, &mut batches)? {
-            LoopEnd::Finished => {
-                dir.output("model", "model.safetensors");
-                StageOutcome::Completed
-            }
-            LoopEnd::Interrupted => StageOutcome::Interrupted,
-        })
+        Ok(
+            match run_loop::train(&dir.path, &mut student, &settings, &objective, &mut batches)? {
+                LoopEnd::Finished => {
+                    dir.output("model", "model.safetensors");
+                    StageOutcome::Completed
+                }
+                LoopEnd::Interrupted => StageOutcome::Interrupted,
+            },
+        )
     })
 }

@@ -19,7 +19,11 @@ use crate::run_dir::{run_stage, sha256_file, StageCtx, StageOutcome};
 use crate::stage::stage_seed;
 
 /// Models evaluated, by display name and producing stage.
-pub const MODELS: [(&str, &str); 3] = [("1-RF", "train"), ("2-RF", "reflow"), ("distilled", "distill")];
+pub const MODELS: [(&str, &str); 3] = [
+    ("1-RF", "train"),
+    ("2-RF", "reflow"),
+    ("distilled", "distill"),
+];
 
 /// Seeds of the evaluation noise start here (disjoint from pair seeds).
 const EVAL_SEED_BASE: u64 = 1 << 48;
@@ -31,7 +35,9 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     let mut found = Vec::new();
     for (name, stage) in MODELS {
         let path = ctx.stage_path(stage).join("model.safetensors");
-        let complete = ctx.manifest(stage)?.is_some_and(|m| m.status == crate::run_dir::Status::Complete);
+        let complete = ctx
+            .manifest(stage)?
+            .is_some_and(|m| m.status == crate::run_dir::Status::Complete);
         if path.exists() && complete {
             let sha = sha256_file(&path)?;
             found.push((name, stage, path, sha));
@@ -49,7 +55,10 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     let hash = json!({"seed": cfg.seed, "eval": ec, "target": cfg.data.target, "models": shas});
     run_stage(ctx, "eval", hash, |dir| {
         let mut rng = ChaCha20Rng::seed_from_u64(stage_seed(cfg.seed, 5));
-        let reference = cfg.data.target.sample_tensor(&mut rng, ec.samples, ctx.device);
+        let reference = cfg
+            .data
+            .target
+            .sample_tensor(&mut rng, ec.samples, ctx.device);
         let seeds: Vec<u64> = (0..ec.samples as u64).map(|i| EVAL_SEED_BASE + i).collect();
         let proj_seed = stage_seed(cfg.seed, 6);
         let mut rows = Vec::new();
@@ -58,17 +67,43 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             let shape = model.config().data_shape();
             let z = seeded_normal(&seeds, &shape, ctx.device);
             let field = model.eval_field(None);
-            let one = solve(&SolverConfig::Euler { steps: 1 }, &field, &z, ec.eps, 1.0, false)?;
+            let one = solve(
+                &SolverConfig::Euler { steps: 1 },
+                &field,
+                &z,
+                ec.eps,
+                1.0,
+                false,
+            )?;
             let many = solve(&ec.solver, &field, &z, ec.eps, 1.0, false)?;
-            let traj = solve(&SolverConfig::Euler { steps: ec.straightness_steps }, &field, &z, ec.eps, 1.0, true)?;
+            let traj = solve(
+                &SolverConfig::Euler {
+                    steps: ec.straightness_steps,
+                },
+                &field,
+                &z,
+                ec.eps,
+                1.0,
+                true,
+            )?;
             let path_points = traj.path.expect("trajectory was captured");
             let flat = |x: &tch::Tensor| x.flatten(1, -1);
             let row = ModelReport {
                 model: name.to_string(),
                 stage: stage.to_string(),
                 params: model.num_params(),
-                distance_1step: toy::sliced_wasserstein(&flat(&one.x), &flat(&reference), ec.projections, proj_seed)?,
-                distance_many: toy::sliced_wasserstein(&flat(&many.x), &flat(&reference), ec.projections, proj_seed)?,
+                distance_1step: toy::sliced_wasserstein(
+                    &flat(&one.x),
+                    &flat(&reference),
+                    ec.projections,
+                    proj_seed,
+                )?,
+                distance_many: toy::sliced_wasserstein(
+                    &flat(&many.x),
+                    &flat(&reference),
+                    ec.projections,
+                    proj_seed,
+                )?,
                 energy_1step: toy::energy_distance(&flat(&one.x), &flat(&reference))?,
                 energy_many: toy::energy_distance(&flat(&many.x), &flat(&reference))?,
                 straightness: straightness(&path_points)?,

@@ -16,7 +16,13 @@ use crate::stage::input;
 /// Runs (or resumes, or skips) the stage.
 pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     let cfg = &ctx.config.pairs;
-    let (teacher_path, teacher_sha) = input(ctx, "generate-pairs", "train", "the teacher (1-RF) model", "model.safetensors")?;
+    let (teacher_path, teacher_sha) = input(
+        ctx,
+        "generate-pairs",
+        "train",
+        "the teacher (1-RF) model",
+        "model.safetensors",
+    )?;
     let hash = json!({"pairs": cfg, "teacher": teacher_sha});
     run_stage(ctx, "generate-pairs", hash, |dir| {
         let teacher = Model::load(&teacher_path, ctx.device)?;

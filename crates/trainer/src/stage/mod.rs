@@ -35,13 +35,24 @@ pub(crate) fn stage_seed(seed: u64, salt: u64) -> u64 {
 }
 
 /// A required input file of `stage`, produced by `producer`.
-pub(crate) fn input(ctx: &StageCtx, stage: &'static str, producer: &'static str, what: &'static str, rel: &str) -> Result<(PathBuf, String)> {
+pub(crate) fn input(
+    ctx: &StageCtx,
+    stage: &'static str,
+    producer: &'static str,
+    what: &'static str,
+    rel: &str,
+) -> Result<(PathBuf, String)> {
     let path = ctx.stage_path(producer).join(rel);
     let complete = ctx
         .manifest(producer)?
         .is_some_and(|m| m.status == crate::run_dir::Status::Complete);
     if !path.exists() || !complete {
-        return Err(Error::MissingInput { stage, what, path, producer });
+        return Err(Error::MissingInput {
+            stage,
+            what,
+            path,
+            producer,
+        });
     }
     let sha = sha256_file(&path)?;
     Ok((path, sha))
@@ -88,9 +99,15 @@ mod tests {
         let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).reshape([2, 2]);
         let flip = Tensor::from_slice(&[true, false]);
         let y = hflip(&x, &flip);
-        assert_eq!(Vec::<f32>::try_from(&y.flatten(0, -1)).unwrap(), vec![-1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(&y.flatten(0, -1)).unwrap(),
+            vec![-1.0, 2.0, 3.0, 4.0]
+        );
         let img = Tensor::arange(8, (Kind::Float, Device::Cpu)).reshape([2, 1, 2, 2]);
         let y = hflip(&img, &flip);
-        assert_eq!(Vec::<f32>::try_from(&y.flatten(0, -1)).unwrap(), vec![1.0, 0.0, 3.0, 2.0, 4.0, 5.0, 6.0, 7.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(&y.flatten(0, -1)).unwrap(),
+            vec![1.0, 0.0, 3.0, 2.0, 4.0, 5.0, 6.0, 7.0]
+        );
     }
 }

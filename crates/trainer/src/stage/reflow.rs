@@ -20,9 +20,21 @@ use crate::stage::{coin_flips, hflip, input, pair_batch, stage_seed};
 pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     let cfg = &ctx.config;
     let rc = &cfg.reflow;
-    let (pairs_json, pairs_sha) = input(ctx, "reflow", "generate-pairs", "the pair store", "pairs/pairs.json")?;
+    let (pairs_json, pairs_sha) = input(
+        ctx,
+        "reflow",
+        "generate-pairs",
+        "the pair store",
+        "pairs/pairs.json",
+    )?;
     let teacher = match rc.init {
-        Init::Teacher => Some(input(ctx, "reflow", "train", "the teacher (1-RF) model", "model.safetensors")?),
+        Init::Teacher => Some(input(
+            ctx,
+            "reflow",
+            "train",
+            "the teacher (1-RF) model",
+            "model.safetensors",
+        )?),
         Init::Random => None,
     };
     let student_arch = cfg.student_arch().clone();
@@ -36,7 +48,11 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         if let Some((path, _)) = &teacher {
             checkpoint::load_strict(&mut model.vs, &checkpoint::read(path)?, &[])?;
         }
-        tracing::info!("reflow: 2-RF student with {} parameters ({:?} init)", model.num_params(), rc.init);
+        tracing::info!(
+            "reflow: 2-RF student with {} parameters ({:?} init)",
+            model.num_params(),
+            rc.init
+        );
         let store_dir = pairs_json.parent().expect("pairs.json has a parent");
         let pairs = PairStore::open(store_dir)?.load(ctx.device)?;
         let objective = Rf {

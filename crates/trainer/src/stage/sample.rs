@@ -43,10 +43,20 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
     let shape = model.config().data_shape();
     let seeds: Vec<u64> = (0..req.count as u64).map(|i| req.seed + i).collect();
     let z = seeded_normal(&seeds, &shape, ctx.device);
-    let sol = solve(&req.solver, &model.eval_field(None), &z, ctx.config.eval.eps, 1.0, false)?;
+    let sol = solve(
+        &req.solver,
+        &model.eval_field(None),
+        &z,
+        ctx.config.eval.eps,
+        1.0,
+        false,
+    )?;
     checkpoint::write(
         &req.out,
-        &[("samples".to_string(), sol.x.shallow_clone()), ("noise".to_string(), z)],
+        &[
+            ("samples".to_string(), sol.x.shallow_clone()),
+            ("noise".to_string(), z),
+        ],
         &Default::default(),
     )?;
     if shape == [2] {
@@ -55,7 +65,12 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
             req.count,
             ctx.device,
         );
-        plot::samples_png(&req.out.with_extension("png"), &reference, &sol.x, ctx.config.eval.plot_extent)?;
+        plot::samples_png(
+            &req.out.with_extension("png"),
+            &reference,
+            &sol.x,
+            ctx.config.eval.plot_extent,
+        )?;
     }
     Ok(sol.nfe)
 }

@@ -21,7 +21,12 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             time: cfg.train.time,
             premetric: cfg.train.premetric,
         };
-        let (source, target, n, device) = (&cfg.data.source, &cfg.data.target, cfg.train.batch_size, ctx.device);
+        let (source, target, n, device) = (
+            &cfg.data.source,
+            &cfg.data.target,
+            cfg.train.batch_size,
+            ctx.device,
+        );
         let mut batches = |rng: &mut rand_chacha::ChaCha20Rng, _step: u64| {
             Ok(Batch {
                 x0: source.sample_tensor(rng, n, device),
@@ -36,12 +41,14 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             seed: stage_seed(cfg.seed, 11),
             label: "train",
         };
-        Ok(match run_loop::train(&dir.path, &mut model, &settings, &objective, &mut batches)? {
-            LoopEnd::Finished => {
-                dir.output("model", "model.safetensors");
-                StageOutcome::Completed
-            }
-            LoopEnd::Interrupted => StageOutcome::Interrupted,
-        })
+        Ok(
+            match run_loop::train(&dir.path, &mut model, &settings, &objective, &mut batches)? {
+                LoopEnd::Finished => {
+                    dir.output("model", "model.safetensors");
+                    StageOutcome::Completed
+                }
+                LoopEnd::Interrupted => StageOutcome::Interrupted,
+            },
+        )
     })
 }

@@ -1,0 +1,147 @@
+//! `cargo xtask`: setup of libtorch, the demo, the test suite and pipelines.
+//!
+//! xtask does not link libtorch: it installs it, then drives `cargo` and the `slimflow` binary, and
+//! reads the manifests and reports those write. It never reimplements a stage.
+
+mod pipeline;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Project automation for slimflow.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install PyTorch 2.11.0 (libtorch for `tch`) once per user and link it for cargo.
+    Setup,
+    /// Run the toy pipeline end to end and print the results table.
+    Demo {
+        /// Run directory (default runs/demo).
+        #[arg(long)]
+        run: Option<PathBuf>,
+    },
+    /// Run the whole test suite (after setup), plus formatting and lint checks with --lint.
+    Test {
+        /// Also run `cargo fmt --check` and `cargo clippy -D warnings`.
+        #[arg(long)]
+        lint: bool,
+        /// Extra arguments passed to `cargo test`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every stage of a config in order, skipping complete stages and resuming a partial one.
+    Pipeline {
+        /// Pipeline config, e.g. configs/toy/checkerboard.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Run directory (default runs/<name>).
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Config overrides passed to every stage (`key=value`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing on a non-zero exit.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Builds the `slimflow` binary and returns its path.
+pub fn build_cli() -> Result<PathBuf> {
+    run(cargo().args([
+        "build",
+        "--quiet",
+        "-p",
+        "slimflow-cli",
+        "--bin",
+        "slimflow",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    Ok(target.join("debug").join("slimflow"))
+}
+
+fn main() -> std::process::ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Setup => setup::ensure().map(|_| ()),
+        Cmd::Demo { run } => {
+            setup::ensure()?;
+            let bin = build_cli()?;
+            let run_dir = run.unwrap_or_else(|| root().join("runs").join("demo"));
+            let config = root().join("configs/toy/checkerboard.toml");
+            pipeline::run_all(&bin, &config, &run_dir, &[])?;
+            pipeline::print_report(&run_dir)
+        }
+        Cmd::Test { lint, args } => {
+            setup::ensure()?;
+            if lint {
+                run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+                run(cargo().args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]))?;
+            }
+            run(cargo().args(["test", "--workspace"]).args(&args))
+        }
+        Cmd::Pipeline {
+            config,
+            run,
+            overrides,
+        } => {
+            setup::ensure()?;
+            let bin = build_cli()?;
+            let run_dir = match run {
+                Some(r) => r,
+                None => root().join("runs").join(pipeline::config_name(&config)?),
+            };
+            pipeline::run_all(&bin, &config, &run_dir, &overrides)?;
+            pipeline::print_report(&run_dir)
+        }
+    }
+}
