@@ -59,30 +59,35 @@ fn normal<R: Rng + ?Sized>(rng: &mut R) -> f64 {
 impl Toy {
     /// Checks the parameters.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Invalid(m));
-        match *self {
-            Toy::Gaussian { std } if !(std > 0.0) => {
-                bad(format!("gaussian std must be > 0, got {std}"))
-            }
-            Toy::GaussianRing { modes, std, radius }
-                if modes == 0 || !(std > 0.0) || !(radius >= 0.0) =>
-            {
-                bad("gaussian_ring needs modes ≥ 1, std > 0, radius ≥ 0".into())
-            }
-            Toy::TwoMoons { noise, scale } if !(noise >= 0.0) || !(scale > 0.0) => {
-                bad("two_moons needs noise ≥ 0 and scale > 0".into())
-            }
-            Toy::Checkerboard { squares, size } if squares < 2 || !(size > 0.0) => {
-                bad("checkerboard needs squares ≥ 2 and size > 0".into())
-            }
+        let pos = |x: f64| x.is_finite() && x > 0.0;
+        let non_neg = |x: f64| x.is_finite() && x >= 0.0;
+        let (ok, what) = match *self {
+            Toy::Gaussian { std } => (pos(std), "gaussian needs std > 0"),
+            Toy::GaussianRing { modes, radius, std } => (
+                modes > 0 && pos(std) && non_neg(radius),
+                "gaussian_ring needs modes ≥ 1, std > 0, radius ≥ 0",
+            ),
+            Toy::TwoMoons { noise, scale } => (
+                non_neg(noise) && pos(scale),
+                "two_moons needs noise ≥ 0 and scale > 0",
+            ),
+            Toy::Checkerboard { squares, size } => (
+                squares >= 2 && pos(size),
+                "checkerboard needs squares ≥ 2 and size > 0",
+            ),
             Toy::Rings {
                 count,
                 radius,
                 noise,
-            } if count == 0 || !(radius > 0.0) || !(noise >= 0.0) => {
-                bad("rings needs count ≥ 1, radius > 0, noise ≥ 0".into())
-            }
-            _ => Ok(()),
+            } => (
+                count > 0 && pos(radius) && non_neg(noise),
+                "rings needs count ≥ 1, radius > 0, noise ≥ 0",
+            ),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!("{what}, got {self:?}")))
         }
     }
 

@@ -132,7 +132,7 @@ impl VelocityField for Mlp {
             }
             if i == 0 {
                 if let (Some(e), Some(y)) = (&self.label_embed, labels) {
-                    h = h + e.forward(y);
+                    h += e.forward(y);
                 }
             }
             h = h.silu();

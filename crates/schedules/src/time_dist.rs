@@ -93,7 +93,7 @@ impl TimeDist {
                 }
             }
             TimeDist::UShaped { a } => {
-                if !(a.is_finite() && a >= 0.0 && a <= 500.0) {
+                if !(0.0..=500.0).contains(&a) {
                     return Err(invalid("a", a, "must lie in [0, 500]"));
                 }
             }
