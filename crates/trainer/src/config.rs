@@ -343,129 +343,80 @@ pub struct PipelineConfig {
 impl PipelineConfig {
     /// Semantic checks beyond the schema, all problems at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        let mut check = |key: &str, r: Result<(), String>| {
-            if let Err(e) = r {
-                problems.push(format!("{key}: {e}"));
-            }
-        };
-        check("model", self.model.validate().map_err(|e| e.to_string()));
+        let mut p = Vec::new();
+        let require = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(msg.to_string()) };
+        note(&mut p, "model", self.model.validate());
         if let Some(m) = &self.reflow.model {
-            check("reflow.model", m.validate().map_err(|e| e.to_string()));
+            note(&mut p, "reflow.model", m.validate());
         }
-        check(
-            "data.source",
-            self.data.source.validate().map_err(|e| e.to_string()),
-        );
-        check(
-            "data.target",
-            self.data.target.validate().map_err(|e| e.to_string()),
-        );
-        check(
-            "train.time",
-            self.train.time.validate().map_err(|e| e.to_string()),
-        );
-        check(
-            "reflow.time",
-            self.reflow.time.validate().map_err(|e| e.to_string()),
-        );
-        check(
-            "reflow.anneal",
-            self.reflow.anneal.validate().map_err(|e| e.to_string()),
-        );
-        check(
-            "pairs.solver",
-            self.pairs.solver.validate().map_err(|e| e.to_string()),
-        );
-        check(
-            "eval.solver",
-            self.eval.solver.validate().map_err(|e| e.to_string()),
-        );
+        note(&mut p, "data.source", self.data.source.validate());
+        note(&mut p, "data.target", self.data.target.validate());
+        note(&mut p, "train.time", self.train.time.validate());
+        note(&mut p, "reflow.time", self.reflow.time.validate());
+        note(&mut p, "reflow.anneal", self.reflow.anneal.validate());
+        note(&mut p, "pairs.solver", self.pairs.solver.validate());
+        note(&mut p, "eval.solver", self.eval.solver.validate());
         for (key, bs) in [
             ("train.batch_size", self.train.batch_size),
             ("reflow.batch_size", self.reflow.batch_size),
             ("distill.batch_size", self.distill.batch_size),
             ("pairs.batch_size", self.pairs.batch_size),
         ] {
-            check(
-                key,
-                if bs == 0 {
-                    Err("must be positive".into())
-                } else {
-                    Ok(())
-                },
-            );
+            note(&mut p, key, require(bs > 0, "must be positive"));
         }
         for (key, o) in [
             ("train.optim", &self.train.optim),
             ("reflow.optim", &self.reflow.optim),
             ("distill.optim", &self.distill.optim),
         ] {
+            let unit = 0.0..1.0;
             let ok = o.lr.is_finite()
                 && o.lr > 0.0
-                && (0.0..1.0).contains(&o.beta1)
-                && (0.0..1.0).contains(&o.beta2)
+                && unit.contains(&o.beta1)
+                && unit.contains(&o.beta2)
                 && o.eps > 0.0
                 && o.grad_clip >= 0.0
-                && (0.0..1.0).contains(&o.ema_decay);
-            check(
-                key,
-                if ok {
-                    Ok(())
-                } else {
-                    Err(
-                        "need lr > 0, β in [0, 1), eps > 0, grad_clip ≥ 0, ema_decay in [0, 1)"
-                            .into(),
-                    )
-                },
-            );
+                && unit.contains(&o.ema_decay);
+            let msg = "need lr > 0, β in [0, 1), eps > 0, grad_clip ≥ 0, ema_decay in [0, 1)";
+            note(&mut p, key, require(ok, msg));
         }
-        if self.reflow.init == Init::Teacher {
-            if let Some(m) = &self.reflow.model {
-                if m != &self.model {
-                    check("reflow.init", Err("`teacher` needs the student to share the teacher's architecture; use init = \"random\"".into()));
-                }
-            }
-        }
+        let same_arch = self.reflow.model.as_ref().is_none_or(|m| m == &self.model);
+        let msg = "`teacher` needs the student to share the teacher's architecture; use init = \"random\"";
+        note(
+            &mut p,
+            "reflow.init",
+            require(self.reflow.init == Init::Random || same_arch, msg),
+        );
         let [lo, hi] = self.distill.flow_guided_t;
-        check(
+        let ok = self.distill.eps <= lo && lo < hi && hi <= 1.0;
+        note(
+            &mut p,
             "distill.flow_guided_t",
-            if self.distill.eps <= lo && lo < hi && hi <= 1.0 {
-                Ok(())
-            } else {
-                Err(format!("need eps ≤ lo < hi ≤ 1, got [{lo}, {hi}]"))
-            },
+            require(ok, "need eps ≤ lo < hi ≤ 1"),
         );
-        check(
+        let ok = self.distill.flow_guided_weight >= 0.0;
+        note(
+            &mut p,
             "distill.flow_guided_weight",
-            if self.distill.flow_guided_weight >= 0.0 {
-                Ok(())
-            } else {
-                Err("must be ≥ 0".into())
-            },
+            require(ok, "must be ≥ 0"),
         );
-        check(
+        note(
+            &mut p,
             "eval.samples",
-            if self.eval.samples >= 2 {
-                Ok(())
-            } else {
-                Err("need at least 2".into())
-            },
+            require(self.eval.samples >= 2, "need at least 2"),
         );
-        check(
+        let ok = self.eval.straightness_steps >= 1;
+        note(
+            &mut p,
             "eval.straightness_steps",
-            if self.eval.straightness_steps >= 1 {
-                Ok(())
-            } else {
-                Err("need at least 1".into())
-            },
+            require(ok, "need at least 1"),
         );
-        if problems.is_empty() {
+        if p.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid {
                 location: "config".into(),
-                message: problems.join("; "),
+                message: p.join("; "),
             })
         }
     }
@@ -473,6 +424,13 @@ impl PipelineConfig {
     /// The reflow/distill student's architecture.
     pub fn student_arch(&self) -> &ArchConfig {
         self.reflow.model.as_ref().unwrap_or(&self.model)
+    }
+}
+
+/// Records `key: error` when `r` failed.
+fn note<E: std::fmt::Display>(problems: &mut Vec<String>, key: &str, r: Result<(), E>) {
+    if let Err(e) = r {
+        problems.push(format!("{key}: {e}"));
     }
 }
 

@@ -8,8 +8,8 @@ use slimflow_models::Model;
 
 use crate::error::Result;
 use crate::run_dir::{run_stage, StageCtx, StageOutcome};
-use crate::run_loop::{self, LoopEnd, LoopSettings};
-use crate::stage::{input, pair_batch, stage_seed};
+use crate::run_loop::{self, LoopSettings};
+use crate::stage::{input, pair_batch, stage_seed, training_outcome};
 
 /// Runs (or resumes, or skips) the stage.
 pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
@@ -62,14 +62,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             seed: stage_seed(cfg.seed, 13),
             label: "distill",
         };
-        Ok(
-            match run_loop::train(&dir.path, &mut student, &settings, &objective, &mut batches)? {
-                LoopEnd::Finished => {
-                    dir.output("model", "model.safetensors");
-                    StageOutcome::Completed
-                }
-                LoopEnd::Interrupted => StageOutcome::Interrupted,
-            },
-        )
+        let end = run_loop::train(&dir.path, &mut student, &settings, &objective, &mut batches)?;
+        Ok(training_outcome(dir, end))
     })
 }

@@ -24,7 +24,8 @@ use slimflow_losses::Batch;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::run_dir::{sha256_file, StageCtx};
+use crate::run_dir::{sha256_file, StageCtx, StageDir, StageOutcome};
+use crate::run_loop::LoopEnd;
 
 /// Stage names in pipeline order.
 pub const STAGES: [&str; 5] = ["train", "generate-pairs", "reflow", "distill", "eval"];
@@ -56,6 +57,17 @@ pub(crate) fn input(
     }
     let sha = sha256_file(&path)?;
     Ok((path, sha))
+}
+
+/// The outcome of a training stage whose loop ended with `end`; records the model output.
+pub(crate) fn training_outcome(dir: &mut StageDir, end: LoopEnd) -> StageOutcome {
+    match end {
+        LoopEnd::Finished => {
+            dir.output("model", "model.safetensors");
+            StageOutcome::Completed
+        }
+        LoopEnd::Interrupted => StageOutcome::Interrupted,
+    }
 }
 
 /// A batch of `n` pairs drawn uniformly with replacement from `pairs` using `rng`.

@@ -12,9 +12,9 @@ use slimflow_models::{checkpoint, Model};
 
 use crate::config::Init;
 use crate::error::Result;
-use crate::run_dir::{run_stage, sha256_file, StageCtx, StageOutcome};
-use crate::run_loop::{self, LoopEnd, LoopSettings};
-use crate::stage::{coin_flips, hflip, input, pair_batch, stage_seed};
+use crate::run_dir::{run_stage, StageCtx, StageOutcome};
+use crate::run_loop::{self, LoopSettings};
+use crate::stage::{coin_flips, hflip, input, pair_batch, stage_seed, training_outcome};
 
 /// Runs (or resumes, or skips) the stage.
 pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
@@ -82,13 +82,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             label: "reflow",
         };
         let end = run_loop::train(&dir.path, &mut model, &settings, &objective, &mut batches)?;
-        Ok(match end {
-            LoopEnd::Finished => {
-                dir.output("model", "model.safetensors");
-                dir.output("pairs_sha256", sha256_file(&pairs_json)?);
-                StageOutcome::Completed
-            }
-            LoopEnd::Interrupted => StageOutcome::Interrupted,
-        })
+        dir.output("pairs_sha256", pairs_sha.clone());
+        Ok(training_outcome(dir, end))
     })
 }
