@@ -117,3 +117,57 @@ fn toy_pipeline_straightens_and_distils() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
 }
+
+#[test]
+fn slimflow_recipe_trains_a_slim_one_step_student() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let config = root().join("configs/toy/slimflow-ring.toml");
+    let mut sets: Vec<&str> = FAST.to_vec();
+    sets.extend([
+        "reflow.steps=2000",
+        "reflow.anneal_steps=500",
+        "distill.steps=600",
+    ]);
+    ok(stage_cmd("pipeline", &config, &run, &sets));
+    let rows = read_report(&run);
+    let f = |m: &str, k: &str| {
+        row(&rows, m)[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{m}.{k}"))
+    };
+    eprintln!(
+        "{}",
+        std::fs::read_to_string(run.join("eval/report.md")).unwrap()
+    );
+    // The student is slim, straight, and good in one step.
+    assert!(f("2-RF", "params") * 10.0 < f("1-RF", "params"), "{rows:?}");
+    assert!(
+        f("2-RF", "straightness") * 5.0 < f("1-RF", "straightness"),
+        "{rows:?}"
+    );
+    assert!(
+        f("2-RF", "distance_1step") < 0.5 * f("1-RF", "distance_1step"),
+        "{rows:?}"
+    );
+    assert!(
+        f("distilled", "distance_1step") <= 1.1 * f("2-RF", "distance_1step"),
+        "{rows:?}"
+    );
+    // β annealed linearly from 1 to 0 over the first 500 reflow steps; the flow-guided term was active.
+    let beta: Vec<f64> = std::fs::read_to_string(run.join("reflow/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["beta"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert!((beta[0] - (1.0 - 99.0 / 500.0)).abs() < 1e-9, "{beta:?}");
+    assert!(beta[5..].iter().all(|&b| b == 0.0), "{beta:?}");
+    let distill_log = std::fs::read_to_string(run.join("distill/metrics.jsonl")).unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(distill_log.lines().last().unwrap()).unwrap();
+    assert!(last["flow_guided"].as_f64().unwrap() > 0.0, "{last}");
+}

@@ -33,6 +33,9 @@ pub const FAST: &[&str] = &[
 pub fn slimflow() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_slimflow"));
     c.env("SLIMFLOW_LOG", "warn");
+    // Tests run several pipelines at once on a 2-core machine: one libtorch thread each avoids
+    // oversubscription.
+    c.env("OMP_NUM_THREADS", "1");
     c
 }
 

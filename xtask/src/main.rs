@@ -39,6 +39,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run the criterion benchmarks (CPU; CUDA variants where a GPU is present).
+    Bench {
+        /// Extra arguments passed to `cargo bench` (e.g. a benchmark name filter after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Run every stage of a config in order, skipping complete stages and resuming a partial one.
     Pipeline {
         /// Pipeline config, e.g. configs/toy/checkerboard.toml.
@@ -128,6 +134,10 @@ fn dispatch(cli: Cli) -> Result<()> {
                 ]))?;
             }
             run(cargo().args(["test", "--workspace"]).args(&args))
+        }
+        Cmd::Bench { args } => {
+            setup::ensure()?;
+            run(cargo().args(["bench", "--workspace"]).args(&args))
         }
         Cmd::Pipeline {
             config,

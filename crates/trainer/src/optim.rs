@@ -36,8 +36,7 @@ impl Adam {
     }
 
     /// One update with learning rate `lr` using each parameter's `.grad()`. Parameters without a
-    /// gradient are left alone (their moments still decay, as in torch only when they had a gradient
-    /// before: we skip them entirely, matching torch's `if p.grad is None: continue`).
+    /// gradient are skipped, moments included (torch: `if p.grad is None: continue`).
     pub fn step(&mut self, params: &[Tensor], lr: f64) {
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);

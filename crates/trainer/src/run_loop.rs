@@ -46,8 +46,9 @@ pub enum LoopEnd {
     Interrupted,
 }
 
-/// Supplies batches: `(rng, step) -> Batch`.
-pub type BatchFn<'a> = dyn FnMut(&mut ChaCha20Rng, u64) -> Result<Batch> + 'a;
+/// Supplies batches: `(rng, step) -> (batch, extra fields to log)` (e.g. the annealing β).
+pub type BatchFn<'a> =
+    dyn FnMut(&mut ChaCha20Rng, u64) -> Result<(Batch, Vec<(&'static str, f64)>)> + 'a;
 
 fn sorted_variables(model: &Model) -> (Vec<String>, Vec<Tensor>) {
     let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
@@ -126,7 +127,7 @@ pub fn train(
             return Ok(LoopEnd::Interrupted);
         }
         tch::manual_seed((settings.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
-        let batch = next_batch(&mut rng, step)?;
+        let (batch, extra) = next_batch(&mut rng, step)?;
         let terms = objective.loss(model, &batch, &mut rng)?;
         let loss = terms.total.double_value(&[]);
         if !loss.is_finite() {
@@ -151,7 +152,7 @@ pub fn train(
         if done % every == 0 || done == settings.steps {
             let mut fields: Vec<(&str, f64)> =
                 vec![("loss", loss), ("grad_norm", grad_norm), ("lr", lr)];
-            fields.extend(terms.parts.iter().map(|(k, v)| (*k, *v)));
+            fields.extend(terms.parts.iter().chain(&extra).map(|(k, v)| (*k, *v)));
             sink.record(done, &fields)?;
         }
         progress.set(done, || format!("loss {loss:.4}"));

@@ -53,7 +53,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             guide,
         };
         let mut batches = |rng: &mut rand_chacha::ChaCha20Rng, _step: u64| {
-            Ok(pair_batch(&pairs, dc.batch_size, rng))
+            Ok((pair_batch(&pairs, dc.batch_size, rng), Vec::new()))
         };
         let settings = LoopSettings {
             steps: dc.steps,

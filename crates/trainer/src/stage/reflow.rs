@@ -72,7 +72,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
                 batch.x0 = hflip(&batch.x0, &flip);
                 batch.x1 = hflip(&batch.x1, &flip);
             }
-            Ok(batch)
+            Ok((batch, vec![("beta", beta)]))
         };
         let settings = LoopSettings {
             steps: rc.steps,

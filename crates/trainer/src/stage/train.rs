@@ -28,11 +28,12 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             ctx.device,
         );
         let mut batches = |rng: &mut rand_chacha::ChaCha20Rng, _step: u64| {
-            Ok(Batch {
+            let batch = Batch {
                 x0: source.sample_tensor(rng, n, device),
                 x1: target.sample_tensor(rng, n, device),
                 labels: None,
-            })
+            };
+            Ok((batch, Vec::new()))
         };
         let settings = LoopSettings {
             steps: cfg.train.steps,
