@@ -137,7 +137,9 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Cmd::Bench { args } => {
             setup::ensure()?;
-            run(cargo().args(["bench", "--workspace"]).args(&args))
+            run(cargo()
+                .args(["bench", "--workspace", "--bench", "*", "--"])
+                .args(&args))
         }
         Cmd::Pipeline {
             config,

@@ -20,7 +20,7 @@ pub struct StageArgs {
     /// Run directory (default: runs/<name> from the config).
     #[arg(long)]
     pub run: Option<PathBuf>,
-    /// Device: auto, cpu or cuda (overrides the config's `device`).
+    /// Device: auto, cpu, cuda or cuda:N (overrides the config's `device`).
     #[arg(long)]
     pub device: Option<String>,
     /// Discard a stage directory made with a different config instead of refusing.
@@ -52,8 +52,13 @@ pub fn context(args: &StageArgs) -> Result<StageCtx> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
     let device = config.device.device();
-    if config.device == DeviceChoice::Cuda && !tch::Cuda::is_available() {
-        anyhow::bail!("device = \"cuda\" but libtorch sees no CUDA device");
+    if let DeviceChoice::Cuda(n) = config.device {
+        if n as i64 >= tch::Cuda::device_count() {
+            anyhow::bail!(
+                "device = \"cuda:{n}\" but libtorch sees {} CUDA device(s)",
+                tch::Cuda::device_count()
+            );
+        }
     }
     Ok(StageCtx {
         run_dir,
