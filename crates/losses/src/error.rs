@@ -16,6 +16,9 @@ pub enum Error {
     /// A setting is invalid.
     #[error("invalid loss setting: {0}")]
     Invalid(String),
+    /// A weights file could not be read or does not match the network.
+    #[error(transparent)]
+    Weights(slimflow_models::Error),
     /// A time distribution is invalid.
     #[error(transparent)]
     Schedule(#[from] slimflow_schedules::Error),

@@ -1,7 +1,8 @@
 //! Losses for rectified flows, in slimflow's time convention (t = 0 noise, t = 1 data).
 //!
 //! - [`Premetric`]: per-sample distances d(a, b) → [B] (unreduced, so callers can weight by t):
-//!   squared L2, root-mean L2, L1, and the pseudo-Huber of 2-rectified flow++.
+//!   squared L2, root-mean L2, L1, the pseudo-Huber of 2-rectified flow++, and [`Lpips`] (VGG or
+//!   AlexNet, max or average pooling, optional resize) loading the `lpips` package's weights by name.
 //! - Objectives ([`Objective`]): rectified-flow regression on (x0, x1) pairs ([`Rf`]), one-step
 //!   distillation ([`Distill`]) and SlimFlow's flow-guided regulariser ([`FlowGuided`]).
 //!
@@ -9,11 +10,13 @@
 //! generator state reproduces a run exactly.
 
 mod error;
+pub mod lpips;
 pub mod objective;
 mod premetric;
 mod random;
 
 pub use error::{Error, Result};
+pub use lpips::{Lpips, LpipsConfig};
 pub(crate) use objective::distill::one_step as distill_one_step;
 pub use objective::{Batch, Distill, FlowGuided, LossTerms, Objective, Rf};
 pub use premetric::{Premetric, PremetricConfig};

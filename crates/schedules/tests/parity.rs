@@ -1,28 +1,10 @@
 //! Parity of the U-shaped time distribution with rfpp's `t_dist.py` (case `u_shaped_t`).
 
-use std::path::PathBuf;
+#[path = "../../../tests/support/parity.rs"]
+mod support;
 
 use rand::SeedableRng;
 use slimflow_schedules::{Density, TimeDist, TimeDistribution};
-
-fn parity_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("SLIMFLOW_PARITY_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/parity")
-        });
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "parity vectors not found at {} (set SLIMFLOW_PARITY_DIR)",
-            dir.display()
-        );
-    }
-    eprintln!("SKIP: parity vectors not found at {}", dir.display());
-    None
-}
 
 fn f64_tensor(st: &safetensors::SafeTensors, key: &str) -> Vec<f64> {
     let view = st.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
@@ -39,7 +21,9 @@ fn close(actual: f64, expected: f64, atol: f64, rtol: f64) -> bool {
 
 #[test]
 fn u_shaped_matches_rfpp_reference() {
-    let Some(dir) = parity_dir() else { return };
+    let Some(dir) = support::parity_dir() else {
+        return;
+    };
     let bytes = std::fs::read(dir.join("u_shaped_t.io.safetensors")).expect("read io file");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse io file");
     let levels = f64_tensor(&st, "input.levels");
