@@ -11,12 +11,14 @@
 
 mod error;
 pub mod lpips;
+mod lpips_huber;
 pub mod objective;
 mod premetric;
 mod random;
 
 pub use error::{Error, Result};
 pub use lpips::{Lpips, LpipsConfig};
+pub use lpips_huber::{lpips_huber_terms, LpipsHuber};
 pub(crate) use objective::distill::one_step as distill_one_step;
 pub use objective::{Batch, Distill, FlowGuided, LossTerms, Objective, Rf};
 pub use premetric::{Premetric, PremetricConfig};

@@ -201,6 +201,27 @@ impl Lpips {
         Ok(lp)
     }
 
+    /// LPIPS with He-initialised random backbone weights and uniform random heads, seeded: for
+    /// benchmarks and tests only — its distances are not perceptual.
+    pub fn with_random_weights(config: LpipsConfig, device: Device, seed: i64) -> Self {
+        tch::manual_seed(seed);
+        let lp = Self::build(config, device);
+        tch::no_grad(|| {
+            for (name, mut v) in lp.vs.variables() {
+                let opts = (Kind::Float, v.device());
+                if name.starts_with("net.") && name.ends_with("weight") {
+                    let fan_in: i64 = v.size()[1..].iter().product();
+                    v.copy_(&(Tensor::randn(v.size(), opts) * (2.0 / fan_in as f64).sqrt()));
+                } else if name.starts_with("net.") {
+                    v.copy_(&(Tensor::randn(v.size(), opts) * 0.01));
+                } else if name.starts_with("lin") {
+                    v.copy_(&Tensor::rand(v.size(), opts));
+                }
+            }
+        });
+        lp
+    }
+
     /// The configuration.
     pub fn config(&self) -> &LpipsConfig {
         &self.config
@@ -309,28 +330,14 @@ mod tests {
     use super::*;
 
     fn random_lpips(net: Backbone) -> Lpips {
-        tch::manual_seed(0);
-        let lp = Lpips::build(
+        Lpips::with_random_weights(
             LpipsConfig {
                 net,
                 ..Default::default()
             },
             Device::Cpu,
-        );
-        tch::no_grad(|| {
-            for (name, mut v) in lp.vs.variables() {
-                if name.starts_with("net.") {
-                    let fan_in: i64 = v.size()[1..].iter().product::<i64>().max(1);
-                    v.copy_(
-                        &(Tensor::randn(v.size(), (Kind::Float, Device::Cpu))
-                            * (2.0 / fan_in as f64).sqrt()),
-                    );
-                } else if name.starts_with("lin") {
-                    v.copy_(&Tensor::rand(v.size(), (Kind::Float, Device::Cpu)));
-                }
-            }
-        });
-        lp
+            0,
+        )
     }
 
     #[test]
