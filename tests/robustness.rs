@@ -272,3 +272,58 @@ fn sigint_checkpoints_marks_interrupted_and_resumes() {
         serde_json::from_slice(&std::fs::read(run.join("train/manifest.json")).unwrap()).unwrap();
     assert_eq!(m["status"], "complete");
 }
+
+#[path = "support/parity.rs"]
+mod support;
+
+#[test]
+fn parity_command_reports_passes_and_failures() {
+    let Some(dir) = support::parity_dir() else {
+        return;
+    };
+    let mut c = slimflow();
+    c.arg("parity").arg(&dir);
+    let out = output(c);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for case in ["u_shaped_t", "lpips_vgg", "lpips_vgg_avgpool"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("PASS") && l.contains(&format!(" {case} "))),
+            "{stdout}"
+        );
+    }
+    // The same case with a zero tolerance on an output that differs in the last bits must FAIL.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.join("u_shaped_t.io.safetensors"),
+        tmp.path().join("u_shaped_t.io.safetensors"),
+    )
+    .unwrap();
+    let mut json = support::case_json(&dir, "u_shaped_t");
+    for c in json["compare"].as_array_mut().unwrap() {
+        if c["key"] == "output.cdf_a4" {
+            c["atol"] = 0.0.into();
+            c["rtol"] = 0.0.into();
+        }
+    }
+    std::fs::write(
+        tmp.path().join("u_shaped_t.json"),
+        serde_json::to_string(&json).unwrap(),
+    )
+    .unwrap();
+    let mut c = slimflow();
+    c.arg("parity").arg(tmp.path());
+    let out = output(c);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL     u_shaped_t") && stdout.contains("FAIL output.cdf_a4"),
+        "{stdout}"
+    );
+}

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{models::ModelsArgs, sample::SampleArgs, stage::StageArgs};
+use commands::{models::ModelsArgs, parity::ParityArgs, sample::SampleArgs, stage::StageArgs};
 
 /// Train small one-step image generators with rectified flows (SlimFlow, 2-rectified flow++).
 #[derive(Debug, Parser)]
@@ -38,6 +38,9 @@ enum Command {
     Sample(SampleArgs),
     /// List registered architectures and presets with their parameter counts.
     Models(ModelsArgs),
+    /// Compare our networks and functions with reference vectors: per case max abs/rel error and
+    /// PASS/FAIL by the case's tolerance; exit 1 on any failure.
+    Parity(ParityArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Pipeline(a) => commands::stage::run(&a, commands::stage::Which::All),
         Command::Sample(a) => commands::sample::run(&a),
         Command::Models(a) => commands::models::run(&a),
+        Command::Parity(a) => commands::parity::run(&a),
     };
     match result {
         Ok(code) => code,

@@ -6,9 +6,11 @@
 //!   noise, the direct measure of distillation quality; straightness comes from `slimflow-sampling`.
 //! - [`plot`]: PNG scatter plots of 2-D samples and trajectories.
 //! - [`report`]: the per-model evaluation table written as `report.json` and Markdown.
+//! - [`parity`]: the runner comparing our implementations with the reference vectors.
 
 pub mod agreement;
 mod error;
+pub mod parity;
 pub mod plot;
 pub mod report;
 pub mod toy;

@@ -1,0 +1,65 @@
+//! `slimflow parity DIR`: compare our implementations with reference vectors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use slimflow_metrics::parity::{run_dir, Status};
+
+/// Options of `parity`.
+#[derive(Debug, Args)]
+pub struct ParityArgs {
+    /// Directory of parity cases (NAME.json, NAME.io.safetensors, weights), e.g. ../shared/parity.
+    pub dir: PathBuf,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs every case; exit 1 if any fails.
+pub fn run(args: &ParityArgs) -> Result<ExitCode> {
+    let results = run_dir(&args.dir)
+        .with_context(|| format!("running the parity cases in {}", args.dir.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for r in &results {
+            let label = match r.status {
+                Status::Pass => "PASS",
+                Status::Fail => "FAIL",
+                Status::NotImplemented => "NOT RUN",
+            };
+            println!(
+                "{label:<8} {} ({})",
+                r.case,
+                if r.kind.is_empty() { "?" } else { &r.kind }
+            );
+            for k in &r.keys {
+                println!(
+                    "         {} {:<36} max abs {:.3e}  max rel {:.3e}  [{}]",
+                    if k.pass { "ok  " } else { "FAIL" },
+                    k.key,
+                    k.max_abs,
+                    k.max_rel,
+                    k.rule
+                );
+            }
+            if let Some(e) = &r.error {
+                println!("         error: {e}");
+            }
+        }
+    }
+    let count = |s: fn(&Status) -> bool| results.iter().filter(|r| s(&r.status)).count();
+    let (pass, fail, not_run) = (
+        count(|s| matches!(s, Status::Pass)),
+        count(|s| matches!(s, Status::Fail)),
+        count(|s| matches!(s, Status::NotImplemented)),
+    );
+    eprintln!("parity: {pass} passed, {fail} failed, {not_run} not implemented yet");
+    Ok(if fail == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
