@@ -97,9 +97,8 @@ fn elementwise(
         let tol = per
             .map(|(p, chunk)| p[(i / chunk.max(1)).min(p.len() - 1)])
             .unwrap_or(atol);
-        if !(err <= tol + rtol * e.abs()) {
-            pass = false;
-        }
+        // NaN fails: the comparison is false.
+        pass &= err <= tol + rtol * e.abs();
     }
     KeyResult {
         key: key.to_string(),
@@ -230,7 +229,7 @@ fn compare(json: &Value, io: &TensorFile, key: &str, actual: &[f64]) -> Result<O
     )))
 }
 
-fn run_outputs<'a>(run: &'a Value) -> impl Iterator<Item = (&'a str, &'a str)> {
+fn run_outputs(run: &Value) -> impl Iterator<Item = (&str, &str)> {
     run["outputs"]
         .as_object()
         .into_iter()
