@@ -290,7 +290,12 @@ fn parity_command_reports_passes_and_failures() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for case in ["u_shaped_t", "lpips_vgg", "lpips_vgg_avgpool"] {
+    for case in [
+        "u_shaped_t",
+        "lpips_vgg",
+        "lpips_vgg_avgpool",
+        "frechet_distance",
+    ] {
         assert!(
             stdout
                 .lines()

@@ -4,12 +4,15 @@
 //!   and energy distance — against held-out target samples.
 //! - [`agreement`]: distance between one-step samples and the many-step ODE solution from the same
 //!   noise, the direct measure of distillation quality; straightness comes from `slimflow-sampling`.
+//! - [`fid`]: Fréchet distance between feature statistics (float64, pytorch-fid's definition) and
+//!   mergeable statistics accumulators.
 //! - [`plot`]: PNG scatter plots of 2-D samples and trajectories.
 //! - [`report`]: the per-model evaluation table written as `report.json` and Markdown.
 //! - [`parity`]: the runner comparing our implementations with the reference vectors.
 
 pub mod agreement;
 mod error;
+pub mod fid;
 pub mod parity;
 pub mod plot;
 pub mod report;

@@ -2,8 +2,9 @@
 //! the parity README: `NAME.json` with `kind`, `runs` and `compare`; `NAME.io.safetensors`; weights)
 //! and compares our outputs with the stored ones by the case's own tolerances, never widened here.
 //!
-//! Kinds implemented so far: `rfpp.t_dist.sample_t` (U-shaped time distribution) and
-//! `lpips.LPIPS(vgg)` / `lpips.LPIPS(vgg)+avgpool`. Other kinds are reported as not implemented.
+//! Kinds implemented so far: `rfpp.t_dist.sample_t` (U-shaped time distribution),
+//! `lpips.LPIPS(vgg)` / `lpips.LPIPS(vgg)+avgpool` and `pytorch_fid.calculate_frechet_distance`.
+//! Other kinds are reported as not implemented.
 
 use std::path::{Path, PathBuf};
 
@@ -155,6 +156,7 @@ pub fn run_case(json_path: &Path) -> CaseResult {
             "rfpp.t_dist.sample_t" => Some(u_shaped(dir, &json, json_path)?),
             "lpips.LPIPS(vgg)" => Some(lpips(dir, &json, json_path, Pooling::Max)?),
             "lpips.LPIPS(vgg)+avgpool" => Some(lpips(dir, &json, json_path, Pooling::Avg)?),
+            "pytorch_fid.calculate_frechet_distance" => Some(frechet(dir, &json, json_path)?),
             _ => None,
         };
         Ok((kind, keys))
@@ -354,6 +356,48 @@ fn lpips(dir: &Path, json: &Value, json_path: &Path, pooling: Pooling) -> Result
                 _ => continue,
             };
             out.extend(compare(json, &io, key, &actual)?);
+        }
+    }
+    Ok(out)
+}
+
+fn frechet(dir: &Path, json: &Value, json_path: &Path) -> Result<Vec<KeyResult>> {
+    let io = io_file(dir, json, json_path)?;
+    let get = |k: &str| {
+        io.get(k)
+            .map(|t| t.shallow_clone())
+            .map_err(|e| Error::BadInput(e.to_string()))
+    };
+    let mut out = Vec::new();
+    for run in json["runs"]
+        .as_array()
+        .ok_or_else(|| bad(json_path, "no `runs`"))?
+    {
+        let args = &run["args"];
+        let arg = |name: &str| {
+            args[name]
+                .as_str()
+                .ok_or_else(|| bad(json_path, format!("run without `{name}`")))
+        };
+        if run["kind"] == "statistics" {
+            let feats = get(arg("feats")?)?;
+            let mut stats = crate::fid::FeatureStats::new(feats.size()[1]);
+            stats.add(&feats)?;
+            let (mu, sigma) = stats.mean_cov()?;
+            for (name, key) in run_outputs(run) {
+                let t = if name == "mu" { &mu } else { &sigma };
+                out.extend(compare(json, &io, key, &values(t)?)?);
+            }
+        } else {
+            let fd = crate::fid::frechet_distance(
+                &get(arg("mu1")?)?,
+                &get(arg("sigma1")?)?,
+                &get(arg("mu2")?)?,
+                &get(arg("sigma2")?)?,
+            )?;
+            for (_, key) in run_outputs(run) {
+                out.extend(compare(json, &io, key, &[fd])?);
+            }
         }
     }
     Ok(out)

@@ -35,7 +35,12 @@ fn implemented_parity_cases_pass() {
             passed.push(r.case.as_str());
         }
     }
-    for case in ["u_shaped_t", "lpips_vgg", "lpips_vgg_avgpool"] {
+    for case in [
+        "u_shaped_t",
+        "lpips_vgg",
+        "lpips_vgg_avgpool",
+        "frechet_distance",
+    ] {
         assert!(
             passed.contains(&case),
             "{case} must be run and pass; passed: {passed:?}"
