@@ -6,6 +6,7 @@
 //!   noise, the direct measure of distillation quality; straightness comes from `slimflow-sampling`.
 //! - [`fid`]: Fréchet distance between feature statistics (float64, pytorch-fid's definition) and
 //!   mergeable statistics accumulators.
+//! - [`inception`]: pytorch-fid's FID Inception-v3 (pool3 features), loading its weights by name.
 //! - [`plot`]: PNG scatter plots of 2-D samples and trajectories.
 //! - [`report`]: the per-model evaluation table written as `report.json` and Markdown.
 //! - [`parity`]: the runner comparing our implementations with the reference vectors.
@@ -13,6 +14,7 @@
 pub mod agreement;
 mod error;
 pub mod fid;
+pub mod inception;
 pub mod parity;
 pub mod plot;
 pub mod report;

@@ -3,7 +3,8 @@
 //! and compares our outputs with the stored ones by the case's own tolerances, never widened here.
 //!
 //! Kinds implemented so far: `rfpp.t_dist.sample_t` (U-shaped time distribution),
-//! `lpips.LPIPS(vgg)` / `lpips.LPIPS(vgg)+avgpool` and `pytorch_fid.calculate_frechet_distance`.
+//! `lpips.LPIPS(vgg)` / `lpips.LPIPS(vgg)+avgpool`, `pytorch_fid.calculate_frechet_distance` and
+//! `pytorch_fid.InceptionV3(pool3)`.
 //! Other kinds are reported as not implemented.
 
 use std::path::{Path, PathBuf};
@@ -157,6 +158,7 @@ pub fn run_case(json_path: &Path) -> CaseResult {
             "lpips.LPIPS(vgg)" => Some(lpips(dir, &json, json_path, Pooling::Max)?),
             "lpips.LPIPS(vgg)+avgpool" => Some(lpips(dir, &json, json_path, Pooling::Avg)?),
             "pytorch_fid.calculate_frechet_distance" => Some(frechet(dir, &json, json_path)?),
+            "pytorch_fid.InceptionV3(pool3)" => Some(inception(dir, &json, json_path)?),
             _ => None,
         };
         Ok((kind, keys))
@@ -356,6 +358,29 @@ fn lpips(dir: &Path, json: &Value, json_path: &Path, pooling: Pooling) -> Result
                 _ => continue,
             };
             out.extend(compare(json, &io, key, &actual)?);
+        }
+    }
+    Ok(out)
+}
+
+fn inception(dir: &Path, json: &Value, json_path: &Path) -> Result<Vec<KeyResult>> {
+    let weights = json["weights_file"]
+        .as_str()
+        .ok_or_else(|| bad(json_path, "no `weights_file`"))?;
+    let net = crate::inception::FidInception::load(&dir.join(weights), Device::Cpu)?;
+    let io = io_file(dir, json, json_path)?;
+    let mut out = Vec::new();
+    for run in json["runs"]
+        .as_array()
+        .ok_or_else(|| bad(json_path, "no `runs`"))?
+    {
+        let key = run["args"]["images"]
+            .as_str()
+            .ok_or_else(|| bad(json_path, "run without `images`"))?;
+        let images = io.get(key).map_err(|e| Error::BadInput(e.to_string()))?;
+        let feats = net.pool3(images)?;
+        for (_, key) in run_outputs(run) {
+            out.extend(compare(json, &io, key, &values(&feats)?)?);
         }
     }
     Ok(out)
