@@ -4,7 +4,7 @@
 //!
 //! Kinds implemented so far: `rfpp.t_dist.sample_t` (U-shaped time distribution),
 //! `lpips.LPIPS(vgg)` / `lpips.LPIPS(vgg)+avgpool`, `pytorch_fid.calculate_frechet_distance` and
-//! `pytorch_fid.InceptionV3(pool3)`.
+//! `pytorch_fid.InceptionV3(pool3)`, `rfpp.SongUNet` and `rfpp.EDMPrecondVel(SongUNet)`.
 //! Other kinds are reported as not implemented.
 
 use std::path::{Path, PathBuf};
@@ -159,6 +159,9 @@ pub fn run_case(json_path: &Path) -> CaseResult {
             "lpips.LPIPS(vgg)+avgpool" => Some(lpips(dir, &json, json_path, Pooling::Avg)?),
             "pytorch_fid.calculate_frechet_distance" => Some(frechet(dir, &json, json_path)?),
             "pytorch_fid.InceptionV3(pool3)" => Some(inception(dir, &json, json_path)?),
+            "rfpp.SongUNet" | "rfpp.EDMPrecondVel(SongUNet)" => {
+                Some(song_unet(dir, &json, json_path, &kind)?)
+            }
             _ => None,
         };
         Ok((kind, keys))
@@ -358,6 +361,68 @@ fn lpips(dir: &Path, json: &Value, json_path: &Path, pooling: Pooling) -> Result
                 _ => continue,
             };
             out.extend(compare(json, &io, key, &actual)?);
+        }
+    }
+    Ok(out)
+}
+
+fn song_unet(dir: &Path, json: &Value, json_path: &Path, kind: &str) -> Result<Vec<KeyResult>> {
+    use slimflow_models::{
+        edm_velocity::EdmVelocity,
+        song_unet::{SongUnet, SongUnetConfig},
+    };
+    let cfg: SongUnetConfig = serde_json::from_value(json["constructor_kwargs"].clone())
+        .map_err(|e| bad(json_path, format!("constructor_kwargs: {e}")))?;
+    let problems = cfg.problems();
+    if !problems.is_empty() {
+        return Err(bad(json_path, problems.join("; ")));
+    }
+    let weights = json["weights_file"]
+        .as_str()
+        .ok_or_else(|| bad(json_path, "no `weights_file`"))?;
+    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let wrapped = kind.starts_with("rfpp.EDMPrecondVel");
+    enum Net {
+        Raw(SongUnet),
+        Vel(EdmVelocity),
+    }
+    let net = if wrapped {
+        Net::Vel(EdmVelocity::new(&vs.root(), &cfg))
+    } else {
+        Net::Raw(SongUnet::new(&vs.root(), &cfg))
+    };
+    let file = checkpoint::read(&dir.join(weights)).map_err(|e| bad(json_path, e.to_string()))?;
+    checkpoint::load_strict(&mut vs, &file, &[]).map_err(|e| bad(json_path, e.to_string()))?;
+    let io = io_file(dir, json, json_path)?;
+    let get = |k: &str| {
+        io.get(k)
+            .map(|t| t.shallow_clone())
+            .map_err(|e| Error::BadInput(e.to_string()))
+    };
+    let mut out = Vec::new();
+    for run in json["runs"]
+        .as_array()
+        .ok_or_else(|| bad(json_path, "no `runs`"))?
+    {
+        let arg = |name: &str| {
+            run["args"][name]
+                .as_str()
+                .ok_or_else(|| bad(json_path, format!("run without `{name}`")))
+        };
+        let y = tch::no_grad(|| -> Result<Tensor> {
+            Ok(match &net {
+                Net::Raw(u) => u.forward_t(
+                    &get(arg("x")?)?,
+                    &get(arg("noise_labels")?)?,
+                    None,
+                    None,
+                    false,
+                ),
+                Net::Vel(v) => v.forward_rfpp(&get(arg("x_t")?)?, &get(arg("t")?)?, None, false),
+            })
+        })?;
+        for (_, key) in run_outputs(run) {
+            out.extend(compare(json, &io, key, &values(&y)?)?);
         }
     }
     Ok(out)

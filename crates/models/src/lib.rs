@@ -4,15 +4,19 @@
 //!   train/eval); [`Model`] owns a network with its parameters and is what stages pass around.
 //! - [`ArchConfig`]: the registry of architectures, keyed by the `arch` field of a config; validated
 //!   before any layer is built (tch's constructors panic on bad shapes).
+//! - [`song_unet`]: port of EDM's `SongUNet` (DDPM++ / NCSN++) with EDM's parameter names, and
+//!   [`edm_velocity`]: rfpp's EDM-denoiser-as-velocity wrapper.
 //! - [`checkpoint`]: self-describing safetensors checkpoints (architecture config in the metadata),
 //!   written atomically and loaded strictly — every missing key, unexpected key and shape mismatch is
 //!   reported, and values are cast to the model's dtype rather than the file's.
 
 pub mod checkpoint;
+pub mod edm_velocity;
 mod error;
 mod field;
 mod mlp;
 mod registry;
+pub mod song_unet;
 
 pub use error::{Error, Result};
 pub use field::{EvalField, Model, VelocityField};
