@@ -4,7 +4,8 @@
 //!
 //! Kinds implemented so far: `rfpp.t_dist.sample_t` (U-shaped time distribution),
 //! `lpips.LPIPS(vgg)` / `lpips.LPIPS(vgg)+avgpool`, `pytorch_fid.calculate_frechet_distance` and
-//! `pytorch_fid.InceptionV3(pool3)`, `rfpp.SongUNet` and `rfpp.EDMPrecondVel(SongUNet)`.
+//! `pytorch_fid.InceptionV3(pool3)`, `rfpp.SongUNet`, `rfpp.EDMPrecondVel(SongUNet)` and
+//! `slimflow.NCSNpp`.
 //! Other kinds are reported as not implemented.
 
 use std::path::{Path, PathBuf};
@@ -162,6 +163,7 @@ pub fn run_case(json_path: &Path) -> CaseResult {
             "rfpp.SongUNet" | "rfpp.EDMPrecondVel(SongUNet)" => {
                 Some(song_unet(dir, &json, json_path, &kind)?)
             }
+            "slimflow.NCSNpp" => Some(ncsnpp(dir, &json, json_path)?),
             _ => None,
         };
         Ok((kind, keys))
@@ -420,6 +422,88 @@ fn song_unet(dir: &Path, json: &Value, json_path: &Path, kind: &str) -> Result<V
                 ),
                 Net::Vel(v) => v.forward_rfpp(&get(arg("x_t")?)?, &get(arg("t")?)?, None, false),
             })
+        })?;
+        for (_, key) in run_outputs(run) {
+            out.extend(compare(json, &io, key, &values(&y)?)?);
+        }
+    }
+    Ok(out)
+}
+
+fn ncsnpp(dir: &Path, json: &Value, json_path: &Path) -> Result<Vec<KeyResult>> {
+    use slimflow_models::ncsnpp::{Ncsnpp, NcsnppConfig, IGNORED_KEYS};
+    let model = &json["full_config"]["model"];
+    let data = &json["full_config"]["data"];
+    // This port covers SlimFlow's family; anything else in the reference config is refused by name.
+    let expect = [
+        ("resblock_type", "biggan"),
+        ("progressive", "none"),
+        ("progressive_input", "none"),
+        ("embedding_type", "positional"),
+    ];
+    for (k, v) in expect {
+        if model[k] != v {
+            return Err(bad(
+                json_path,
+                format!(
+                    "model.{k} = {} is outside the ported NCSN++ family ({v})",
+                    model[k]
+                ),
+            ));
+        }
+    }
+    if model["fir"] != false || model["conditional"] != true || model["scale_by_sigma"] != false {
+        return Err(bad(
+            json_path,
+            "fir, conditional and scale_by_sigma must be false, true, false",
+        ));
+    }
+    let ints = |v: &Value| -> Vec<i64> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(Value::as_i64).collect())
+            .unwrap_or_default()
+    };
+    let cfg = NcsnppConfig {
+        image_size: data["image_size"].as_i64().unwrap_or(32),
+        num_channels: data["num_channels"].as_i64().unwrap_or(3),
+        centered: data["centered"].as_bool().unwrap_or(true),
+        nf: model["nf"].as_i64().unwrap_or(128),
+        ch_mult: ints(&model["ch_mult"]),
+        num_res_blocks: model["num_res_blocks"].as_i64().unwrap_or(4),
+        attn_resolutions: ints(&model["attn_resolutions"]),
+        dropout: model["dropout"].as_f64().unwrap_or(0.0),
+        skip_rescale: model["skip_rescale"].as_bool().unwrap_or(true),
+    };
+    let problems = cfg.problems();
+    if !problems.is_empty() {
+        return Err(bad(json_path, problems.join("; ")));
+    }
+    let weights = json["weights_file"]
+        .as_str()
+        .ok_or_else(|| bad(json_path, "no `weights_file`"))?;
+    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let net = Ncsnpp::new(&vs.root(), &cfg);
+    let file = checkpoint::read(&dir.join(weights)).map_err(|e| bad(json_path, e.to_string()))?;
+    checkpoint::load_strict(&mut vs, &file, IGNORED_KEYS)
+        .map_err(|e| bad(json_path, e.to_string()))?;
+    let io = io_file(dir, json, json_path)?;
+    let get = |k: &str| {
+        io.get(k)
+            .map(|t| t.shallow_clone())
+            .map_err(|e| Error::BadInput(e.to_string()))
+    };
+    let mut out = Vec::new();
+    for run in json["runs"]
+        .as_array()
+        .ok_or_else(|| bad(json_path, "no `runs`"))?
+    {
+        let arg = |name: &str| {
+            run["args"][name]
+                .as_str()
+                .ok_or_else(|| bad(json_path, format!("run without `{name}`")))
+        };
+        let y = tch::no_grad(|| -> Result<Tensor> {
+            Ok(net.forward_t(&get(arg("x")?)?, &get(arg("time_cond")?)?, false))
         })?;
         for (_, key) in run_outputs(run) {
             out.extend(compare(json, &io, key, &values(&y)?)?);

@@ -1,4 +1,4 @@
-//! Every parity case in the shared directory through the runner: implemented kinds must pass.
+//! Every parity case in the shared directory through the runner: all must run and pass.
 
 #[path = "../../../tests/support/parity.rs"]
 mod support;

@@ -5,7 +5,8 @@
 //! - [`ArchConfig`]: the registry of architectures, keyed by the `arch` field of a config; validated
 //!   before any layer is built (tch's constructors panic on bad shapes).
 //! - [`song_unet`]: port of EDM's `SongUNet` (DDPM++ / NCSN++) with EDM's parameter names, and
-//!   [`edm_velocity`]: rfpp's EDM-denoiser-as-velocity wrapper.
+//!   [`edm_velocity`]: rfpp's EDM-denoiser-as-velocity wrapper; [`ncsnpp`]: SlimFlow's NCSN++ with its
+//!   `all_modules.<i>` parameter names.
 //! - [`checkpoint`]: self-describing safetensors checkpoints (architecture config in the metadata),
 //!   written atomically and loaded strictly — every missing key, unexpected key and shape mismatch is
 //!   reported, and values are cast to the model's dtype rather than the file's.
@@ -15,6 +16,7 @@ pub mod edm_velocity;
 mod error;
 mod field;
 mod mlp;
+pub mod ncsnpp;
 mod registry;
 pub mod song_unet;
 
