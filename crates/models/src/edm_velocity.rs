@@ -18,6 +18,7 @@ const SIGMA_DATA: f64 = 0.5;
 #[derive(Debug)]
 pub struct EdmVelocity {
     unet: SongUnet,
+    arch: crate::ArchConfig,
 }
 
 impl EdmVelocity {
@@ -25,6 +26,7 @@ impl EdmVelocity {
     pub fn new(p: &nn::Path, cfg: &SongUnetConfig) -> Self {
         EdmVelocity {
             unet: SongUnet::new(&(p / "model"), cfg),
+            arch: crate::ArchConfig::EdmVelocity(cfg.clone()),
         }
     }
 
@@ -75,5 +77,20 @@ impl EdmVelocity {
     ) -> Tensor {
         let t_r = 1.0 - t.to_kind(Kind::Float);
         -self.forward_rfpp(x, &t_r, class_labels, train)
+    }
+}
+
+/// As a velocity field: our time t, class labels as indices [B] (one-hot encoded here).
+impl crate::VelocityField for EdmVelocity {
+    fn forward_t(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
+        let label_dim = self.unet.config().label_dim;
+        let one_hot = labels
+            .filter(|_| label_dim > 0)
+            .map(|y| y.one_hot(label_dim).to_kind(Kind::Float));
+        self.forward(x, t, one_hot.as_ref(), train)
+    }
+
+    fn config(&self) -> &crate::ArchConfig {
+        &self.arch
     }
 }

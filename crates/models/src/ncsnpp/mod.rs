@@ -253,6 +253,7 @@ enum Layer {
 #[derive(Debug)]
 pub struct Ncsnpp {
     cfg: NcsnppConfig,
+    arch: crate::ArchConfig,
     temb0: nn::Linear,
     temb1: nn::Linear,
     conv_in: nn::Conv2D,
@@ -382,6 +383,7 @@ impl Ncsnpp {
         let conv_out = conv(m.next(), in_ch, cfg.num_channels, 3);
         Ncsnpp {
             cfg: cfg.clone(),
+            arch: crate::ArchConfig::Ncsnpp(cfg.clone()),
             temb0,
             temb1,
             conv_in,
@@ -447,6 +449,18 @@ impl Ncsnpp {
             }
         }
         apply_gn(&h, &self.gn_out).silu().apply(&self.conv_out)
+    }
+}
+
+/// As a velocity field: SlimFlow's time rule, the network receives 999·t (reflow.py
+/// `model_forward_wrapper`). Unconditional.
+impl crate::VelocityField for Ncsnpp {
+    fn forward_t(&self, x: &Tensor, t: &Tensor, _labels: Option<&Tensor>, train: bool) -> Tensor {
+        Ncsnpp::forward_t(self, x, &(t.to_kind(Kind::Float) * 999.0), train)
+    }
+
+    fn config(&self) -> &crate::ArchConfig {
+        &self.arch
     }
 }
 
