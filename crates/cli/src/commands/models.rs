@@ -26,16 +26,16 @@ pub fn run(args: &ModelsArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "{:<16} {:<6} {:>12}  description",
+            "{:<20} {:<13} {:>11}  description",
             "preset", "arch", "params"
         );
         for r in &rows {
             println!(
-                "{:<16} {:<6} {:>12}  {}",
-                r["name"].as_str().unwrap_or(""),
-                r["arch"].as_str().unwrap_or(""),
-                r["params"],
-                r["description"].as_str().unwrap_or("")
+                "{:<20} {:<13} {:>11}  {}",
+                r["name"].as_str().unwrap_or_default(),
+                r["arch"].as_str().unwrap_or_default(),
+                r["params"].as_i64().unwrap_or_default(),
+                r["description"].as_str().unwrap_or_default()
             );
         }
     }
