@@ -12,6 +12,7 @@
 //!   reported, and values are cast to the model's dtype rather than the file's.
 
 pub mod checkpoint;
+pub mod conformance;
 pub mod edm_velocity;
 mod error;
 mod field;

@@ -328,6 +328,35 @@ mod tests {
     }
 
     #[test]
+    fn every_architecture_conforms() {
+        crate::conformance::check(&ArchConfig::preset("mlp-toy").unwrap(), Some(141_058));
+        crate::conformance::check(
+            &ArchConfig::Ncsnpp(NcsnppConfig {
+                image_size: 16,
+                nf: 16,
+                ch_mult: vec![1, 2],
+                num_res_blocks: 1,
+                attn_resolutions: vec![8],
+                dropout: 0.1,
+                ..NcsnppConfig::default()
+            }),
+            None,
+        );
+        crate::conformance::check(
+            &ArchConfig::EdmVelocity(SongUnetConfig {
+                img_resolution: 16,
+                model_channels: 16,
+                channel_mult: vec![1, 2],
+                num_blocks: 1,
+                attn_resolutions: vec![8],
+                label_dim: 4,
+                ..SongUnetConfig::default()
+            }),
+            None,
+        );
+    }
+
+    #[test]
     fn invalid_configs_list_every_problem() {
         let cfg = ArchConfig::Mlp(MlpConfig {
             hidden: 0,

@@ -93,18 +93,43 @@ fn apply_gn(x: &Tensor, gn: &(Tensor, Tensor, i64)) -> Tensor {
     x.group_norm(gn.2, Some(&gn.0), Some(&gn.1), 1e-6, false)
 }
 
-fn conv(p: nn::Path, cin: i64, cout: i64, k: i64) -> nn::Conv2D {
-    nn::conv2d(
-        p,
-        cin,
-        cout,
-        k,
-        nn::ConvConfig {
-            padding: k / 2,
-            ..Default::default()
-        },
-    )
+/// score_sde's `default_init(scale)`: variance scaling, fan_avg, uniform; scale 0 becomes 1e-10.
+fn default_init(scale: f64, fan_in: i64, fan_out: i64) -> nn::Init {
+    let scale = if scale == 0.0 { 1e-10 } else { scale };
+    let bound = (3.0 * scale / ((fan_in + fan_out) as f64 / 2.0)).sqrt();
+    nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
 }
+
+/// A k×k convolution ("same" padding) with score_sde's initialisation at `scale` and zero bias.
+fn conv_scaled(p: nn::Path, cin: i64, cout: i64, k: i64, scale: f64) -> nn::Conv2D {
+    let ws_init = default_init(scale, cin * k * k, cout * k * k);
+    let cfg = nn::ConvConfig {
+        padding: k / 2,
+        ws_init,
+        bs_init: nn::Init::Const(0.0),
+        ..Default::default()
+    };
+    nn::conv2d(p, cin, cout, k, cfg)
+}
+
+fn conv(p: nn::Path, cin: i64, cout: i64, k: i64) -> nn::Conv2D {
+    conv_scaled(p, cin, cout, k, 1.0)
+}
+
+fn linear(p: nn::Path, cin: i64, cout: i64) -> nn::Linear {
+    let cfg = nn::LinearConfig {
+        ws_init: default_init(1.0, cin, cout),
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
+    nn::linear(p, cin, cout, cfg)
+}
+
+/// `init_scale` of the zero-initialised output layers (SlimFlow / score_sde configs: 0.0).
+const INIT_SCALE: f64 = 0.0;
 
 /// `ResnetBlockBigGANpp` with naive resampling.
 #[derive(Debug)]
@@ -124,9 +149,9 @@ impl ResBlock {
         ResBlock {
             gn0: group_norm(&p / "GroupNorm_0", cin),
             conv0: conv(&p / "Conv_0", cin, cout, 3),
-            dense0: nn::linear(&p / "Dense_0", temb, cout, Default::default()),
+            dense0: linear(&p / "Dense_0", temb, cout),
             gn1: group_norm(&p / "GroupNorm_1", cout),
-            conv1: conv(&p / "Conv_1", cout, cout, 3),
+            conv1: conv_scaled(&p / "Conv_1", cout, cout, 3, INIT_SCALE),
             conv2: (cin != cout || up || down).then(|| conv(&p / "Conv_2", cin, cout, 1)),
             up,
             down,
@@ -187,9 +212,10 @@ struct Nin {
 }
 
 impl Nin {
-    fn new(p: nn::Path, c: i64) -> Self {
+    /// `NIN(c, c, init_scale=scale)`: score_sde's `default_init(scale)` weight, zero bias.
+    fn new(p: nn::Path, c: i64, scale: f64) -> Self {
         Nin {
-            w: p.var("W", &[c, c], nn::Init::Const(0.0)),
+            w: p.var("W", &[c, c], default_init(scale, c, c)),
             b: p.var("b", &[c], nn::Init::Const(0.0)),
         }
     }
@@ -212,10 +238,10 @@ impl Attn {
         Attn {
             gn: group_norm(&p / "GroupNorm_0", c),
             nin: [
-                Nin::new(&p / "NIN_0", c),
-                Nin::new(&p / "NIN_1", c),
-                Nin::new(&p / "NIN_2", c),
-                Nin::new(&p / "NIN_3", c),
+                Nin::new(&p / "NIN_0", c, 0.1),
+                Nin::new(&p / "NIN_1", c, 0.1),
+                Nin::new(&p / "NIN_2", c, 0.1),
+                Nin::new(&p / "NIN_3", c, INIT_SCALE),
             ],
         }
     }
@@ -290,8 +316,8 @@ impl Ncsnpp {
             p: p / "all_modules",
             i: 0,
         };
-        let temb0 = nn::linear(m.next(), nf, temb, Default::default());
-        let temb1 = nn::linear(m.next(), temb, temb, Default::default());
+        let temb0 = linear(m.next(), nf, temb);
+        let temb1 = linear(m.next(), temb, temb);
         let conv_in = conv(m.next(), cfg.num_channels, nf, 3);
         let levels = cfg.ch_mult.len();
         let res_at = |l: usize| cfg.image_size >> l;
@@ -380,7 +406,7 @@ impl Ncsnpp {
             up.push(layers);
         }
         let gn_out = group_norm(m.next(), in_ch);
-        let conv_out = conv(m.next(), in_ch, cfg.num_channels, 3);
+        let conv_out = conv_scaled(m.next(), in_ch, cfg.num_channels, 3, INIT_SCALE);
         Ncsnpp {
             cfg: cfg.clone(),
             arch: crate::ArchConfig::Ncsnpp(cfg.clone()),

@@ -100,6 +100,18 @@ impl Conv2d {
         }
     }
 
+    /// Multiplies the initial weight by `factor` (EDM's `init_weight`: 1e-5 for `init_zero`
+    /// layers, sqrt(0.2) for attention's qkv).
+    pub(crate) fn init_weight(self, factor: f64) -> Self {
+        if let Some(w) = &self.weight {
+            let mut w = w.shallow_clone();
+            tch::no_grad(|| {
+                let _ = w.g_mul_scalar_(factor);
+            });
+        }
+        self
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         let w_pad = self.weight.as_ref().map(|w| w.size()[3] / 2).unwrap_or(0);
         let f_pad = self
@@ -233,6 +245,9 @@ pub(crate) struct UNetBlock {
 
 const SKIP_SCALE: f64 = std::f64::consts::FRAC_1_SQRT_2;
 
+/// EDM's `init_zero` weight factor (SongUNet: 1e-5).
+pub(crate) const INIT_ZERO: f64 = 1e-5;
+
 impl UNetBlock {
     pub(crate) fn new(
         p: nn::Path,
@@ -262,7 +277,8 @@ impl UNetBlock {
                     true,
                     Resample::default(),
                     &cfg.filter,
-                ),
+                )
+                .init_weight(0.2f64.sqrt()),
                 Conv2d::new(
                     &p / "proj",
                     cout,
@@ -271,7 +287,8 @@ impl UNetBlock {
                     true,
                     Resample::default(),
                     &cfg.filter,
-                ),
+                )
+                .init_weight(INIT_ZERO),
             )
         });
         UNetBlock {
@@ -287,7 +304,8 @@ impl UNetBlock {
                 true,
                 Resample::default(),
                 &cfg.filter,
-            ),
+            )
+            .init_weight(INIT_ZERO),
             skip,
             attn,
             dropout: cfg.dropout,

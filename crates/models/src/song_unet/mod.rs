@@ -368,15 +368,18 @@ impl SongUnet {
                     cout,
                     1e-6,
                 )));
-                dec.push(Dec::AuxConv(Conv2d::new(
-                    &dp / format!("{res}x{res}_aux_conv"),
-                    cout,
-                    cfg.out_channels,
-                    3,
-                    true,
-                    Resample::default(),
-                    f,
-                )));
+                dec.push(Dec::AuxConv(
+                    Conv2d::new(
+                        &dp / format!("{res}x{res}_aux_conv"),
+                        cout,
+                        cfg.out_channels,
+                        3,
+                        true,
+                        Resample::default(),
+                        f,
+                    )
+                    .init_weight(layers::INIT_ZERO),
+                ));
             }
         }
         SongUnet {
