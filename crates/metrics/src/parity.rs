@@ -238,6 +238,50 @@ fn compare(json: &Value, io: &TensorFile, key: &str, actual: &[f64]) -> Result<O
     )))
 }
 
+/// The weights file named by the case, loaded strictly into `vs`.
+fn load_weights(
+    dir: &Path,
+    json: &Value,
+    json_path: &Path,
+    vs: &mut tch::nn::VarStore,
+    ignorable: &[&str],
+) -> Result<()> {
+    let weights = json["weights_file"]
+        .as_str()
+        .ok_or_else(|| bad(json_path, "no `weights_file`"))?;
+    let file = checkpoint::read(&dir.join(weights)).map_err(|e| bad(json_path, e.to_string()))?;
+    checkpoint::load_strict(vs, &file, ignorable).map_err(|e| bad(json_path, e.to_string()))
+}
+
+/// For every run: `forward(arg)` (with `arg(name)` the io tensor the run names for argument `name`),
+/// compared with every output the run lists.
+fn each_run(
+    json: &Value,
+    json_path: &Path,
+    io: &TensorFile,
+    forward: impl Fn(&dyn Fn(&str) -> Result<Tensor>) -> Result<Tensor>,
+) -> Result<Vec<KeyResult>> {
+    let mut out = Vec::new();
+    for run in json["runs"]
+        .as_array()
+        .ok_or_else(|| bad(json_path, "no `runs`"))?
+    {
+        let arg = |name: &str| -> Result<Tensor> {
+            let key = run["args"][name]
+                .as_str()
+                .ok_or_else(|| bad(json_path, format!("run without `{name}`")))?;
+            io.get(key)
+                .map(|t| t.shallow_clone())
+                .map_err(|e| Error::BadInput(e.to_string()))
+        };
+        let y = tch::no_grad(|| forward(&arg))?;
+        for (_, key) in run_outputs(run) {
+            out.extend(compare(json, io, key, &values(&y)?)?);
+        }
+    }
+    Ok(out)
+}
+
 fn run_outputs(run: &Value) -> impl Iterator<Item = (&str, &str)> {
     run["outputs"]
         .as_object()
@@ -379,9 +423,6 @@ fn song_unet(dir: &Path, json: &Value, json_path: &Path, kind: &str) -> Result<V
     if !problems.is_empty() {
         return Err(bad(json_path, problems.join("; ")));
     }
-    let weights = json["weights_file"]
-        .as_str()
-        .ok_or_else(|| bad(json_path, "no `weights_file`"))?;
     let mut vs = tch::nn::VarStore::new(Device::Cpu);
     let wrapped = kind.starts_with("rfpp.EDMPrecondVel");
     enum Net {
@@ -393,41 +434,14 @@ fn song_unet(dir: &Path, json: &Value, json_path: &Path, kind: &str) -> Result<V
     } else {
         Net::Raw(SongUnet::new(&vs.root(), &cfg))
     };
-    let file = checkpoint::read(&dir.join(weights)).map_err(|e| bad(json_path, e.to_string()))?;
-    checkpoint::load_strict(&mut vs, &file, &[]).map_err(|e| bad(json_path, e.to_string()))?;
+    load_weights(dir, json, json_path, &mut vs, &[])?;
     let io = io_file(dir, json, json_path)?;
-    let get = |k: &str| {
-        io.get(k)
-            .map(|t| t.shallow_clone())
-            .map_err(|e| Error::BadInput(e.to_string()))
-    };
-    let mut out = Vec::new();
-    for run in json["runs"]
-        .as_array()
-        .ok_or_else(|| bad(json_path, "no `runs`"))?
-    {
-        let arg = |name: &str| {
-            run["args"][name]
-                .as_str()
-                .ok_or_else(|| bad(json_path, format!("run without `{name}`")))
-        };
-        let y = tch::no_grad(|| -> Result<Tensor> {
-            Ok(match &net {
-                Net::Raw(u) => u.forward_t(
-                    &get(arg("x")?)?,
-                    &get(arg("noise_labels")?)?,
-                    None,
-                    None,
-                    false,
-                ),
-                Net::Vel(v) => v.forward_rfpp(&get(arg("x_t")?)?, &get(arg("t")?)?, None, false),
-            })
-        })?;
-        for (_, key) in run_outputs(run) {
-            out.extend(compare(json, &io, key, &values(&y)?)?);
-        }
-    }
-    Ok(out)
+    each_run(json, json_path, &io, |arg| {
+        Ok(match &net {
+            Net::Raw(u) => u.forward_t(&arg("x")?, &arg("noise_labels")?, None, None, false),
+            Net::Vel(v) => v.forward_rfpp(&arg("x_t")?, &arg("t")?, None, false),
+        })
+    })
 }
 
 fn ncsnpp(dir: &Path, json: &Value, json_path: &Path) -> Result<Vec<KeyResult>> {
@@ -478,38 +492,13 @@ fn ncsnpp(dir: &Path, json: &Value, json_path: &Path) -> Result<Vec<KeyResult>> 
     if !problems.is_empty() {
         return Err(bad(json_path, problems.join("; ")));
     }
-    let weights = json["weights_file"]
-        .as_str()
-        .ok_or_else(|| bad(json_path, "no `weights_file`"))?;
     let mut vs = tch::nn::VarStore::new(Device::Cpu);
     let net = Ncsnpp::new(&vs.root(), &cfg);
-    let file = checkpoint::read(&dir.join(weights)).map_err(|e| bad(json_path, e.to_string()))?;
-    checkpoint::load_strict(&mut vs, &file, IGNORED_KEYS)
-        .map_err(|e| bad(json_path, e.to_string()))?;
+    load_weights(dir, json, json_path, &mut vs, IGNORED_KEYS)?;
     let io = io_file(dir, json, json_path)?;
-    let get = |k: &str| {
-        io.get(k)
-            .map(|t| t.shallow_clone())
-            .map_err(|e| Error::BadInput(e.to_string()))
-    };
-    let mut out = Vec::new();
-    for run in json["runs"]
-        .as_array()
-        .ok_or_else(|| bad(json_path, "no `runs`"))?
-    {
-        let arg = |name: &str| {
-            run["args"][name]
-                .as_str()
-                .ok_or_else(|| bad(json_path, format!("run without `{name}`")))
-        };
-        let y = tch::no_grad(|| -> Result<Tensor> {
-            Ok(net.forward_t(&get(arg("x")?)?, &get(arg("time_cond")?)?, false))
-        })?;
-        for (_, key) in run_outputs(run) {
-            out.extend(compare(json, &io, key, &values(&y)?)?);
-        }
-    }
-    Ok(out)
+    each_run(json, json_path, &io, |arg| {
+        Ok(net.forward_t(&arg("x")?, &arg("time_cond")?, false))
+    })
 }
 
 fn inception(dir: &Path, json: &Value, json_path: &Path) -> Result<Vec<KeyResult>> {
@@ -518,21 +507,7 @@ fn inception(dir: &Path, json: &Value, json_path: &Path) -> Result<Vec<KeyResult
         .ok_or_else(|| bad(json_path, "no `weights_file`"))?;
     let net = crate::inception::FidInception::load(&dir.join(weights), Device::Cpu)?;
     let io = io_file(dir, json, json_path)?;
-    let mut out = Vec::new();
-    for run in json["runs"]
-        .as_array()
-        .ok_or_else(|| bad(json_path, "no `runs`"))?
-    {
-        let key = run["args"]["images"]
-            .as_str()
-            .ok_or_else(|| bad(json_path, "run without `images`"))?;
-        let images = io.get(key).map_err(|e| Error::BadInput(e.to_string()))?;
-        let feats = net.pool3(images)?;
-        for (_, key) in run_outputs(run) {
-            out.extend(compare(json, &io, key, &values(&feats)?)?);
-        }
-    }
-    Ok(out)
+    each_run(json, json_path, &io, |arg| net.pool3(&arg("images")?))
 }
 
 fn frechet(dir: &Path, json: &Value, json_path: &Path) -> Result<Vec<KeyResult>> {
