@@ -10,7 +10,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{models::ModelsArgs, parity::ParityArgs, sample::SampleArgs, stage::StageArgs};
+use commands::{
+    import::ImportArgs, models::ModelsArgs, parity::ParityArgs, sample::SampleArgs,
+    stage::StageArgs,
+};
 
 /// Train small one-step image generators with rectified flows (SlimFlow, 2-rectified flow++).
 #[derive(Debug, Parser)]
@@ -36,6 +39,9 @@ enum Command {
     Pipeline(StageArgs),
     /// Draw samples from a stage's model or a checkpoint.
     Sample(SampleArgs),
+    /// Convert a reference checkpoint (EDM, rfpp, RectifiedFlow / SlimFlow) into a slimflow model,
+    /// reading PyTorch files without executing pickled code.
+    Import(ImportArgs),
     /// List registered architectures and presets with their parameter counts.
     Models(ModelsArgs),
     /// Compare our networks and functions with reference vectors: per case max abs/rel error and
@@ -64,6 +70,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::stage::run(&a, commands::stage::Which::One("eval")),
         Command::Pipeline(a) => commands::stage::run(&a, commands::stage::Which::All),
         Command::Sample(a) => commands::sample::run(&a),
+        Command::Import(a) => commands::import::run(&a),
         Command::Models(a) => commands::models::run(&a),
         Command::Parity(a) => commands::parity::run(&a),
     };

@@ -212,6 +212,30 @@ pub fn named_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 /// `ignorable` may appear in the file without a matching variable. Values are cast to each variable's
 /// dtype and device.
 pub fn load_strict(vs: &mut nn::VarStore, file: &TensorFile, ignorable: &[&str]) -> Result<()> {
+    load_matching(vs, file, ignorable, false).map(|_| ())
+}
+
+/// What [`load_matching`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Variables copied from the file.
+    pub loaded: usize,
+    /// Model variables absent from the file (left as initialised).
+    pub missing: Vec<String>,
+    /// File tensors without a model variable (skipped), ignorable ones excluded.
+    pub unexpected: Vec<String>,
+    /// `key: model [..], file [..]` (skipped).
+    pub mismatched: Vec<String>,
+}
+
+/// Like [`load_strict`], but with `partial` the matching tensors are copied and the rest reported
+/// instead of refused. Even a partial load fails when nothing matches.
+pub fn load_matching(
+    vs: &mut nn::VarStore,
+    file: &TensorFile,
+    ignorable: &[&str],
+    partial: bool,
+) -> Result<LoadReport> {
     let vars = vs.variables();
     let in_file: HashMap<&str, &Tensor> =
         file.tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
@@ -235,10 +259,19 @@ pub fn load_strict(vs: &mut nn::VarStore, file: &TensorFile, ignorable: &[&str])
                 .then(|| format!("{k}: model {:?}, file {:?}", v.size(), t.size()))
         })
         .collect();
-    if !(missing.is_empty() && unexpected.is_empty() && mismatched.is_empty()) {
-        missing.sort();
-        unexpected.sort();
-        mismatched.sort();
+    missing.sort();
+    unexpected.sort();
+    mismatched.sort();
+    let clean = missing.is_empty() && unexpected.is_empty() && mismatched.is_empty();
+    let matching: Vec<(String, Tensor)> = vars
+        .into_iter()
+        .filter(|(k, v)| {
+            in_file
+                .get(k.as_str())
+                .is_some_and(|t| t.size() == v.size())
+        })
+        .collect();
+    if !clean && (!partial || matching.is_empty()) {
         return Err(Error::KeyMismatch {
             path: file.path.clone(),
             missing,
@@ -247,11 +280,17 @@ pub fn load_strict(vs: &mut nn::VarStore, file: &TensorFile, ignorable: &[&str])
         });
     }
     tch::no_grad(|| {
-        for (k, mut v) in vars {
+        for (k, mut v) in matching.iter().map(|(k, v)| (k, v.shallow_clone())) {
             let src = in_file[k.as_str()].to_kind(v.kind()).to_device(v.device());
             v.f_copy_(&src)?;
         }
-        Ok(())
+        Ok::<_, Error>(())
+    })?;
+    Ok(LoadReport {
+        loaded: matching.len(),
+        missing,
+        unexpected,
+        mismatched,
     })
 }
 

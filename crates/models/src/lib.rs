@@ -16,6 +16,7 @@ pub mod conformance;
 pub mod edm_velocity;
 mod error;
 mod field;
+pub mod import;
 mod mlp;
 pub mod ncsnpp;
 mod registry;

@@ -8,10 +8,12 @@
 //! understood, and everything else becomes an inert [`Object`] whose state can still be walked.
 //!
 //! [`load`] returns a [`TorchFile`]; [`TorchFile::state_dict`] flattens it (or a sub-tree such as
-//! `ema`) into `nn.Module.state_dict()`-style dotted names with dense [`RawTensor`]s.
+//! `ema`) into `nn.Module.state_dict()`-style dotted names with dense [`RawTensor`]s. [`save`] writes
+//! the other direction: a zip archive that `torch.load(f, weights_only=True)` accepts.
 
 mod pickle;
 mod value;
+mod write;
 
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 pub use value::{DType, Object, RawTensor, Storage, TensorView, Value};
+pub use write::{save, Node};
 
 /// Errors reading a PyTorch file; each names the file and, where it applies, the byte offset or key.
 #[derive(Debug, thiserror::Error)]

@@ -154,3 +154,57 @@ fn non_torch_files_are_rejected_clearly() {
     let err = load(Path::new("/nonexistent/w.pth")).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/w.pth"), "{err}");
 }
+
+#[test]
+fn saved_trees_read_back_exactly() {
+    use slimflow_torchfile::{save, Node};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.pt");
+    let t = |dtype: DType, shape: Vec<usize>, fill: u8| {
+        let n: usize = shape.iter().product::<usize>() * dtype.size();
+        RawTensor {
+            dtype,
+            shape,
+            data: (0..n)
+                .map(|i| (i as u8).wrapping_mul(fill) & 0x3f)
+                .collect(),
+        }
+    };
+    let a = t(DType::F32, vec![2, 3], 7);
+    let b = t(DType::F16, vec![4], 3);
+    let c = t(DType::I64, vec![], 1);
+    let tree = Node::Dict(vec![
+        (
+            "model".into(),
+            Node::Dict(vec![("module.w".into(), Node::Tensor(a.clone()))]),
+        ),
+        (
+            "ema".into(),
+            Node::Dict(vec![
+                ("decay".into(), Node::Float(0.9999)),
+                (
+                    "shadow_params".into(),
+                    Node::List(vec![Node::Tensor(b.clone())]),
+                ),
+            ]),
+        ),
+        ("step".into(), Node::Int(1 << 40)),
+        ("scalar".into(), Node::Tensor(c.clone())),
+        ("name".into(), Node::Str("ünïcode".into())),
+    ]);
+    save(&path, &tree).unwrap();
+    assert!(!dir.path().join("out.tmp").exists());
+    let f = load(&path).unwrap();
+    assert_eq!(f.format, Format::Zip);
+    let sd = f.state_dict(None).unwrap();
+    assert_eq!(
+        sd,
+        vec![
+            ("model.module.w".to_string(), a),
+            ("ema.shadow_params.0".to_string(), b),
+            ("scalar".to_string(), c),
+        ]
+    );
+    assert_eq!(f.select("step").unwrap().as_int(), Some(1 << 40));
+    assert_eq!(f.select("name").unwrap().as_str(), Some("ünïcode"));
+}

@@ -1,5 +1,6 @@
 //! One module per subcommand: parse, load config, call the trainer.
 
+pub mod import;
 pub mod models;
 pub mod parity;
 pub mod sample;

@@ -1,0 +1,308 @@
+//! Importing reference checkpoints (EDM, rfpp, RectifiedFlow / SlimFlow NCSN++) as slimflow models.
+//!
+//! Sources and what is taken from them by default:
+//! - `edm`: an EDM snapshot (`network-snapshot-*.pkl`, a pickle of the whole `EDMPrecond`) → its `ema`
+//!   network; a `training-state-*.pt` → `net`. Names `model.<SongUNet path>` match [`EdmVelocity`].
+//! - `rfpp`: `flow_model_*_ema.pth` (a flat `EDMPrecondVel` state dict) or `training_state_*.pth` →
+//!   `model_state_dict`.
+//! - `ncsnpp`: a score_sde-style checkpoint `{model, ema, optimizer, step}` → the EMA weights. Its
+//!   `ema` holds `shadow_params`, an unnamed list in `model.parameters()` order; the names come from
+//!   the file's own `model` state dict (buffers such as `sigmas` removed).
+//!
+//! DataParallel's `module.` prefix is stripped; a bare SongUNet state dict gains the `model.` prefix.
+//! Files are read with [`slimflow_torchfile`], which never executes pickled code, or as safetensors.
+//! Every missing key, unexpected key and shape mismatch is reported by name; a partial load happens
+//! only when asked for.
+//!
+//! [`EdmVelocity`]: crate::edm_velocity::EdmVelocity
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{self, LoadReport, TensorFile};
+use crate::error::{Error, Result};
+use crate::{ArchConfig, Model};
+
+/// Which reference implementation wrote the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportSource {
+    /// NVlabs/edm snapshots and training states.
+    Edm,
+    /// sangyun884/rfpp checkpoints (EDM-velocity wrapper).
+    Rfpp,
+    /// RectifiedFlow / SlimFlow (score_sde NCSN++) checkpoints.
+    Ncsnpp,
+}
+
+impl FromStr for ImportSource {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "edm" => Ok(ImportSource::Edm),
+            "rfpp" => Ok(ImportSource::Rfpp),
+            "ncsnpp" => Ok(ImportSource::Ncsnpp),
+            other => Err(Error::InvalidConfig(vec![format!(
+                "unknown import source `{other}` (known: edm, rfpp, ncsnpp)"
+            )])),
+        }
+    }
+}
+
+impl ImportSource {
+    /// The preset used when no architecture is given.
+    pub fn default_preset(self) -> &'static str {
+        match self {
+            ImportSource::Edm | ImportSource::Rfpp => "edm-ddpmpp-cifar10",
+            ImportSource::Ncsnpp => "rf-ncsnpp-cifar10",
+        }
+    }
+
+    /// Sub-trees tried in order when no key is given (the root is the fallback).
+    fn default_keys(self) -> &'static [&'static str] {
+        match self {
+            ImportSource::Edm => &["ema", "net"],
+            ImportSource::Rfpp => &["model_state_dict"],
+            ImportSource::Ncsnpp => &["ema", "model"],
+        }
+    }
+
+    fn accepts(self, arch: &ArchConfig) -> bool {
+        matches!(
+            (self, arch),
+            (
+                ImportSource::Edm | ImportSource::Rfpp,
+                ArchConfig::EdmVelocity(_)
+            ) | (ImportSource::Ncsnpp, ArchConfig::Ncsnpp(_))
+        )
+    }
+}
+
+/// What to import and how.
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    /// Where the file comes from.
+    pub source: ImportSource,
+    /// The architecture to load into.
+    pub arch: ArchConfig,
+    /// Sub-tree of the file (`ema`, `model`, …); `None` picks the source's default.
+    pub key: Option<String>,
+    /// Load what matches and report the rest instead of refusing.
+    pub allow_partial: bool,
+}
+
+/// The result of [`import`].
+#[derive(Debug)]
+pub struct Imported {
+    /// The loaded model.
+    pub model: Model,
+    /// The sub-tree read (empty for the root).
+    pub key: String,
+    /// Tensors found under it.
+    pub tensors_read: usize,
+    /// Whether names came from pairing an EMA `shadow_params` list with the model's parameters.
+    pub from_shadow_params: bool,
+    /// File dtypes that were cast to the model's, e.g. `float16 (12 tensors)`.
+    pub cast_from: Vec<String>,
+    /// Loaded, missing, unexpected and mismatched keys.
+    pub report: LoadReport,
+}
+
+/// Tensors under `key` of a PyTorch or safetensors file, as named CPU tensors (names as written).
+pub fn read_tensors(path: &Path, key: Option<&str>) -> Result<TensorFile> {
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        if let Some(k) = key.filter(|k| !k.is_empty()) {
+            return Err(Error::InvalidConfig(vec![format!(
+                "{}: safetensors files are flat; --key `{k}` does not apply",
+                path.display()
+            )]));
+        }
+        return checkpoint::read(path);
+    }
+    let file = slimflow_torchfile::load(path).map_err(|e| torchfile_error(path, e))?;
+    let raw = file.state_dict(key).map_err(|e| torchfile_error(path, e))?;
+    to_tensor_file(path, raw)
+}
+
+fn torchfile_error(path: &Path, e: slimflow_torchfile::Error) -> Error {
+    Error::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+fn to_tensor_file(
+    path: &Path,
+    raw: Vec<(String, slimflow_torchfile::RawTensor)>,
+) -> Result<TensorFile> {
+    use slimflow_torchfile::DType;
+    let mut tensors = Vec::with_capacity(raw.len());
+    for (name, t) in raw {
+        let kind = match t.dtype {
+            DType::F32 => Kind::Float,
+            DType::F64 => Kind::Double,
+            DType::F16 => Kind::Half,
+            DType::BF16 => Kind::BFloat16,
+            DType::I64 => Kind::Int64,
+            DType::I32 => Kind::Int,
+            DType::I16 => Kind::Int16,
+            DType::I8 => Kind::Int8,
+            DType::U8 => Kind::Uint8,
+            DType::Bool => Kind::Bool,
+        };
+        let shape: Vec<i64> = t.shape.iter().map(|&s| s as i64).collect();
+        let tensor = Tensor::f_from_data_size(&t.data, &shape, kind)?;
+        tensors.push((name, tensor));
+    }
+    Ok(TensorFile {
+        path: path.to_path_buf(),
+        tensors,
+        metadata: BTreeMap::new(),
+    })
+}
+
+fn strip_module_prefix(names: &mut [(String, Tensor)]) {
+    for (n, _) in names.iter_mut() {
+        while let Some(rest) = n.strip_prefix("module.") {
+            *n = rest.to_string();
+        }
+    }
+}
+
+/// Imports `path` into a fresh model on `device`.
+pub fn import(path: &Path, opts: &ImportOptions, device: Device) -> Result<Imported> {
+    if !opts.source.accepts(&opts.arch) {
+        return Err(Error::InvalidConfig(vec![format!(
+            "--from {:?} checkpoints load into {} architectures, not `{}`",
+            opts.source,
+            match opts.source {
+                ImportSource::Ncsnpp => "ncsnpp",
+                _ => "edm_velocity",
+            },
+            opts.arch.name()
+        )
+        .to_lowercase()]));
+    }
+    let ignorable: &[&str] = match opts.arch {
+        ArchConfig::Ncsnpp(_) => crate::ncsnpp::IGNORED_KEYS,
+        _ => &[],
+    };
+    let is_pytorch = path.extension().is_none_or(|e| e != "safetensors");
+    let key = match (&opts.key, is_pytorch) {
+        (Some(k), _) => k.clone(),
+        (None, false) => String::new(),
+        (None, true) => {
+            let file = slimflow_torchfile::load(path).map_err(|e| torchfile_error(path, e))?;
+            let top = file.top_level_keys();
+            opts.source
+                .default_keys()
+                .iter()
+                .find(|k| top.iter().any(|t| t == *k))
+                .map(|k| k.to_string())
+                .unwrap_or_default()
+        }
+    };
+    let mut file = read_tensors(
+        path,
+        Some(&key).filter(|k| !k.is_empty()).map(|k| k.as_str()),
+    )?;
+    let tensors_read = file.tensors.len();
+    let from_shadow_params = !file.tensors.is_empty()
+        && file
+            .tensors
+            .iter()
+            .all(|(n, _)| n.starts_with("shadow_params."));
+    if from_shadow_params {
+        name_shadow_params(path, &key, &mut file, ignorable)?;
+    }
+    strip_module_prefix(&mut file.tensors);
+    if matches!(opts.arch, ArchConfig::EdmVelocity(_))
+        && !file.tensors.iter().any(|(n, _)| n.starts_with("model."))
+    {
+        for (n, _) in file.tensors.iter_mut() {
+            *n = format!("model.{n}");
+        }
+    }
+    let mut cast: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, t) in &file.tensors {
+        if t.kind() != Kind::Float && t.is_floating_point() {
+            *cast.entry(format!("{:?}", t.kind())).or_default() += 1;
+        }
+    }
+    let mut model = Model::new(&opts.arch, device)?;
+    let report = checkpoint::load_matching(&mut model.vs, &file, ignorable, opts.allow_partial)?;
+    Ok(Imported {
+        model,
+        key,
+        tensors_read,
+        from_shadow_params,
+        cast_from: cast
+            .into_iter()
+            .map(|(k, n)| format!("{k} ({n} tensors)"))
+            .collect(),
+        report,
+    })
+}
+
+/// Pairs an EMA's unnamed `shadow_params` with the parameter names of the file's `model` state dict.
+fn name_shadow_params(
+    path: &Path,
+    key: &str,
+    file: &mut TensorFile,
+    ignorable: &[&str],
+) -> Result<()> {
+    let model = read_tensors(path, Some("model")).map_err(|e| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!(
+            "`{key}` holds unnamed shadow_params; naming them needs the file's `model` state dict: {e}"
+        ),
+    })?;
+    let names: Vec<String> = model
+        .tensors
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| !ignorable.iter().any(|i| n.ends_with(i)))
+        .collect();
+    if names.len() != file.tensors.len() {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!(
+                "`{key}` has {} shadow_params but `model` has {} parameters",
+                file.tensors.len(),
+                names.len()
+            ),
+        });
+    }
+    let mut shadow: Vec<(usize, Tensor)> = file
+        .tensors
+        .drain(..)
+        .map(|(n, t)| {
+            let i = n["shadow_params.".len()..]
+                .parse::<usize>()
+                .unwrap_or(usize::MAX);
+            (i, t)
+        })
+        .collect();
+    shadow.sort_by_key(|(i, _)| *i);
+    for ((_, t), name) in shadow.into_iter().zip(names) {
+        let want = model
+            .tensors
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| m.size())
+            .unwrap_or_default();
+        if t.size() != want {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "shadow_params do not line up with `model`: `{name}` is {want:?} there, {:?} in `{key}`",
+                    t.size()
+                ),
+            });
+        }
+        file.tensors.push((name, t));
+    }
+    Ok(())
+}
