@@ -5,6 +5,9 @@
 // `criterion_group!` generates an undocumented public function.
 #![allow(missing_docs)]
 
+#[path = "../../../benches/peak_memory.rs"]
+mod peak_memory;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use slimflow_losses::lpips::{Lpips, LpipsConfig, Pooling};
 use slimflow_losses::Premetric;
@@ -31,17 +34,27 @@ fn lpips(c: &mut Criterion) {
                 .set_requires_grad(true);
             let b = Tensor::rand([batch, 3, size, size], (Kind::Float, device)) * 2.0 - 1.0;
             g.throughput(Throughput::Elements(batch as u64));
-            g.bench_function(format!("{size}px_b{batch}/{device:?}"), |bench| {
-                bench.iter(|| {
-                    lp.distance(&a, &b)
-                        .expect("lpips")
-                        .sum(Kind::Float)
-                        .backward();
-                    if device.is_cuda() {
-                        tch::Cuda::synchronize(0);
-                    }
-                })
-            });
+            let run = || {
+                lp.distance(&a, &b)
+                    .expect("lpips")
+                    .sum(Kind::Float)
+                    .backward();
+                if device.is_cuda() {
+                    tch::Cuda::synchronize(0);
+                }
+            };
+            let name = format!("{size}px_b{batch}/{device:?}");
+            if device == Device::Cpu {
+                run();
+                peak_memory::report(&format!("lpips {name}"), run);
+            }
+            g.bench_function(&name, |bench| bench.iter(run));
+            if device.is_cuda() {
+                // tch's autocast is CUDA float16 mixed precision
+                g.bench_function(format!("{name}/autocast-f16"), |bench| {
+                    bench.iter(|| tch::autocast(true, run))
+                });
+            }
         }
     }
     g.finish();

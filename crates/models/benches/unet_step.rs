@@ -5,6 +5,9 @@
 // `criterion_group!` generates an undocumented public function.
 #![allow(missing_docs)]
 
+#[path = "../../../benches/peak_memory.rs"]
+mod peak_memory;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use slimflow_models::{ArchConfig, Model};
 use tch::{Device, Kind, Tensor};
@@ -26,21 +29,33 @@ fn step(c: &mut Criterion) {
             let x = Tensor::randn([BATCH, 3, 32, 32], (Kind::Float, device));
             let t = Tensor::rand([BATCH], (Kind::Float, device));
             let params = model.vs.trainable_variables();
-            g.bench_function(format!("{preset}/{device:?}"), |b| {
-                b.iter(|| {
-                    for p in &params {
-                        let mut gr = p.grad();
-                        if gr.defined() {
-                            let _ = gr.zero_();
-                        }
+            let run = || {
+                for p in &params {
+                    let mut gr = p.grad();
+                    if gr.defined() {
+                        let _ = gr.zero_();
                     }
-                    let v = model.net().forward_t(&x, &t, None, true);
-                    v.square().mean(Kind::Float).backward();
-                    if device.is_cuda() {
-                        tch::Cuda::synchronize(0);
-                    }
-                })
-            });
+                }
+                let v = model.net().forward_t(&x, &t, None, true);
+                v.square().mean(Kind::Float).backward();
+                if device.is_cuda() {
+                    tch::Cuda::synchronize(0);
+                }
+            };
+            if device == Device::Cpu {
+                run(); // gradients allocated once, as in training
+                peak_memory::report(
+                    &format!("{preset}/{device:?} forward+backward b{BATCH}"),
+                    run,
+                );
+            }
+            g.bench_function(format!("{preset}/{device:?}"), |b| b.iter(run));
+            if device.is_cuda() {
+                // tch's autocast is CUDA float16 mixed precision
+                g.bench_function(format!("{preset}/{device:?}/autocast-f16"), |b| {
+                    b.iter(|| tch::autocast(true, run))
+                });
+            }
         }
     }
     g.finish();

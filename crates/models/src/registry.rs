@@ -228,6 +228,22 @@ impl ArchConfig {
                 expected: format!("[{b}] int64 class indices below {n}"),
                 got: y.size(),
             }),
+            (n, Some(y))
+                if b > 0 && {
+                    let (lo, hi) = (y.min().int64_value(&[]), y.max().int64_value(&[]));
+                    lo < 0 || hi >= n
+                } =>
+            {
+                Err(Error::BadInput {
+                    name: "labels",
+                    expected: format!(
+                        "class indices in [0, {n}), found values in [{}, {}]",
+                        y.min().int64_value(&[]),
+                        y.max().int64_value(&[])
+                    ),
+                    got: y.size(),
+                })
+            }
             (n, None) if n > 0 => Err(Error::BadInput {
                 name: "labels",
                 expected: format!("[{b}] int64 class indices (conditional architecture)"),
