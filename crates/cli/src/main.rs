@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 use commands::{
     import::ImportArgs, models::ModelsArgs, parity::ParityArgs, sample::SampleArgs,
-    stage::StageArgs,
+    stage::StageArgs, weights::WeightsArgs,
 };
 
 /// Train small one-step image generators with rectified flows (SlimFlow, 2-rectified flow++).
@@ -42,6 +42,8 @@ enum Command {
     /// Convert a reference checkpoint (EDM, rfpp, RectifiedFlow / SlimFlow) into a slimflow model,
     /// reading PyTorch files without executing pickled code.
     Import(ImportArgs),
+    /// Fetch (SHA-256 verified), convert or list the pretrained LPIPS and FID Inception networks.
+    Weights(WeightsArgs),
     /// List registered architectures and presets with their parameter counts.
     Models(ModelsArgs),
     /// Compare our networks and functions with reference vectors: per case max abs/rel error and
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Command::Pipeline(a) => commands::stage::run(&a, commands::stage::Which::All),
         Command::Sample(a) => commands::sample::run(&a),
         Command::Import(a) => commands::import::run(&a),
+        Command::Weights(a) => commands::weights::run(&a),
         Command::Models(a) => commands::models::run(&a),
         Command::Parity(a) => commands::parity::run(&a),
     };

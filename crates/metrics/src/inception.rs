@@ -263,6 +263,40 @@ pub struct FidInception {
 /// Keys in pytorch-fid's state dict that have no counterpart here (BatchNorm's step counter).
 pub const IGNORED_KEYS: &[&str] = &["num_batches_tracked"];
 
+/// Where each top-level module of torchvision's `Inception3` sits in pytorch-fid's `InceptionV3`
+/// (`blocks.<block>.<index>`); the pooling layers in between hold no parameters.
+const OFFICIAL_MODULES: [(&str, &str); 16] = [
+    ("Conv2d_1a_3x3", "blocks.0.0"),
+    ("Conv2d_2a_3x3", "blocks.0.1"),
+    ("Conv2d_2b_3x3", "blocks.0.2"),
+    ("Conv2d_3b_1x1", "blocks.1.0"),
+    ("Conv2d_4a_3x3", "blocks.1.1"),
+    ("Mixed_5b", "blocks.2.0"),
+    ("Mixed_5c", "blocks.2.1"),
+    ("Mixed_5d", "blocks.2.2"),
+    ("Mixed_6a", "blocks.2.3"),
+    ("Mixed_6b", "blocks.2.4"),
+    ("Mixed_6c", "blocks.2.5"),
+    ("Mixed_6d", "blocks.2.6"),
+    ("Mixed_6e", "blocks.2.7"),
+    ("Mixed_7a", "blocks.3.0"),
+    ("Mixed_7b", "blocks.3.1"),
+    ("Mixed_7c", "blocks.3.2"),
+];
+
+/// Our name for a key of the published weight file; `None` for keys the FID network does not use
+/// (`fc.*`, `AuxLogits.*`). Unknown modules keep their name, so a strict load reports them.
+pub fn official_key(name: &str) -> Option<String> {
+    let (module, rest) = name.split_once('.')?;
+    if module == "fc" || module == "AuxLogits" {
+        return None;
+    }
+    Some(match OFFICIAL_MODULES.iter().find(|(m, _)| *m == module) {
+        Some((_, ours)) => format!("{ours}.{rest}"),
+        None => name.to_string(),
+    })
+}
+
 impl FidInception {
     fn build(device: Device) -> Self {
         let vs = nn::VarStore::new(device);
@@ -303,11 +337,47 @@ impl FidInception {
     /// Loads the network from a file with pytorch-fid's key names, strictly (only BatchNorm's
     /// `num_batches_tracked` may be extra); values are cast to float32.
     pub fn load(path: &std::path::Path, device: Device) -> Result<Self> {
-        let mut net = Self::build(device);
         let file = checkpoint::read(path).map_err(|e| Error::BadInput(e.to_string()))?;
-        checkpoint::load_strict(&mut net.vs, &file, IGNORED_KEYS)
+        Self::from_file(&file, device)
+    }
+
+    /// Loads from tensors named either like pytorch-fid's `InceptionV3` module (`blocks.*`) or like
+    /// its published `pt_inception-2015-12-05-6726825d.pth` (torchvision `Inception3` names such as
+    /// `Mixed_5b.branch1x1.conv.weight`; the 1008-class `fc` is dropped), strictly.
+    pub fn from_file(file: &checkpoint::TensorFile, device: Device) -> Result<Self> {
+        let mut net = Self::build(device);
+        let official = file
+            .tensors
+            .iter()
+            .any(|(k, _)| k.starts_with("Conv2d_1a_3x3."));
+        let mapped;
+        let file = if official {
+            mapped = checkpoint::TensorFile {
+                path: file.path.clone(),
+                tensors: file
+                    .tensors
+                    .iter()
+                    .filter_map(|(k, t)| Some((official_key(k)?, t.shallow_clone())))
+                    .collect(),
+                metadata: file.metadata.clone(),
+            };
+            &mapped
+        } else {
+            file
+        };
+        checkpoint::load_strict(&mut net.vs, file, IGNORED_KEYS)
             .map_err(|e| Error::BadInput(e.to_string()))?;
         Ok(net)
+    }
+
+    /// Writes the weights (`blocks.*` names, running statistics included) as safetensors.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        checkpoint::write(
+            path,
+            &checkpoint::named_variables(&self.vs),
+            &Default::default(),
+        )
+        .map_err(|e| Error::BadInput(e.to_string()))
     }
 
     /// Number of parameters (convolutions and BatchNorm affine terms; running statistics excluded).

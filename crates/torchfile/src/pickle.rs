@@ -244,16 +244,12 @@ impl Machine<'_> {
                 o.borrow_mut().state = Some(state);
                 Ok(())
             }
-            Value::Dict(d) => {
-                // dict subclasses may carry extra attributes; keep dict state entries
-                if let Value::Dict(s) = &state {
-                    let extra = s.borrow().clone();
-                    d.borrow_mut().extend(extra);
-                }
+            // Attributes of dict subclasses (OrderedDict's `_metadata`), of parameters (hooks)
+            // and the like are not data: dropped.
+            _ => {
+                let _ = state;
                 Ok(())
             }
-            // Parameters pickled with state, hooks etc.: nothing to keep
-            _ => Ok(()),
         }
     }
 

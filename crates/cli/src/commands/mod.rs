@@ -5,3 +5,4 @@ pub mod models;
 pub mod parity;
 pub mod sample;
 pub mod stage;
+pub mod weights;

@@ -15,6 +15,8 @@
 mod alex;
 mod vgg;
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -199,6 +201,84 @@ impl Lpips {
         };
         checkpoint::load_strict(&mut lp.vs, &strict, &[]).map_err(Error::Weights)?;
         Ok(lp)
+    }
+
+    /// Assembles LPIPS from the files its authors publish: torchvision's ImageNet backbone
+    /// (`vgg16-397923af.pth` / `alexnet-owt-7be5be79.pth`, keys `features.{i}.*`; the classifier is
+    /// dropped) and the `lpips` package's heads (`weights/v0.1/{vgg,alex}.pth`, keys
+    /// `lin{k}.model.1.weight`). Every convolution and head must be present with its shape.
+    pub fn from_torchvision(
+        backbone: &TensorFile,
+        heads: &TensorFile,
+        config: LpipsConfig,
+        device: Device,
+    ) -> Result<Self> {
+        let slice_of = |idx: usize| -> usize {
+            let bounds: &[usize] = match config.net {
+                Backbone::Vgg => &[4, 9, 16, 23],
+                Backbone::Alex => &[2, 5, 8, 10],
+            };
+            1 + bounds.iter().filter(|&&b| idx >= b).count()
+        };
+        let mut tensors = Vec::new();
+        for (name, t) in &backbone.tensors {
+            if name.starts_with("classifier.") {
+                continue;
+            }
+            let Some(rest) = name.strip_prefix("features.") else {
+                return Err(Error::Invalid(format!(
+                    "{}: `{name}` is not a torchvision backbone key (features.* / classifier.*)",
+                    backbone.path.display()
+                )));
+            };
+            let idx = rest
+                .split('.')
+                .next()
+                .and_then(|i| i.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{}: unexpected backbone key `{name}`",
+                        backbone.path.display()
+                    ))
+                })?;
+            tensors.push((
+                format!("net.slice{}.{rest}", slice_of(idx)),
+                t.shallow_clone(),
+            ));
+        }
+        for (name, t) in &heads.tensors {
+            if name.starts_with("lin") && !name.starts_with("lins.") {
+                tensors.push((name.clone(), t.shallow_clone()));
+            }
+        }
+        tensors.push((
+            "scaling_layer.shift".into(),
+            Tensor::from_slice(&SHIFT).view([1, 3, 1, 1]),
+        ));
+        tensors.push((
+            "scaling_layer.scale".into(),
+            Tensor::from_slice(&SCALE).view([1, 3, 1, 1]),
+        ));
+        let file = TensorFile {
+            path: PathBuf::from(format!(
+                "{} + {}",
+                backbone.path.display(),
+                heads.path.display()
+            )),
+            tensors,
+            metadata: Default::default(),
+        };
+        Self::from_file(&file, config, device)
+    }
+
+    /// Writes the weights (the `lpips` package's key names) as safetensors, atomically.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let meta = std::collections::BTreeMap::from([(
+            "slimflow.lpips.net".to_string(),
+            format!("{:?}", self.config.net).to_lowercase(),
+        )]);
+        checkpoint::write(path, &checkpoint::named_variables(&self.vs), &meta)
+            .map_err(Error::Weights)
     }
 
     /// LPIPS with He-initialised random backbone weights and uniform random heads, seeded: for

@@ -1,0 +1,328 @@
+//! Fetching through a loopback HTTP mirror (never the internet), resuming, verification, and
+//! conversion from published-format files built from the parity weights.
+
+#[path = "../../../tests/support/parity.rs"]
+mod parity;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::Digest;
+use slimflow_models::checkpoint;
+use slimflow_torchfile::{save, DType, Node, RawTensor};
+use slimflow_weights::{convert, fetch_sources, locate, Checksum, Error, Net, Source};
+use tch::{Kind, Tensor};
+
+fn raw(t: &Tensor) -> RawTensor {
+    let t = t.to_kind(Kind::Float).contiguous();
+    let mut data = vec![0u8; t.numel() * 4];
+    t.copy_data_u8(&mut data, t.numel());
+    RawTensor {
+        dtype: DType::F32,
+        shape: t.size().iter().map(|&s| s as usize).collect(),
+        data,
+    }
+}
+
+fn write_pth(path: &Path, tensors: Vec<(String, Tensor)>) {
+    let entries = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), Node::Tensor(raw(t))))
+        .collect();
+    save(path, &Node::Dict(entries)).unwrap();
+}
+
+/// Serves `files` on 127.0.0.1 with range support. The first request for `cut` gets its headers
+/// and only half of the body before the connection closes. Returns the base URL and a request log.
+fn serve(files: HashMap<String, Vec<u8>>, cut: Option<&str>) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let log2 = log.clone();
+    let mut cut = cut.map(str::to_string);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_err() {
+                continue;
+            }
+            let mut range_from = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("range: bytes=") {
+                    range_from = v.trim().trim_end_matches('-').parse::<usize>().ok();
+                }
+            }
+            let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let name = path.trim_start_matches('/').to_string();
+            log2.lock()
+                .unwrap()
+                .push(format!("{name} range={range_from:?}"));
+            let Some(body) = files.get(&name) else {
+                let _ = stream.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                continue;
+            };
+            let (status, slice) = match range_from {
+                Some(from) => ("206 Partial Content", &body[from..]),
+                None => ("200 OK", &body[..]),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                slice.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            if cut.as_deref() == Some(name.as_str()) {
+                cut = None;
+                let _ = stream.write_all(&slice[..slice.len() / 2]);
+                let _ = stream.flush();
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                continue;
+            }
+            let _ = stream.write_all(slice);
+        }
+    });
+    (base, log)
+}
+
+fn sha256(bytes: &[u8]) -> &'static str {
+    Box::leak(hex::encode(sha2::Sha256::digest(bytes)).into_boxed_str())
+}
+
+/// torchvision-style backbone and lpips-style heads made from the parity case's LPIPS weights.
+fn published_lpips(dir: &Path, parity: &Path) -> (PathBuf, PathBuf, Vec<(String, Tensor)>) {
+    let ours = checkpoint::read(&parity.join("lpips_vgg.weights.safetensors")).unwrap();
+    let mut backbone = Vec::new();
+    let mut heads = Vec::new();
+    for (k, t) in &ours.tensors {
+        if let Some(rest) = k.strip_prefix("net.slice") {
+            let (_, rest) = rest.split_once('.').unwrap();
+            backbone.push((format!("features.{rest}"), t.shallow_clone()));
+        } else if k.starts_with("lin") && !k.starts_with("lins.") {
+            heads.push((k.clone(), t.shallow_clone()));
+        }
+    }
+    backbone.push((
+        "classifier.0.weight".into(),
+        Tensor::ones([4, 2], (Kind::Float, tch::Device::Cpu)),
+    ));
+    let (b, h) = (dir.join("vgg16-397923af.pth"), dir.join("vgg.pth"));
+    write_pth(&b, backbone);
+    write_pth(&h, heads);
+    let expected = ours
+        .tensors
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("lins."))
+        .collect();
+    (b, h, expected)
+}
+
+fn assert_same_tensors(path: &Path, expected: &[(String, Tensor)], ignore: &[&str]) {
+    let got = checkpoint::read(path).unwrap();
+    let got: HashMap<&str, &Tensor> = got.tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let mut n = 0;
+    for (k, t) in expected {
+        if ignore.iter().any(|i| k.ends_with(i)) {
+            continue;
+        }
+        let g = got.get(k.as_str()).unwrap_or_else(|| panic!("{k} missing"));
+        assert!(
+            g.to_kind(Kind::Float).equal(&t.to_kind(Kind::Float)),
+            "{k} differs"
+        );
+        n += 1;
+    }
+    assert_eq!(n, got.len(), "extra tensors in {}", path.display());
+}
+
+#[test]
+fn lpips_fetch_through_a_mirror_resumes_a_broken_download_and_converts_exactly() {
+    let Some(parity) = parity::parity_dir() else {
+        return;
+    };
+    let src = tempfile::tempdir().unwrap();
+    let (b, h, expected) = published_lpips(src.path(), &parity);
+    let (bb, hb) = (std::fs::read(&b).unwrap(), std::fs::read(&h).unwrap());
+    let sources = [
+        Source {
+            role: "backbone",
+            url: "https://example.invalid/vgg16-397923af.pth",
+            checksum: Checksum::Sha256(sha256(&bb)),
+        },
+        Source {
+            role: "heads",
+            url: "https://example.invalid/vgg.pth",
+            checksum: Checksum::Sha256Prefix(&sha256(&hb)[..8]),
+        },
+    ];
+    let files = HashMap::from([
+        ("vgg16-397923af.pth".to_string(), bb.clone()),
+        ("vgg.pth".to_string(), hb),
+    ]);
+    let (base, log) = serve(files, Some("vgg16-397923af.pth"));
+    let out = tempfile::tempdir().unwrap();
+
+    let err = fetch_sources(Net::LpipsVgg, &sources, out.path(), Some(&base), false).unwrap_err();
+    assert!(
+        matches!(err, Error::Network { have, .. } if have == (bb.len() / 2) as u64),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("run the command again to resume"),
+        "{err}"
+    );
+
+    let path = fetch_sources(Net::LpipsVgg, &sources, out.path(), Some(&base), false).unwrap();
+    assert_eq!(path, out.path().join("lpips-vgg.safetensors"));
+    let half = bb.len() / 2;
+    let requests = log.lock().unwrap().clone();
+    assert!(
+        requests.contains(&format!("vgg16-397923af.pth range=Some({half})")),
+        "{requests:?}"
+    );
+    assert_same_tensors(&path, &expected, &[]);
+    assert!(!out
+        .path()
+        .join("downloads/vgg16-397923af.pth.part")
+        .exists());
+
+    // everything verified is kept: a third run makes no request
+    let before = log.lock().unwrap().len();
+    fetch_sources(Net::LpipsVgg, &sources, out.path(), Some(&base), false).unwrap();
+    assert_eq!(log.lock().unwrap().len(), before);
+    assert_eq!(locate(Net::LpipsVgg, Some(out.path())).unwrap(), path);
+}
+
+#[test]
+fn bad_digests_and_missing_files_are_refused_by_name() {
+    let (base, _) = serve(
+        HashMap::from([("vgg.pth".to_string(), b"not the weights".to_vec())]),
+        None,
+    );
+    let out = tempfile::tempdir().unwrap();
+    let bad = [Source {
+        role: "heads",
+        url: "https://example.invalid/vgg.pth",
+        checksum: Checksum::Sha256("00ff"),
+    }];
+    let err = fetch_sources(Net::LpipsVgg, &bad, out.path(), Some(&base), false).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::Checksum { .. })
+            && msg.contains(&format!("{base}/vgg.pth"))
+            && msg.contains("00ff"),
+        "{msg}"
+    );
+    assert!(!out.path().join("downloads/vgg.pth.part").exists());
+    assert!(!out.path().join("downloads/vgg.pth").exists());
+
+    let missing = [Source {
+        role: "heads",
+        url: "https://example.invalid/alex.pth",
+        checksum: Checksum::Sha256("00"),
+    }];
+    let err = fetch_sources(Net::LpipsAlex, &missing, out.path(), Some(&base), false).unwrap_err();
+    assert!(matches!(err, Error::Http { status: 404, .. }), "{err}");
+}
+
+#[test]
+fn missing_weights_say_how_to_get_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let msg = locate(Net::Inception, Some(dir.path()))
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "slimflow weights fetch inception",
+        "slimflow weights convert inception --network pt_inception-2015-12-05-6726825d.pth",
+        "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+        "SLIMFLOW_WEIGHTS_DIR",
+    ] {
+        assert!(msg.contains(needle), "`{needle}` not in:\n{msg}");
+    }
+    assert!("lpips-squeeze"
+        .parse::<Net>()
+        .unwrap_err()
+        .to_string()
+        .contains("lpips-vgg"));
+}
+
+#[test]
+fn inception_converts_from_the_published_names_and_refuses_incomplete_files() {
+    let Some(parity) = parity::parity_dir() else {
+        return;
+    };
+    let ours = checkpoint::read(&parity.join("fid_inception.weights.safetensors")).unwrap();
+    let modules = [
+        ("blocks.0.0.", "Conv2d_1a_3x3."),
+        ("blocks.0.1.", "Conv2d_2a_3x3."),
+        ("blocks.0.2.", "Conv2d_2b_3x3."),
+        ("blocks.1.0.", "Conv2d_3b_1x1."),
+        ("blocks.1.1.", "Conv2d_4a_3x3."),
+        ("blocks.2.0.", "Mixed_5b."),
+        ("blocks.2.1.", "Mixed_5c."),
+        ("blocks.2.2.", "Mixed_5d."),
+        ("blocks.2.3.", "Mixed_6a."),
+        ("blocks.2.4.", "Mixed_6b."),
+        ("blocks.2.5.", "Mixed_6c."),
+        ("blocks.2.6.", "Mixed_6d."),
+        ("blocks.2.7.", "Mixed_6e."),
+        ("blocks.3.0.", "Mixed_7a."),
+        ("blocks.3.1.", "Mixed_7b."),
+        ("blocks.3.2.", "Mixed_7c."),
+    ];
+    let mut published: Vec<(String, Tensor)> = ours
+        .tensors
+        .iter()
+        .map(|(k, t)| {
+            let (from, to) = modules
+                .iter()
+                .find(|(f, _)| k.starts_with(f))
+                .unwrap_or_else(|| panic!("{k}"));
+            (k.replacen(from, to, 1), t.shallow_clone())
+        })
+        .collect();
+    published.push((
+        "fc.weight".into(),
+        Tensor::zeros([1008, 2048], (Kind::Float, tch::Device::Cpu)),
+    ));
+    published.push((
+        "fc.bias".into(),
+        Tensor::zeros([1008], (Kind::Float, tch::Device::Cpu)),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let pth = dir.path().join("pt_inception-2015-12-05-6726825d.pth");
+    write_pth(
+        &pth,
+        published
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shallow_clone()))
+            .collect(),
+    );
+    let out = dir.path().join("inception.safetensors");
+    convert(Net::Inception, std::slice::from_ref(&pth), &out).unwrap();
+    assert_same_tensors(&out, &ours.tensors, &["num_batches_tracked"]);
+
+    // a file lacking one convolution is refused, naming the key
+    let dropped = published.remove(3).0;
+    write_pth(&pth, published);
+    let msg = convert(Net::Inception, &[pth], &dir.path().join("x.safetensors"))
+        .unwrap_err()
+        .to_string();
+    let ours_name = slimflow_metrics::inception::official_key(&dropped).unwrap();
+    assert!(msg.contains(&ours_name), "`{ours_name}` not in {msg}");
+
+    let msg = convert(Net::LpipsVgg, &[out], &dir.path().join("y.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("backbone, heads"), "{msg}");
+}
