@@ -2,7 +2,8 @@
 //!
 //! - [`Premetric`]: per-sample distances d(a, b) → [B] (unreduced, so callers can weight by t):
 //!   squared L2, root-mean L2, L1, the pseudo-Huber of 2-rectified flow++, and [`Lpips`] (VGG or
-//!   AlexNet, max or average pooling, optional resize) loading the `lpips` package's weights by name.
+//!   AlexNet, max or average pooling, optional resize) loading the `lpips` package's weights by name;
+//!   [`Weighted`] sums any of them (SlimFlow's LPIPS + L1 / LPIPS + L2).
 //! - Objectives ([`Objective`]): rectified-flow regression on (x0, x1) pairs ([`Rf`]), one-step
 //!   distillation ([`Distill`]) and SlimFlow's flow-guided regulariser ([`FlowGuided`]).
 //!
@@ -21,5 +22,5 @@ pub use lpips::{Lpips, LpipsConfig};
 pub use lpips_huber::{lpips_huber_terms, LpipsHuber};
 pub(crate) use objective::distill::one_step as distill_one_step;
 pub use objective::{Batch, Distill, FlowGuided, LossTerms, Objective, Rf};
-pub use premetric::{Premetric, PremetricConfig};
+pub use premetric::{Premetric, PremetricConfig, Weighted};
 pub use random::{normal_tensor, uniform_tensor};

@@ -6,7 +6,7 @@ use tch::{Kind, Tensor};
 use crate::error::{Error, Result};
 
 /// A distance between two batches [B, …] returning one value per sample ([B]).
-pub trait Premetric {
+pub trait Premetric: std::fmt::Debug {
     /// d(a, b) per sample.
     fn distance(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
 }
@@ -36,6 +36,36 @@ fn sum_sq(a: &Tensor, b: &Tensor) -> Tensor {
 
 fn dims(a: &Tensor) -> f64 {
     a.size()[1..].iter().product::<i64>() as f64
+}
+
+/// A weighted sum of premetrics, Σ_k w_k·d_k(a, b), per sample: SlimFlow's LPIPS + L2 / LPIPS + L1
+/// and any other mix (`Weighted::default().with(1.0, &lpips).with(1.0, &PremetricConfig::L1 {})`).
+#[derive(Debug, Default)]
+pub struct Weighted<'a> {
+    /// (weight, premetric) terms.
+    pub terms: Vec<(f64, &'a dyn Premetric)>,
+}
+
+impl<'a> Weighted<'a> {
+    /// Adds a term.
+    pub fn with(mut self, weight: f64, metric: &'a dyn Premetric) -> Self {
+        self.terms.push((weight, metric));
+        self
+    }
+}
+
+impl Premetric for Weighted<'_> {
+    fn distance(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let mut total: Option<Tensor> = None;
+        for (w, m) in &self.terms {
+            let d = m.distance(a, b)? * *w;
+            total = Some(match total {
+                Some(t) => t + d,
+                None => d,
+            });
+        }
+        total.ok_or_else(|| Error::Invalid("a weighted premetric needs at least one term".into()))
+    }
 }
 
 impl Default for PremetricConfig {

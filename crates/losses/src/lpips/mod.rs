@@ -332,7 +332,8 @@ impl Lpips {
             )));
         }
         let min = match (self.config.net, self.config.resize) {
-            (_, Some(r)) => r.size,
+            // resized before the network: any input size works (SlimFlow upsamples 32 → 64)
+            (_, Some(_)) => 1,
             (Backbone::Vgg, None) => 16,
             (Backbone::Alex, None) => 32,
         };

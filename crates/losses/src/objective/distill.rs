@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::Result;
 use crate::objective::{check_batch, Batch, FlowGuided, LossTerms, Objective};
-use crate::premetric::{Premetric, PremetricConfig};
+use crate::premetric::Premetric;
 
 /// One-step distillation on pairs, with an optional flow-guided regulariser.
 #[derive(Debug)]
@@ -17,7 +17,7 @@ pub struct Distill<'a> {
     /// Start time of the one-step generator.
     pub eps: f64,
     /// Distance between predicted and stored data.
-    pub premetric: PremetricConfig,
+    pub premetric: &'a dyn Premetric,
     /// SlimFlow's flow-guided term and its weight λ.
     pub guide: Option<(FlowGuided<'a>, f64)>,
 }
@@ -59,6 +59,7 @@ impl Objective for Distill<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::premetric::PremetricConfig;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
     use slimflow_models::ArchConfig;
@@ -71,7 +72,7 @@ mod tests {
         let x1 = Tensor::randn([6, 2], (Kind::Float, Device::Cpu));
         let obj = Distill {
             eps: 1e-3,
-            premetric: PremetricConfig::L2Squared {},
+            premetric: &PremetricConfig::L2Squared {},
             guide: None,
         };
         let batch = Batch {

@@ -15,7 +15,7 @@ use tch::{Kind, Tensor};
 use crate::distill_one_step;
 use crate::error::{Error, Result};
 use crate::objective::Batch;
-use crate::premetric::{Premetric, PremetricConfig};
+use crate::premetric::Premetric;
 use crate::random::{normal_tensor, uniform_tensor};
 
 /// The flow-guided term with its frozen 2-RF teacher.
@@ -28,7 +28,7 @@ pub struct FlowGuided<'a> {
     /// Range of t' (SlimFlow: 0.2 to 0.8).
     pub t_range: (f64, f64),
     /// Distance between the two predictions.
-    pub premetric: PremetricConfig,
+    pub premetric: &'a dyn Premetric,
 }
 
 impl FlowGuided<'_> {
@@ -67,6 +67,7 @@ impl FlowGuided<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::premetric::PremetricConfig;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
     use slimflow_models::ArchConfig;
@@ -81,7 +82,7 @@ mod tests {
             teacher: &teacher,
             eps: 1e-3,
             t_range: (0.2, 0.8),
-            premetric: PremetricConfig::L2Squared {},
+            premetric: &PremetricConfig::L2Squared {},
         };
         let batch = Batch {
             x0: Tensor::zeros([16, 2], (Kind::Float, Device::Cpu)),
@@ -124,7 +125,7 @@ mod tests {
             teacher: &teacher,
             eps: 1e-3,
             t_range: (0.2, 0.8),
-            premetric: PremetricConfig::L2Squared {},
+            premetric: &PremetricConfig::L2Squared {},
         };
         let batch = Batch {
             x0: Tensor::zeros([8, 2], (Kind::Float, Device::Cpu)),

@@ -42,14 +42,14 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
                     teacher: &teacher,
                     eps: dc.eps,
                     t_range: (dc.flow_guided_t[0], dc.flow_guided_t[1]),
-                    premetric: dc.premetric,
+                    premetric: &dc.premetric,
                 },
                 dc.flow_guided_weight,
             )
         });
         let objective = Distill {
             eps: dc.eps,
-            premetric: dc.premetric,
+            premetric: &dc.premetric,
             guide,
         };
         let mut batches = |rng: &mut rand_chacha::ChaCha20Rng, _step: u64| {
