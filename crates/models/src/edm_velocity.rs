@@ -56,13 +56,17 @@ impl EdmVelocity {
         let b = x.size()[0];
         let aug_dim = self.unet.config().augment_dim;
         let augment = (aug_dim > 0).then(|| Tensor::zeros([b, aug_dim], (Kind::Float, x.device())));
-        let f = self.unet.forward_t(
-            &(&c_in * &xs),
-            &c_noise.flatten(0, -1),
-            class_labels,
-            augment.as_ref(),
-            train,
-        );
+        // Preconditioning in float32, the network in its weights' dtype (as EDM does with fp16).
+        let f = self
+            .unet
+            .forward_t(
+                &(&c_in * &xs).to_kind(self.unet.kind()),
+                &c_noise.flatten(0, -1),
+                class_labels,
+                augment.as_ref(),
+                train,
+            )
+            .to_kind(Kind::Float);
         let d = c_skip * &xs + c_out * f;
         (x_in - d) / t
     }

@@ -10,6 +10,8 @@
 //! - [`checkpoint`]: self-describing safetensors checkpoints (architecture config in the metadata),
 //!   written atomically and loaded strictly — every missing key, unexpected key and shape mismatch is
 //!   reported, and values are cast to the model's dtype rather than the file's.
+//! - [`import`]: official EDM / rfpp / RectifiedFlow checkpoints into these architectures, read
+//!   without executing pickled code.
 
 pub mod checkpoint;
 pub mod conformance;
@@ -23,6 +25,6 @@ mod registry;
 pub mod song_unet;
 
 pub use error::{Error, Result};
-pub use field::{EvalField, Model, VelocityField};
+pub use field::{EvalField, Model, Precision, VelocityField};
 pub use mlp::{Mlp, MlpConfig};
 pub use registry::{ArchConfig, Preset, PRESETS};

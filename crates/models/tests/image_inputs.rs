@@ -117,3 +117,46 @@ fn labels_change_the_output_and_dropout_only_acts_in_training() {
         .double_value(&[]);
     assert!(by_dropout > 1e-6, "dropout inactive in training");
 }
+
+#[test]
+fn bf16_inference_tracks_float32() {
+    use slimflow_models::Precision;
+    use slimflow_sampling::Velocity;
+    for cfg in [
+        conditional_songunet(0.0).config().clone(),
+        ArchConfig::Ncsnpp(NcsnppConfig {
+            image_size: 16,
+            nf: 16,
+            ch_mult: vec![1, 2],
+            num_res_blocks: 1,
+            attn_resolutions: vec![8],
+            dropout: 0.0,
+            ..Default::default()
+        }),
+    ] {
+        let mut m = Model::new(&cfg, Device::Cpu).unwrap();
+        tch::no_grad(|| {
+            for (_, mut v) in m.vs.variables() {
+                let _ = v.g_add_(&(v.ones_like() * 0.01));
+            }
+        });
+        let labels = Tensor::from_slice(&[2i64, 5]);
+        let labels = (cfg.label_dim() > 0).then_some(&labels);
+        let (xs, t) = (x(2, 3, 16), Tensor::from_slice(&[0.2f32, 0.9]));
+        let full = m.eval_field(labels).velocity(&xs, &t);
+        m.set_precision(Precision::Bf16);
+        assert_eq!(m.kind(), Kind::BFloat16);
+        let half = m.eval_field(labels).velocity(&xs, &t);
+        assert_eq!(
+            half.kind(),
+            Kind::Float,
+            "velocities come back in the caller's dtype"
+        );
+        let rel = ((&half - &full).norm() / full.norm()).double_value(&[]);
+        assert!(
+            rel < 3e-2 && rel > 0.0,
+            "{} bf16 relative error {rel}",
+            cfg.name()
+        );
+    }
+}

@@ -210,6 +210,9 @@ pub struct PairsConfig {
     /// Pair i uses noise seed `seed_base + i`.
     #[serde(default = "default_seed_base")]
     pub seed_base: u64,
+    /// The teacher's inference precision (`f32`, `bf16`, `f16`); the ODE state stays float32.
+    #[serde(default)]
+    pub precision: slimflow_models::Precision,
 }
 
 fn default_shard_size() -> u64 {

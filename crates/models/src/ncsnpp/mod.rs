@@ -435,7 +435,9 @@ impl Ncsnpp {
             * -(10_000f64.ln() / (half - 1) as f64))
             .exp();
         let args = time_cond.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);
-        let temb = Tensor::cat(&[args.sin(), args.cos()], 1).apply(&self.temb0);
+        let temb = Tensor::cat(&[args.sin(), args.cos()], 1)
+            .to_kind(self.temb0.ws.kind())
+            .apply(&self.temb0);
         let temb = temb.silu().apply(&self.temb1);
         let x = if self.cfg.centered {
             x.shallow_clone()

@@ -7,7 +7,7 @@ use tch::{nn, Kind, Tensor};
 /// Fully connected layer: `weight` [out, in], optional `bias` [out].
 #[derive(Debug)]
 pub(crate) struct Linear {
-    weight: Tensor,
+    pub(crate) weight: Tensor,
     bias: Option<Tensor>,
     pub(crate) in_features: i64,
 }

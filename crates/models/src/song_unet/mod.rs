@@ -399,6 +399,11 @@ impl SongUnet {
         &self.cfg
     }
 
+    /// The weights' dtype (the network computes in it).
+    pub fn kind(&self) -> Kind {
+        self.map_layer0.weight.kind()
+    }
+
     /// Timestep embedding of `noise_labels` [B], halves swapped to [sin, cos] as SongUNet does.
     fn embed(&self, noise_labels: &Tensor) -> Tensor {
         let c = self.cfg.model_channels * self.cfg.channel_mult_noise;
@@ -428,12 +433,14 @@ impl SongUnet {
         augment_labels: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
-        let mut emb = self.embed(noise_labels);
+        // The embedding's sines are taken in float32, then everything runs in the weights' dtype.
+        let kind = self.kind();
+        let mut emb = self.embed(noise_labels).to_kind(kind);
         if let (Some(m), Some(y)) = (&self.map_label, class_labels) {
-            emb += m.forward(&(y.to_kind(Kind::Float) * (m.in_features as f64).sqrt()));
+            emb += m.forward(&(y.to_kind(kind) * (m.in_features as f64).sqrt()));
         }
         if let (Some(m), Some(a)) = (&self.map_augment, augment_labels) {
-            emb += m.forward(a);
+            emb += m.forward(&a.to_kind(kind));
         }
         let emb = self
             .map_layer1

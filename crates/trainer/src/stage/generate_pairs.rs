@@ -25,7 +25,8 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     )?;
     let hash = json!({"pairs": cfg, "teacher": teacher_sha});
     run_stage(ctx, "generate-pairs", hash, |dir| {
-        let teacher = Model::load(&teacher_path, ctx.device)?;
+        let mut teacher = Model::load(&teacher_path, ctx.device)?;
+        teacher.set_precision(cfg.precision);
         let shape = teacher.config().data_shape();
         let manifest = PairStoreManifest::new(
             cfg.count,
