@@ -12,6 +12,8 @@ mod noise;
 mod pair_store;
 mod toy;
 
+pub mod npy;
+
 pub use error::{Error, Result};
 pub use noise::seeded_normal;
 pub use pair_store::{PairStore, PairStoreManifest, Pairs};

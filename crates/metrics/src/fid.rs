@@ -205,3 +205,67 @@ mod tests {
         assert!(frechet_distance(&m1, &s1, &m1.narrow(0, 0, 3), &s1).is_err());
     }
 }
+
+/// Gaussian statistics (μ, Σ) of a feature set, as stored in pytorch-fid's and EDM's reference
+/// `.npz` files (`mu` [D], `sigma` [D, D], float64).
+#[derive(Debug)]
+pub struct GaussianStats {
+    /// Mean [D].
+    pub mu: Tensor,
+    /// Covariance [D, D].
+    pub sigma: Tensor,
+}
+
+impl GaussianStats {
+    /// From accumulated features (unbiased covariance).
+    pub fn from_features(stats: &FeatureStats) -> Result<Self> {
+        let (mu, sigma) = stats.mean_cov()?;
+        Ok(GaussianStats { mu, sigma })
+    }
+
+    /// Reads `mu` and `sigma` from a `.npz` (other members, e.g. EDM's, are ignored).
+    pub fn load_npz(path: &std::path::Path) -> Result<Self> {
+        let arrays =
+            slimflow_data::npy::read_npz(path).map_err(|e| Error::BadInput(e.to_string()))?;
+        let get = |key: &str| {
+            arrays
+                .iter()
+                .find(|(n, _)| n == key)
+                .map(|(_, t)| t.to_kind(Kind::Double))
+                .ok_or_else(|| {
+                    let names: Vec<&str> = arrays.iter().map(|(n, _)| n.as_str()).collect();
+                    Error::BadInput(format!(
+                        "{}: no `{key}` array (has: {})",
+                        path.display(),
+                        names.join(", ")
+                    ))
+                })
+        };
+        let (mu, sigma) = (get("mu")?, get("sigma")?);
+        let d = mu.size();
+        if d.len() != 1 || sigma.size() != [d[0], d[0]] {
+            return Err(Error::BadInput(format!(
+                "{}: mu {:?} and sigma {:?} are not [D] and [D, D]",
+                path.display(),
+                mu.size(),
+                sigma.size()
+            )));
+        }
+        Ok(GaussianStats { mu, sigma })
+    }
+
+    /// Writes `mu` and `sigma` (float64) as a `.npz` that `np.load` and pytorch-fid read.
+    pub fn save_npz(&self, path: &std::path::Path) -> Result<()> {
+        let (mu, sigma) = (
+            self.mu.to_kind(Kind::Double),
+            self.sigma.to_kind(Kind::Double),
+        );
+        slimflow_data::npy::write_npz(path, &[("mu", &mu), ("sigma", &sigma)])
+            .map_err(|e| Error::BadInput(e.to_string()))
+    }
+
+    /// The Fréchet distance to `other`.
+    pub fn frechet_distance(&self, other: &GaussianStats) -> Result<f64> {
+        frechet_distance(&self.mu, &self.sigma, &other.mu, &other.sigma)
+    }
+}

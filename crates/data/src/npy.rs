@@ -1,0 +1,262 @@
+//! NumPy `.npy` / `.npz` files: how the reference implementations exchange arrays (SlimFlow's
+//! `z0.npy` / `z1.npy` pairs, pytorch-fid's and EDM's `mu` / `sigma` statistics).
+//!
+//! Reads format versions 1–3, little-endian bool / int / uint / float16/32/64 arrays in C or
+//! Fortran order, and `.npz` archives stored or deflated (`np.savez_compressed`). Every error names
+//! the file (and archive member) and what is wrong; nothing panics on malformed input.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+
+fn bad(origin: &str, offset: usize, reason: impl Into<String>) -> Error {
+    Error::Corrupt {
+        path: origin.into(),
+        reason: format!("offset {offset}: {}", reason.into()),
+    }
+}
+
+fn kind_of(descr: &str) -> Option<(Kind, usize)> {
+    let (endian, code) = descr.split_at(1);
+    if !matches!(endian, "<" | "|" | "=") {
+        return None;
+    }
+    Some(match code {
+        "b1" => (Kind::Bool, 1),
+        "u1" => (Kind::Uint8, 1),
+        "i1" => (Kind::Int8, 1),
+        "i2" => (Kind::Int16, 2),
+        "i4" => (Kind::Int, 4),
+        "i8" => (Kind::Int64, 8),
+        "f2" => (Kind::Half, 2),
+        "f4" => (Kind::Float, 4),
+        "f8" => (Kind::Double, 8),
+        _ => return None,
+    })
+}
+
+fn descr_of(kind: Kind) -> Option<&'static str> {
+    Some(match kind {
+        Kind::Bool => "|b1",
+        Kind::Uint8 => "|u1",
+        Kind::Int8 => "|i1",
+        Kind::Int16 => "<i2",
+        Kind::Int => "<i4",
+        Kind::Int64 => "<i8",
+        Kind::Half => "<f2",
+        Kind::Float => "<f4",
+        Kind::Double => "<f8",
+        _ => return None,
+    })
+}
+
+/// The value of `'key': ` in a header dict, up to the next top-level comma or brace.
+fn header_field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+    let start = header.find(&format!("'{key}'"))? + key.len() + 2;
+    let rest = header[start..].trim_start().strip_prefix(':')?.trim_start();
+    let mut depth = 0;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            ',' | '}' if depth == 0 => return Some(rest[..i].trim()),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Parses one `.npy` image held in memory.
+pub fn parse_npy(bytes: &[u8], origin: &str) -> Result<Tensor> {
+    if !bytes.starts_with(MAGIC) || bytes.len() < 10 {
+        return Err(bad(origin, 0, "not a .npy file (no \\x93NUMPY magic)"));
+    }
+    let major = bytes[6];
+    let (len, start) = match major {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(bad(origin, 6, format!("unsupported .npy version {v}"))),
+    };
+    let header = bytes
+        .get(start..start + len)
+        .ok_or_else(|| bad(origin, start, "header runs past the end of the file"))?;
+    let header =
+        std::str::from_utf8(header).map_err(|_| bad(origin, start, "header is not text"))?;
+    let descr = header_field(header, "descr")
+        .map(|d| d.trim_matches(|c| c == '\'' || c == '"'))
+        .ok_or_else(|| bad(origin, start, format!("no 'descr' in header {header:?}")))?;
+    let (kind, size) = kind_of(descr).ok_or_else(|| {
+        bad(
+            origin,
+            start,
+            format!("unsupported dtype {descr} (little-endian bool/int/float only)"),
+        )
+    })?;
+    let fortran = match header_field(header, "fortran_order") {
+        Some("True") => true,
+        Some("False") => false,
+        other => return Err(bad(origin, start, format!("bad fortran_order {other:?}"))),
+    };
+    let shape_text =
+        header_field(header, "shape").ok_or_else(|| bad(origin, start, "no 'shape' in header"))?;
+    let shape: Vec<i64> = shape_text
+        .trim_matches(|c| c == '(' || c == ')')
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<i64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad(origin, start, format!("bad shape {shape_text}")))?;
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| {
+            usize::try_from(d).ok().and_then(|d| acc.checked_mul(d))
+        })
+        .ok_or_else(|| bad(origin, start, format!("bad shape {shape_text}")))?;
+    let data_at = start + len;
+    let want = numel.saturating_mul(size);
+    let data = &bytes[data_at.min(bytes.len())..];
+    if data.len() != want {
+        return Err(bad(
+            origin,
+            data_at,
+            format!(
+                "shape {shape:?} of {descr} needs {want} data bytes, the file has {}",
+                data.len()
+            ),
+        ));
+    }
+    if fortran {
+        let reversed: Vec<i64> = shape.iter().rev().copied().collect();
+        let t = Tensor::f_from_data_size(data, &reversed, kind)?;
+        let dims: Vec<i64> = (0..shape.len() as i64).rev().collect();
+        Ok(t.permute(dims.as_slice()).contiguous())
+    } else {
+        Ok(Tensor::f_from_data_size(data, &shape, kind)?)
+    }
+}
+
+/// Reads a `.npy` file.
+pub fn read_npy(path: &Path) -> Result<Tensor> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_npy(&bytes, &path.display().to_string())
+}
+
+/// Reads every array of a `.npz` archive, in archive order, named without the `.npy` suffix.
+pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let origin = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| bad(&origin, 0, format!("not a .npz (zip) archive: {e}")))?;
+    let mut out = Vec::with_capacity(zip.len());
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| bad(&origin, 0, format!("archive member {i}: {e}")))?;
+        let name = entry.name().to_string();
+        let mut bytes = Vec::with_capacity(entry.size() as usize);
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(&origin, 0, format!("member `{name}`: {e}")))?;
+        let t = parse_npy(&bytes, &format!("{origin}:{name}"))?;
+        out.push((name.trim_end_matches(".npy").to_string(), t));
+    }
+    Ok(out)
+}
+
+/// The `.npy` bytes of a tensor (format 1.0, C order).
+pub fn npy_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let descr = descr_of(t.kind())
+        .ok_or_else(|| Error::Invalid(format!("no .npy dtype for {:?}", t.kind())))?;
+    let shape = t.size();
+    let shape_text = match shape.len() {
+        1 => format!("({},)", shape[0]),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
+    // pad so that the data starts on a 64-byte boundary, header ends with '\n'
+    while (MAGIC.len() + 4 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let t = t.to_device(tch::Device::Cpu).contiguous();
+    let numel = t.numel();
+    let mut out =
+        Vec::with_capacity(MAGIC.len() + 4 + header.len() + numel * t.kind().elt_size_in_bytes());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    let start = out.len();
+    out.resize(start + numel * t.kind().elt_size_in_bytes(), 0);
+    t.f_copy_data_u8(&mut out[start..], numel)?;
+    Ok(out)
+}
+
+fn write_atomic(
+    path: &Path,
+    f: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    f(&mut file).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Writes a `.npy` file (atomically).
+pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
+    let bytes = npy_bytes(t)?;
+    write_atomic(path, |f| f.write_all(&bytes))
+}
+
+/// Writes named arrays as an uncompressed `.npz` (atomically), readable by `np.load`.
+pub fn write_npz(path: &Path, arrays: &[(&str, &Tensor)]) -> Result<()> {
+    let mut members = Vec::with_capacity(arrays.len());
+    for (name, t) in arrays {
+        members.push((format!("{name}.npy"), npy_bytes(t)?));
+    }
+    write_atomic(path, |f| {
+        let mut zip = zip::ZipWriter::new(f);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .large_file(
+                members
+                    .iter()
+                    .any(|(_, b)| b.len() as u64 >= u32::MAX as u64),
+            );
+        for (name, bytes) in &members {
+            zip.start_file(name.as_str(), opts)
+                .map_err(std::io::Error::other)?;
+            zip.write_all(bytes)?;
+        }
+        zip.finish().map_err(std::io::Error::other)?;
+        Ok(())
+    })
+}
