@@ -4,6 +4,9 @@
 //!   used as sources and targets; deterministic given the RNG.
 //! - [`seeded_normal`]: noise drawn per sample from its own seed, so sample i is the same at any batch
 //!   size, shard layout or device (EDM's `StackedRandomGenerator` idea).
+//! - [`images`]: image datasets (CIFAR-10 binary, MNIST / Fashion-MNIST IDX, PNG/JPEG folders, the
+//!   built-in procedural shapes) named by spec strings such as `cifar10:DIR,split=test`; [`loader`]:
+//!   seeded, resumable, prefetched batches in [-1, 1]; [`npy`]: NumPy files.
 //! - [`PairStore`]: (z, x1) pairs for reflow and distillation, in shards written atomically, each
 //!   regenerable alone; an interrupted generation resumes at the first missing shard.
 
@@ -12,6 +15,8 @@ mod noise;
 mod pair_store;
 mod toy;
 
+pub mod images;
+pub mod loader;
 pub mod npy;
 
 pub use error::{Error, Result};

@@ -1,0 +1,370 @@
+//! Image datasets held in memory as `u8` CHW pixels, and the spec strings that name them.
+//!
+//! All the datasets the papers use fit in memory as bytes (CIFAR-10's training split is 150 MB), so
+//! each source is decoded once, in parallel, into an [`ImageSet`]; the [`crate::loader`] turns
+//! batches of it into float tensors in [-1, 1]. Sources:
+//! - `cifar10:PATH` — the binary distribution (`cifar-10-batches-bin/` or `cifar-10-binary.tar.gz`);
+//! - `fashion-mnist[:DIR]`, `mnist:DIR` — IDX files, gzipped or raw (DIR defaults to Debian's
+//!   `/usr/share/datasets/fashion-mnist`); `idx:IMAGES_FILE` for any IDX image file;
+//! - `folder:DIR` — PNG / JPEG files (class labels from sub-folder names when there are any);
+//! - `shapes:SIZE` — built-in procedural coloured shapes, deterministic by seed: no download ever.
+//!
+//! Options follow after commas: `split=train|test`, `size=N` (resize, centre-crop), `pad=N`
+//! (zero-pad each side, e.g. 28 → 32), `count=N` and `seed=N` (shapes), `labels=FILE` (idx).
+
+mod cifar;
+mod folder;
+mod idx;
+mod shapes;
+
+use std::path::{Path, PathBuf};
+
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+pub use cifar::CIFAR10_CLASSES;
+pub use shapes::SHAPE_CLASSES;
+
+/// Debian's `dataset-fashion-mnist` location.
+pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Images as bytes: `pixels` holds `len() · C · H · W` values, image-major, CHW within an image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageSet {
+    /// What it is (the spec it came from).
+    pub name: String,
+    /// Channels (1 or 3).
+    pub channels: usize,
+    /// Height.
+    pub height: usize,
+    /// Width.
+    pub width: usize,
+    /// Pixel bytes.
+    pub pixels: Vec<u8>,
+    /// One class index per image, when the source has labels.
+    pub labels: Option<Vec<u16>>,
+    /// Class names, when known.
+    pub classes: Vec<String>,
+}
+
+impl ImageSet {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.pixels.len() / self.image_bytes().max(1)
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes per image.
+    pub fn image_bytes(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// The `i`-th image's bytes.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_bytes();
+        &self.pixels[i * n..(i + 1) * n]
+    }
+
+    /// Number of classes (0 when unlabelled).
+    pub fn num_classes(&self) -> usize {
+        match &self.labels {
+            Some(l) => self
+                .classes
+                .len()
+                .max(l.iter().map(|&c| c as usize + 1).max().unwrap_or(0)),
+            None => 0,
+        }
+    }
+
+    /// Images `indices` as a float batch [B, C, H, W] in [-1, 1].
+    pub fn batch(&self, indices: &[usize]) -> Tensor {
+        let n = self.image_bytes();
+        let mut bytes = Vec::with_capacity(indices.len() * n);
+        for &i in indices {
+            bytes.extend_from_slice(self.image(i));
+        }
+        let shape = [
+            indices.len() as i64,
+            self.channels as i64,
+            self.height as i64,
+            self.width as i64,
+        ];
+        Tensor::from_slice(&bytes)
+            .reshape(shape)
+            .to_kind(Kind::Float)
+            / 127.5
+            - 1.0
+    }
+
+    /// Zero-pads (black in [0, 255], i.e. −1 after scaling) `p` pixels on every side.
+    pub fn pad(self, p: usize) -> ImageSet {
+        if p == 0 {
+            return self;
+        }
+        let (c, h, w) = (self.channels, self.height, self.width);
+        let (h2, w2) = (h + 2 * p, w + 2 * p);
+        let mut out = vec![0u8; self.len() * c * h2 * w2];
+        for (src, dst) in self
+            .pixels
+            .chunks_exact(c * h * w)
+            .zip(out.chunks_exact_mut(c * h2 * w2))
+        {
+            for ch in 0..c {
+                for y in 0..h {
+                    let s = ch * h * w + y * w;
+                    let d = ch * h2 * w2 + (y + p) * w2 + p;
+                    dst[d..d + w].copy_from_slice(&src[s..s + w]);
+                }
+            }
+        }
+        ImageSet {
+            height: h2,
+            width: w2,
+            pixels: out,
+            ..self
+        }
+    }
+
+    /// Resizes every image so that its shorter side is `size` (antialiased bilinear), then crops
+    /// the centre `size × size`.
+    pub fn resize(self, size: usize) -> ImageSet {
+        if self.height == size && self.width == size {
+            return self;
+        }
+        let images: Vec<Vec<u8>> = (0..self.len())
+            .map(|i| resize_chw(self.image(i), self.channels, self.height, self.width, size))
+            .collect();
+        ImageSet {
+            height: size,
+            width: size,
+            pixels: images.concat(),
+            ..self
+        }
+    }
+}
+
+/// Antialiased bilinear resize of the shorter side to `size`, then a centre crop; CHW bytes.
+pub(crate) fn resize_chw(img: &[u8], c: usize, h: usize, w: usize, size: usize) -> Vec<u8> {
+    let scale = size as f64 / h.min(w) as f64;
+    let (nh, nw) = (
+        ((h as f64 * scale).round() as i64).max(size as i64),
+        ((w as f64 * scale).round() as i64).max(size as i64),
+    );
+    let t = Tensor::from_slice(img)
+        .reshape([1, c as i64, h as i64, w as i64])
+        .to_kind(Kind::Float);
+    let t = if (nh, nw) == (h as i64, w as i64) {
+        t
+    } else {
+        t.internal_upsample_bilinear2d_aa([nh, nw], false, None, None)
+    };
+    let (top, left) = ((nh - size as i64) / 2, (nw - size as i64) / 2);
+    let t = t
+        .narrow(2, top, size as i64)
+        .narrow(3, left, size as i64)
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+        .contiguous();
+    Vec::<u8>::try_from(&t.flatten(0, -1)).unwrap_or_default()
+}
+
+/// A parsed dataset spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatasetSpec {
+    /// `cifar10`, `fashion-mnist`, `mnist`, `idx`, `folder` or `shapes`.
+    pub kind: String,
+    /// The argument after the colon (a path, or the size for `shapes`).
+    pub arg: Option<String>,
+    /// `key=value` options.
+    pub options: Vec<(String, String)>,
+}
+
+impl std::str::FromStr for DatasetSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let mut parts = s.split(',');
+        let head = parts.next().unwrap_or_default();
+        let (kind, arg) = match head.split_once(':') {
+            Some((k, a)) => (k.to_string(), Some(a.to_string())),
+            None => (head.to_string(), None),
+        };
+        let known = [
+            "cifar10",
+            "fashion-mnist",
+            "mnist",
+            "idx",
+            "folder",
+            "shapes",
+        ];
+        if !known.contains(&kind.as_str()) {
+            return Err(Error::Invalid(format!(
+                "dataset `{s}`: unknown kind `{kind}` (known: {})",
+                known.join(", ")
+            )));
+        }
+        let mut options = Vec::new();
+        for p in parts {
+            let (k, v) = p.split_once('=').ok_or_else(|| {
+                Error::Invalid(format!("dataset `{s}`: option `{p}` is not key=value"))
+            })?;
+            let allowed = ["split", "size", "pad", "count", "seed", "labels"];
+            if !allowed.contains(&k) {
+                return Err(Error::Invalid(format!(
+                    "dataset `{s}`: unknown option `{k}` (known: {})",
+                    allowed.join(", ")
+                )));
+            }
+            options.push((k.to_string(), v.to_string()));
+        }
+        Ok(DatasetSpec { kind, arg, options })
+    }
+}
+
+impl DatasetSpec {
+    fn option(&self, key: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn number(&self, key: &str) -> Result<Option<usize>> {
+        self.option(key)
+            .map(|v| {
+                v.parse::<usize>().map_err(|_| {
+                    Error::Invalid(format!("dataset option {key}={v} is not a whole number"))
+                })
+            })
+            .transpose()
+    }
+
+    fn test_split(&self) -> Result<bool> {
+        match self.option("split") {
+            None | Some("train") => Ok(false),
+            Some("test") => Ok(true),
+            Some(other) => Err(Error::Invalid(format!(
+                "dataset option split={other}: use train or test"
+            ))),
+        }
+    }
+
+    fn path(&self) -> Result<PathBuf> {
+        self.arg
+            .as_deref()
+            .filter(|a| !a.is_empty())
+            .map(expand_home)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "dataset `{}` needs a path: {}:PATH",
+                    self.kind, self.kind
+                ))
+            })
+    }
+
+    /// Loads the dataset (decoding in parallel), then applies `size` and `pad`.
+    pub fn load(&self) -> Result<ImageSet> {
+        let test = self.test_split()?;
+        let mut set = match self.kind.as_str() {
+            "cifar10" => cifar::load(&self.path()?, test)?,
+            "fashion-mnist" | "mnist" => {
+                let dir = match (&self.arg, self.kind.as_str()) {
+                    (Some(a), _) if !a.is_empty() => expand_home(a),
+                    (_, "fashion-mnist") => PathBuf::from(DEBIAN_FASHION_MNIST),
+                    _ => self.path()?,
+                };
+                let classes = if self.kind == "fashion-mnist" {
+                    idx::FASHION_CLASSES.iter().map(|s| s.to_string()).collect()
+                } else {
+                    (0..10).map(|d| d.to_string()).collect()
+                };
+                idx::load_dir(&dir, test, classes)?
+            }
+            "idx" => {
+                let images = self.path()?;
+                let labels = self.option("labels").map(expand_home);
+                idx::load_files(&images, labels.as_deref())?
+            }
+            "folder" => folder::load(&self.path()?, self.number("size")?)?,
+            "shapes" => {
+                let size = self
+                    .arg
+                    .as_deref()
+                    .unwrap_or("32")
+                    .parse::<usize>()
+                    .map_err(|_| {
+                        Error::Invalid(format!(
+                            "shapes:{}: size must be a whole number",
+                            self.arg.as_deref().unwrap_or_default()
+                        ))
+                    })?;
+                let count = self.number("count")?.unwrap_or(10_000);
+                let seed = self.number("seed")?.unwrap_or(0) as u64;
+                shapes::generate(size, count, seed + if test { 1 << 40 } else { 0 })?
+            }
+            _ => unreachable!("kinds are checked when parsing"),
+        };
+        if let Some(size) = self.number("size")? {
+            if size == 0 {
+                return Err(Error::Invalid(
+                    "dataset option size must be positive".into(),
+                ));
+            }
+            set = set.resize(size);
+        }
+        if let Some(p) = self.number("pad")? {
+            set = set.pad(p);
+        }
+        set.name = self.to_string();
+        Ok(set)
+    }
+}
+
+impl std::fmt::Display for DatasetSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.kind)?;
+        if let Some(a) = &self.arg {
+            write!(f, ":{a}")?;
+        }
+        for (k, v) in &self.options {
+            write!(f, ",{k}={v}")?;
+        }
+        Ok(())
+    }
+}
+
+fn expand_home(p: &str) -> PathBuf {
+    match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Path::new(&home).join(rest),
+        _ => PathBuf::from(p),
+    }
+}
+
+/// Reads a whole file, gunzipping it when it is gzip-compressed.
+pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(bytes);
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes.as_slice())
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!(
+                "gzip stream broken after {} decompressed bytes: {e}",
+                out.len()
+            ),
+        })?;
+    Ok(out)
+}
