@@ -21,5 +21,5 @@ pub mod npy;
 
 pub use error::{Error, Result};
 pub use noise::seeded_normal;
-pub use pair_store::{PairStore, PairStoreManifest, Pairs};
+pub use pair_store::{PairDtype, PairReader, PairStore, PairStoreManifest, Pairs, Verify};
 pub use toy::Toy;

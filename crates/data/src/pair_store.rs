@@ -1,22 +1,67 @@
-//! The pair store: (z, x1) pairs from a teacher, for reflow and distillation.
+//! The pair store: (z, x1[, label]) pairs from a teacher, for reflow and distillation.
 //!
-//! Layout: `pairs.json` (the manifest) and shards `pairs-000123.safetensors` holding `z` and `x1`
-//! ([n, …sample_shape], float32) and `seed` ([n], int64). Pair i was made from noise seed
-//! `seed_base + i`, so any shard can be regenerated alone. Shards are written atomically (temp file +
-//! rename), so a shard file that exists is complete; generation resumes at the missing shards.
+//! Layout: `pairs.json` (the manifest) and, per shard i, `pairs-00000i.safetensors` holding `z` and
+//! `x1` ([n, …sample_shape], float32 or float16), `seed` ([n] int64) and, for class-conditional
+//! teachers, `label` ([n] int64), plus `pairs-00000i.sha256` ("<hex digest> <size>"). Pair j was made
+//! from noise seed `seed_base + j`, so any shard can be regenerated alone and the store is the same
+//! whatever the number of writers.
+//!
+//! Crash safety: a shard file is written to a temporary name and renamed, then its checksum file the
+//! same way; a shard counts as present only when both exist and the sizes agree, so a killed writer
+//! leaves at worst a shard that is redone. Opening verifies every shard ([`Verify::Fast`]: presence
+//! and sizes; [`Verify::Full`]: every byte against its SHA-256). Shard i belongs to writer
+//! `i mod world`, so W processes (`--rank R --world W`) fill disjoint shards of one store.
+//!
+//! Reads: [`PairStore::load`] returns every pair; [`PairReader`] reads any pairs by index with
+//! positioned reads from the page cache, without loading the store.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use slimflow_models::checkpoint;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 
 const MANIFEST: &str = "pairs.json";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+
+/// Element type of stored samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairDtype {
+    /// float32.
+    #[default]
+    F32,
+    /// float16: half the disk and page cache, ample for 8-bit images.
+    F16,
+}
+
+impl PairDtype {
+    fn kind(self) -> Kind {
+        match self {
+            PairDtype::F32 => Kind::Float,
+            PairDtype::F16 => Kind::Half,
+        }
+    }
+    fn size(self) -> usize {
+        match self {
+            PairDtype::F32 => 4,
+            PairDtype::F16 => 2,
+        }
+    }
+    fn safetensors_name(self) -> &'static str {
+        match self {
+            PairDtype::F32 => "F32",
+            PairDtype::F16 => "F16",
+        }
+    }
+}
 
 /// What a pair store holds and how it was made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,14 +77,20 @@ pub struct PairStoreManifest {
     pub sample_shape: Vec<i64>,
     /// Pair i uses noise seed `seed_base + i`.
     pub seed_base: u64,
-    /// SHA-256 of the teacher checkpoint file.
+    /// SHA-256 of the teacher checkpoint file (or where imported pairs came from).
     pub teacher_sha256: String,
     /// The solver that produced x1 (its config as JSON).
     pub solver: String,
+    /// Stored element type of z and x1.
+    #[serde(default)]
+    pub dtype: PairDtype,
+    /// Number of classes of the `label` entries; 0 when unconditional.
+    #[serde(default)]
+    pub num_classes: u32,
 }
 
 impl PairStoreManifest {
-    /// A manifest for `count` pairs of `sample_shape`.
+    /// A manifest for `count` unlabelled float32 pairs of `sample_shape`.
     pub fn new(
         count: u64,
         shard_size: u64,
@@ -61,19 +112,48 @@ impl PairStoreManifest {
             seed_base,
             teacher_sha256,
             solver,
+            dtype: PairDtype::F32,
+            num_classes: 0,
         })
+    }
+
+    /// Stores samples as `dtype`.
+    pub fn with_dtype(mut self, dtype: PairDtype) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// Stores a class label per pair.
+    pub fn with_classes(mut self, num_classes: u32) -> Self {
+        self.num_classes = num_classes;
+        self
+    }
+
+    fn sample_numel(&self) -> usize {
+        self.sample_shape.iter().product::<i64>().max(0) as usize
     }
 }
 
-/// All pairs of a store, in index order.
+/// How thoroughly [`PairStore::verify`] checks shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Every shard and checksum file present, sizes as recorded.
+    Fast,
+    /// And every byte against its SHA-256.
+    Full,
+}
+
+/// Pairs in index order.
 #[derive(Debug)]
 pub struct Pairs {
-    /// Noise z: [N, …].
+    /// Noise z: [N, …] float32.
     pub z: Tensor,
-    /// Teacher endpoints x1: [N, …].
+    /// Teacher endpoints x1: [N, …] float32.
     pub x1: Tensor,
     /// Noise seeds: [N] int64.
     pub seed: Tensor,
+    /// Class labels [N] int64, for conditional stores.
+    pub labels: Option<Tensor>,
 }
 
 /// A pair-store directory.
@@ -83,17 +163,54 @@ pub struct PairStore {
     manifest: PairStoreManifest,
 }
 
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
 fn read_manifest(dir: &Path) -> Result<Option<PairStoreManifest>> {
     let path = dir.join(MANIFEST);
     match std::fs::read_to_string(&path) {
-        Ok(s) => serde_json::from_str(&s)
-            .map(Some)
-            .map_err(|e| Error::Corrupt {
-                path,
-                reason: format!("manifest: {e}"),
-            }),
+        Ok(s) => {
+            let m: PairStoreManifest =
+                serde_json::from_str(&s).map_err(|e| corrupt(&path, format!("manifest: {e}")))?;
+            if m.format != FORMAT {
+                return Err(corrupt(
+                    &path,
+                    format!(
+                        "store format {} (this version reads {FORMAT}); regenerate the pairs",
+                        m.format
+                    ),
+                ));
+            }
+            Ok(Some(m))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(Error::Io { path, source }),
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).map_err(io(path))?;
+        if k == 0 {
+            return Ok((hex::encode(h.finalize()), n));
+        }
+        n += k as u64;
+        h.update(&buf[..k]);
     }
 }
 
@@ -101,6 +218,9 @@ impl PairStore {
     /// Opens the store in `dir` if it exists with the same manifest, or creates it. A store made with
     /// other settings is an error (never silently mixed).
     pub fn create_or_resume(dir: &Path, manifest: PairStoreManifest) -> Result<Self> {
+        if manifest.format != FORMAT {
+            return Err(Error::Invalid(format!("manifest format must be {FORMAT}")));
+        }
         match read_manifest(dir)? {
             Some(existing) if existing == manifest => {}
             Some(existing) => {
@@ -125,22 +245,23 @@ impl PairStore {
         })
     }
 
-    /// Opens an existing store.
+    /// Opens an existing store (the manifest only; see [`PairStore::verify`]).
     pub fn open(dir: &Path) -> Result<Self> {
-        let manifest = read_manifest(dir)?.ok_or_else(|| Error::Corrupt {
-            path: dir.join(MANIFEST),
-            reason: "no pair-store manifest (run generate-pairs first)".into(),
+        let manifest = read_manifest(dir)?.ok_or_else(|| {
+            corrupt(
+                &dir.join(MANIFEST),
+                "no pair-store manifest (run generate-pairs first)",
+            )
         })?;
-        if manifest.format != FORMAT {
-            return Err(Error::Corrupt {
-                path: dir.join(MANIFEST),
-                reason: format!("unsupported format {}", manifest.format),
-            });
-        }
         Ok(PairStore {
             dir: dir.to_path_buf(),
             manifest,
         })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The manifest.
@@ -164,6 +285,11 @@ impl PairStore {
         self.dir.join(format!("pairs-{i:06}.safetensors"))
     }
 
+    /// Path of shard `i`'s checksum file.
+    pub fn checksum_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("pairs-{i:06}.sha256"))
+    }
+
     /// Noise seeds of shard `i`.
     pub fn shard_seeds(&self, i: usize) -> Vec<u64> {
         self.shard_range(i)
@@ -171,15 +297,94 @@ impl PairStore {
             .collect()
     }
 
-    /// Shards not yet written.
+    /// Shards owned by writer `rank` of `world` (i mod world = rank).
+    pub fn shards_for(&self, rank: usize, world: usize) -> Result<Vec<usize>> {
+        if world == 0 || rank >= world {
+            return Err(Error::Invalid(format!(
+                "rank {rank} of world {world}: need 0 ≤ rank < world"
+            )));
+        }
+        Ok((0..self.num_shards())
+            .filter(|i| i % world == rank)
+            .collect())
+    }
+
+    /// The recorded (digest, size) of shard `i`, if its checksum file exists and parses.
+    fn recorded(&self, i: usize) -> Result<Option<(String, u64)>> {
+        let path = self.checksum_path(i);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(Error::Io { path, source }),
+        };
+        let mut parts = text.split_whitespace();
+        match (
+            parts.next(),
+            parts.next().and_then(|s| s.parse::<u64>().ok()),
+        ) {
+            (Some(h), Some(n)) if h.len() == 64 => Ok(Some((h.to_string(), n))),
+            _ => Err(corrupt(&path, format!("not `<sha256> <size>`: {text:?}"))),
+        }
+    }
+
+    /// Whether shard `i` is complete: file and checksum present with matching size.
+    fn is_complete(&self, i: usize) -> bool {
+        match (self.recorded(i), std::fs::metadata(self.shard_path(i))) {
+            (Ok(Some((_, n))), Ok(m)) => m.len() == n,
+            _ => false,
+        }
+    }
+
+    /// Shards not yet (completely) written.
     pub fn missing_shards(&self) -> Vec<usize> {
         (0..self.num_shards())
-            .filter(|&i| !self.shard_path(i).exists())
+            .filter(|&i| !self.is_complete(i))
             .collect()
     }
 
-    /// Writes shard `i` atomically. z and x1: [n, …sample_shape] with n the shard's length.
-    pub fn write_shard(&self, i: usize, z: &Tensor, x1: &Tensor) -> Result<()> {
+    /// Checks every shard; the error names the first bad shard and what is wrong with it.
+    pub fn verify(&self, mode: Verify) -> Result<()> {
+        for i in 0..self.num_shards() {
+            let path = self.shard_path(i);
+            let (digest, size) = self.recorded(i)?.ok_or_else(|| {
+                corrupt(
+                    &path,
+                    "shard missing or unfinished: the store is incomplete (re-run generate-pairs to finish it)",
+                )
+            })?;
+            let len = std::fs::metadata(&path)
+                .map_err(|_| corrupt(&path, "shard file missing (its checksum file exists)"))?
+                .len();
+            if len != size {
+                return Err(corrupt(
+                    &path,
+                    format!(
+                        "short or overlong shard: {len} bytes, its checksum file records {size} (data ends at offset {len})"
+                    ),
+                ));
+            }
+            if mode == Verify::Full {
+                let (got, _) = sha256_file(&path)?;
+                if got != digest {
+                    return Err(corrupt(
+                        &path,
+                        format!("SHA-256 {got} does not match the recorded {digest}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes shard `i` atomically (shard file, then checksum file). z and x1: [n, …sample_shape]
+    /// with n the shard's length; labels [n] int64 exactly when the store has classes.
+    pub fn write_shard(
+        &self,
+        i: usize,
+        z: &Tensor,
+        x1: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<()> {
         let n = (self.shard_range(i).end - self.shard_range(i).start) as i64;
         let mut shape = vec![n];
         shape.extend_from_slice(&self.manifest.sample_shape);
@@ -191,64 +396,228 @@ impl PairStore {
                 )));
             }
         }
+        let kind = self.manifest.dtype.kind();
+        let cpu = |t: &Tensor| t.to_kind(kind).to_device(Device::Cpu);
         let seeds: Vec<i64> = self.shard_seeds(i).iter().map(|&s| s as i64).collect();
-        let tensors = vec![
-            (
-                "z".to_string(),
-                z.to_kind(Kind::Float).to_device(Device::Cpu),
-            ),
-            (
-                "x1".to_string(),
-                x1.to_kind(Kind::Float).to_device(Device::Cpu),
-            ),
+        let mut tensors = vec![
+            ("z".to_string(), cpu(z)),
+            ("x1".to_string(), cpu(x1)),
             ("seed".to_string(), Tensor::from_slice(&seeds)),
         ];
-        checkpoint::write(&self.shard_path(i), &tensors, &BTreeMap::new())?;
+        match (labels, self.manifest.num_classes) {
+            (None, 0) => {}
+            (Some(l), c) if c > 0 => {
+                let l = l.to_kind(Kind::Int64).to_device(Device::Cpu);
+                let in_range = l.size() == [n]
+                    && (n == 0
+                        || (l.min().int64_value(&[]) >= 0 && l.max().int64_value(&[]) < c as i64));
+                if !in_range {
+                    return Err(Error::Invalid(format!(
+                        "shard {i}: labels must be [{n}] class indices below {c}, got {:?}",
+                        l.size()
+                    )));
+                }
+                tensors.push(("label".to_string(), l));
+            }
+            (Some(_), _) => {
+                return Err(Error::Invalid(format!(
+                    "shard {i}: labels given to an unconditional store"
+                )))
+            }
+            (None, c) => {
+                return Err(Error::Invalid(format!(
+                    "shard {i}: the store has {c} classes but no labels were given"
+                )))
+            }
+        }
+        let path = self.shard_path(i);
+        checkpoint::write(&path, &tensors, &BTreeMap::new())?;
+        let (digest, size) = sha256_file(&path)?;
+        checkpoint::atomic_write(
+            &self.checksum_path(i),
+            format!("{digest} {size}\n").as_bytes(),
+        )?;
         Ok(())
     }
 
-    /// Loads every pair, checking that each shard is present and consistent with the manifest.
+    /// A random-access reader over the (fast-verified) store.
+    pub fn reader(&self) -> Result<PairReader> {
+        self.verify(Verify::Fast)?;
+        let shards = (0..self.num_shards())
+            .map(|i| ShardIndex::open(self, i))
+            .collect::<Result<_>>()?;
+        Ok(PairReader {
+            store: self.clone(),
+            shards,
+        })
+    }
+
+    /// Loads every pair (float32 on `device`) after a fast verification.
     pub fn load(&self, device: Device) -> Result<Pairs> {
-        let (mut zs, mut xs, mut seeds) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..self.num_shards() {
-            let path = self.shard_path(i);
-            if !path.exists() {
-                return Err(Error::Corrupt {
-                    path,
-                    reason: "shard missing: the store is incomplete (re-run generate-pairs to finish it)".into(),
-                });
-            }
-            let file = checkpoint::read(&path)?;
-            let n = (self.shard_range(i).end - self.shard_range(i).start) as i64;
-            let mut shape = vec![n];
-            shape.extend_from_slice(&self.manifest.sample_shape);
-            let z = file.get("z")?;
-            let x1 = file.get("x1")?;
-            let seed = file.get("seed")?;
-            if z.size() != shape || x1.size() != shape || seed.size() != [n] {
-                return Err(Error::Corrupt {
-                    path,
-                    reason: format!(
-                        "expected {n} pairs of shape {:?}",
-                        self.manifest.sample_shape
-                    ),
-                });
-            }
-            let expected: Vec<i64> = self.shard_seeds(i).iter().map(|&s| s as i64).collect();
-            if !seed.equal(&Tensor::from_slice(&expected)) {
-                return Err(Error::Corrupt {
-                    path,
-                    reason: "seeds do not match the manifest's seed_base".into(),
-                });
-            }
-            zs.push(z.shallow_clone());
-            xs.push(x1.shallow_clone());
-            seeds.push(seed.shallow_clone());
+        let reader = self.reader()?;
+        let all: Vec<u64> = (0..self.manifest.count).collect();
+        let mut p = reader.get(&all)?;
+        p.z = p.z.to_device(device);
+        p.x1 = p.x1.to_device(device);
+        Ok(p)
+    }
+}
+
+#[derive(Debug)]
+struct ShardIndex {
+    path: PathBuf,
+    file: std::fs::File,
+    /// Byte offsets of the z, x1, seed and label data in the file.
+    z: u64,
+    x1: u64,
+    seed: u64,
+    label: Option<u64>,
+}
+
+impl ShardIndex {
+    fn open(store: &PairStore, i: usize) -> Result<Self> {
+        let path = store.shard_path(i);
+        let file = std::fs::File::open(&path).map_err(io(&path))?;
+        let len = file.metadata().map_err(io(&path))?.len();
+        let mut head = [0u8; 8];
+        file.read_exact_at(&mut head, 0)
+            .map_err(|_| corrupt(&path, "offset 0: shorter than a safetensors header"))?;
+        let n = u64::from_le_bytes(head);
+        if n > len.saturating_sub(8) || n > 1 << 24 {
+            return Err(corrupt(
+                &path,
+                format!("offset 0: header length {n} exceeds the file"),
+            ));
         }
+        let mut json = vec![0u8; n as usize];
+        file.read_exact_at(&mut json, 8).map_err(io(&path))?;
+        let header: serde_json::Value = serde_json::from_slice(&json)
+            .map_err(|e| corrupt(&path, format!("offset 8: header: {e}")))?;
+        let m = &store.manifest;
+        let rows = (store.shard_range(i).end - store.shard_range(i).start) as usize;
+        let numel = m.sample_numel();
+        let data = 8 + n;
+        let entry = |name: &str, dtype: &str, per_row: usize, elem: usize| -> Result<Option<u64>> {
+            let Some(e) = header.get(name) else {
+                return Ok(None);
+            };
+            let got_dtype = e["dtype"].as_str().unwrap_or_default();
+            if got_dtype != dtype {
+                return Err(corrupt(
+                    &path,
+                    format!("`{name}` is {got_dtype}, the manifest says {dtype}"),
+                ));
+            }
+            let offs: Vec<u64> = e["data_offsets"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+                .unwrap_or_default();
+            let want = (rows * per_row * elem) as u64;
+            match offs.as_slice() {
+                [a, b] if b - a == want && data + b <= len => Ok(Some(data + a)),
+                _ => Err(corrupt(
+                    &path,
+                    format!("`{name}` does not hold {rows} rows of {per_row} values (offsets {offs:?}, file {len} bytes)"),
+                )),
+            }
+        };
+        let dt = m.dtype.safetensors_name();
+        let need = |name: &str, v: Option<u64>| {
+            v.ok_or_else(|| corrupt(&path, format!("no `{name}` tensor")))
+        };
+        let z = need("z", entry("z", dt, numel, m.dtype.size())?)?;
+        let x1 = need("x1", entry("x1", dt, numel, m.dtype.size())?)?;
+        let seed = need("seed", entry("seed", "I64", 1, 8)?)?;
+        let label = entry("label", "I64", 1, 8)?;
+        if label.is_some() != (m.num_classes > 0) {
+            return Err(corrupt(
+                &path,
+                format!(
+                    "labels present: {}, the manifest has {} classes",
+                    label.is_some(),
+                    m.num_classes
+                ),
+            ));
+        }
+        Ok(ShardIndex {
+            path,
+            file,
+            z,
+            x1,
+            seed,
+            label,
+        })
+    }
+}
+
+/// Random access to a pair store's pairs (positioned reads; the OS page cache does the caching).
+#[derive(Debug)]
+pub struct PairReader {
+    store: PairStore,
+    shards: Vec<ShardIndex>,
+}
+
+impl PairReader {
+    /// Number of pairs.
+    pub fn len(&self) -> u64 {
+        self.store.manifest.count
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Pairs `indices` (any order, repeats allowed), z and x1 as float32 on the CPU.
+    pub fn get(&self, indices: &[u64]) -> Result<Pairs> {
+        let m = &self.store.manifest;
+        let row = m.sample_numel() * m.dtype.size();
+        let mut z = vec![0u8; indices.len() * row];
+        let mut x1 = vec![0u8; indices.len() * row];
+        let mut seed = vec![0u8; indices.len() * 8];
+        let mut label = vec![
+            0u8;
+            if m.num_classes > 0 {
+                indices.len() * 8
+            } else {
+                0
+            }
+        ];
+        for (k, &j) in indices.iter().enumerate() {
+            if j >= m.count {
+                return Err(Error::Invalid(format!(
+                    "pair {j} out of range: the store holds {}",
+                    m.count
+                )));
+            }
+            let s = &self.shards[(j / m.shard_size) as usize];
+            let r = j % m.shard_size;
+            let read = |buf: &mut [u8], at: u64| {
+                s.file
+                    .read_exact_at(buf, at)
+                    .map_err(|e| corrupt(&s.path, format!("offset {at}: {e}")))
+            };
+            read(&mut z[k * row..(k + 1) * row], s.z + r * row as u64)?;
+            read(&mut x1[k * row..(k + 1) * row], s.x1 + r * row as u64)?;
+            read(&mut seed[k * 8..(k + 1) * 8], s.seed + r * 8)?;
+            if let Some(l) = s.label {
+                read(&mut label[k * 8..(k + 1) * 8], l + r * 8)?;
+            }
+        }
+        let mut shape = vec![indices.len() as i64];
+        shape.extend_from_slice(&m.sample_shape);
+        let kind = m.dtype.kind();
+        let floats = |b: &[u8]| -> Result<Tensor> {
+            Ok(Tensor::f_from_data_size(b, &shape, kind)?.to_kind(Kind::Float))
+        };
+        let n = [indices.len() as i64];
         Ok(Pairs {
-            z: Tensor::cat(&zs, 0).to_device(device),
-            x1: Tensor::cat(&xs, 0).to_device(device),
-            seed: Tensor::cat(&seeds, 0),
+            z: floats(&z)?,
+            x1: floats(&x1)?,
+            seed: Tensor::f_from_data_size(&seed, &n, Kind::Int64)?,
+            labels: (m.num_classes > 0)
+                .then(|| Tensor::f_from_data_size(&label, &n, Kind::Int64))
+                .transpose()?,
         })
     }
 }
@@ -268,8 +637,11 @@ mod tests {
         assert_eq!(store.num_shards(), 3);
         assert_eq!(store.shard_range(2), 8..10);
         assert_eq!(store.shard_seeds(2), vec![108, 109]);
+        assert_eq!(store.shards_for(1, 2).unwrap(), vec![1]);
+        assert_eq!(store.shards_for(0, 2).unwrap(), vec![0, 2]);
+        assert!(store.shards_for(2, 2).is_err());
         let z = Tensor::ones([4, 2], (Kind::Float, Device::Cpu));
-        store.write_shard(0, &z, &(&z * 2.0)).unwrap();
+        store.write_shard(0, &z, &(&z * 2.0), None).unwrap();
         assert_eq!(store.missing_shards(), vec![1, 2]);
         assert!(store
             .load(Device::Cpu)
@@ -278,9 +650,9 @@ mod tests {
             .contains("pairs-000001"));
         let again = PairStore::create_or_resume(dir.path(), manifest(10)).unwrap();
         assert_eq!(again.missing_shards(), vec![1, 2]);
-        again.write_shard(1, &z, &z).unwrap();
+        again.write_shard(1, &z, &z, None).unwrap();
         let z2 = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
-        again.write_shard(2, &z2, &z2).unwrap();
+        again.write_shard(2, &z2, &z2, None).unwrap();
         let pairs = PairStore::open(dir.path())
             .unwrap()
             .load(Device::Cpu)
@@ -288,6 +660,7 @@ mod tests {
         assert_eq!(pairs.z.size(), vec![10, 2]);
         assert_eq!(pairs.seed.int64_value(&[9]), 109);
         assert_eq!(pairs.x1.double_value(&[0, 0]), 2.0);
+        assert!(pairs.labels.is_none());
     }
 
     #[test]
@@ -301,15 +674,14 @@ mod tests {
             .to_string();
         assert!(err.contains("teacher checkpoint differs"), "{err}");
         let wrong = Tensor::ones([3, 2], (Kind::Float, Device::Cpu));
-        assert!(store.write_shard(0, &wrong, &wrong).is_err());
-        std::fs::write(store.shard_path(0), b"garbage").unwrap();
-        std::fs::write(store.shard_path(1), b"garbage").unwrap();
-        std::fs::write(store.shard_path(2), b"garbage").unwrap();
+        assert!(store.write_shard(0, &wrong, &wrong, None).is_err());
+        let labels = Tensor::from_slice(&[0i64, 1, 0, 1]);
+        let ok = Tensor::ones([4, 2], (Kind::Float, Device::Cpu));
         assert!(store
-            .load(Device::Cpu)
+            .write_shard(0, &ok, &ok, Some(&labels))
             .unwrap_err()
             .to_string()
-            .contains("pairs-000000"));
+            .contains("unconditional"));
         assert!(PairStore::open(&dir.path().join("nope")).is_err());
     }
 }

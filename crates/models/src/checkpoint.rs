@@ -190,8 +190,9 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
     }
+    // per-process temporary name: concurrent writers (sharded generation) never share one
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".tmp{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
     {
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
@@ -314,7 +315,11 @@ mod tests {
             &meta,
         )
         .unwrap();
-        assert!(!dir.path().join("a.safetensors.tmp").exists());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.safetensors"], "no temporary file left");
         let f = read(&path).unwrap();
         assert_eq!(f.metadata["k"], "v");
         assert_eq!(f.metadata[VERSION_KEY], env!("CARGO_PKG_VERSION"));

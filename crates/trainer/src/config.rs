@@ -213,6 +213,9 @@ pub struct PairsConfig {
     /// The teacher's inference precision (`f32`, `bf16`, `f16`); the ODE state stays float32.
     #[serde(default)]
     pub precision: slimflow_models::Precision,
+    /// Stored element type of z and x1 (`f32` or `f16`).
+    #[serde(default)]
+    pub dtype: slimflow_data::PairDtype,
 }
 
 fn default_shard_size() -> u64 {

@@ -68,6 +68,8 @@ pub enum StageOutcome {
     Skipped,
     /// Stopped on an interrupt request; run again to resume.
     Interrupted,
+    /// This writer's share is done, other writers' shards remain (sharded generation).
+    Partial,
 }
 
 /// Everything a stage needs from its caller.
@@ -81,6 +83,10 @@ pub struct StageCtx {
     pub device: Device,
     /// Discard an existing stage run made with another config.
     pub force: bool,
+    /// This process's writer index and the number of writers (sharded pair generation).
+    pub rank: usize,
+    /// Number of writers (1: this process does everything).
+    pub world: usize,
 }
 
 /// SHA-256 of a file, hex.
@@ -237,6 +243,11 @@ pub fn run_stage(
         Ok(StageOutcome::Interrupted) => {
             dir.finish(Status::Interrupted, None)?;
             Ok(StageOutcome::Interrupted)
+        }
+        Ok(StageOutcome::Partial) => {
+            // resumable like an interrupted run: the next writer to finish marks it complete
+            dir.finish(Status::Interrupted, None)?;
+            Ok(StageOutcome::Partial)
         }
         Ok(outcome) => {
             dir.finish(Status::Complete, None)?;

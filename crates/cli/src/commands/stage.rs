@@ -29,6 +29,12 @@ pub struct StageArgs {
     /// Print the resolved config and the run directory, then exit.
     #[arg(long)]
     pub dry_run: bool,
+    /// generate-pairs: this writer's index among --world writers (shards i with i mod W = R).
+    #[arg(long, default_value_t = 0)]
+    pub rank: usize,
+    /// generate-pairs: number of independent writers filling one store (processes, GPUs, nodes).
+    #[arg(long, default_value_t = 1)]
+    pub world: usize,
 }
 
 /// Which stages to run.
@@ -45,6 +51,13 @@ pub fn context(args: &StageArgs) -> Result<StageCtx> {
     let mut overrides = args.overrides.clone();
     if let Some(d) = &args.device {
         overrides.push(format!("device=\"{d}\""));
+    }
+    if args.world == 0 || args.rank >= args.world {
+        anyhow::bail!(
+            "--rank {} --world {}: need 0 ≤ rank < world",
+            args.rank,
+            args.world
+        );
     }
     let config = load_config(&args.config, &overrides)?;
     let run_dir = args
@@ -65,6 +78,8 @@ pub fn context(args: &StageArgs) -> Result<StageCtx> {
         config,
         device,
         force: args.force,
+        rank: args.rank,
+        world: args.world,
     })
 }
 
@@ -98,6 +113,13 @@ pub fn run(args: &StageArgs, which: Which) -> Result<ExitCode> {
             StageOutcome::Interrupted => {
                 eprintln!("stage `{name}` interrupted; run the same command again to resume");
                 return Ok(ExitCode::from(130));
+            }
+            StageOutcome::Partial => {
+                eprintln!(
+                    "stage `{name}`: writer {} of {} done; other writers' shards remain",
+                    ctx.rank, ctx.world
+                );
+                return Ok(ExitCode::SUCCESS);
             }
             StageOutcome::Skipped => eprintln!("stage `{name}`: already complete"),
             StageOutcome::Completed => eprintln!("stage `{name}`: complete"),

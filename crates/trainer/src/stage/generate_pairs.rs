@@ -36,8 +36,14 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             teacher_sha.clone(),
             serde_json::to_string(&cfg.solver).expect("solver configs serialise"),
         )?;
+        let manifest = manifest.with_dtype(cfg.dtype);
         let store = PairStore::create_or_resume(&dir.path.join("pairs"), manifest)?;
-        let missing = store.missing_shards();
+        let mine = store.shards_for(ctx.rank, ctx.world)?;
+        let missing: Vec<usize> = store
+            .missing_shards()
+            .into_iter()
+            .filter(|i| mine.contains(i))
+            .collect();
         let done: u64 = (0..store.num_shards())
             .filter(|i| !missing.contains(i))
             .map(|i| store.shard_range(i).end - store.shard_range(i).start)
@@ -60,11 +66,15 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
                 zs.push(z);
                 xs.push(sol.x);
             }
-            store.write_shard(shard, &Tensor::cat(&zs, 0), &Tensor::cat(&xs, 0))?;
+            store.write_shard(shard, &Tensor::cat(&zs, 0), &Tensor::cat(&xs, 0), None)?;
             produced += seeds.len() as u64;
             progress.set(produced, || format!("shard {shard} (NFE {nfe})"));
         }
         progress.finish();
+        if !store.missing_shards().is_empty() {
+            return Ok(StageOutcome::Partial);
+        }
+        store.verify(slimflow_data::Verify::Full)?;
         dir.output("pairs", "pairs");
         Ok(StageOutcome::Completed)
     })

@@ -1,0 +1,119 @@
+//! Pair generation at scale through the binary: SIGKILL mid-shard then resume, and W independent
+//! writers, both give a store identical to one uninterrupted run.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{ok, stage_cmd, toy_config, FAST};
+
+/// Toy settings with many small shards, so that a kill lands mid-generation.
+fn sets(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut v = FAST.to_vec();
+    v.extend_from_slice(&[
+        "pairs.count=6000",
+        "pairs.shard_size=500",
+        "pairs.batch_size=500",
+        "pairs.dtype=\"f16\"",
+    ]);
+    v.extend_from_slice(extra);
+    v
+}
+
+fn shard_files(run: &Path) -> Vec<(String, Vec<u8>)> {
+    let dir = run.join("generate-pairs/pairs");
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "safetensors" || e == "sha256" || e == "json")
+        })
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn copy_teacher(from: &Path, to: &Path) {
+    let (src, dst) = (from.join("train"), to.join("train"));
+    std::fs::create_dir_all(&dst).unwrap();
+    for name in ["manifest.json", "model.safetensors", "config.toml"] {
+        if src.join(name).exists() {
+            std::fs::copy(src.join(name), dst.join(name)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn killed_and_sharded_generation_equal_one_clean_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean");
+    let s = sets(&[]);
+    ok(stage_cmd("train", &toy_config(), &clean, &s));
+    ok(stage_cmd("generate-pairs", &toy_config(), &clean, &s));
+    let reference = shard_files(&clean);
+    assert_eq!(
+        reference
+            .iter()
+            .filter(|(n, _)| n.ends_with(".sha256"))
+            .count(),
+        12
+    );
+
+    // SIGKILL once the first shard is on disk, i.e. while later shards are being made
+    let killed = dir.path().join("killed");
+    copy_teacher(&clean, &killed);
+    let mut child = stage_cmd("generate-pairs", &toy_config(), &killed, &s)
+        .spawn()
+        .unwrap();
+    let first = killed.join("generate-pairs/pairs/pairs-000000.sha256");
+    let start = Instant::now();
+    while !first.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no shard appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done = shard_files(&killed)
+        .iter()
+        .filter(|(n, _)| n.ends_with(".sha256"))
+        .count();
+    assert!(done < 12, "killed mid-run ({done} shards done)");
+    ok(stage_cmd("generate-pairs", &toy_config(), &killed, &s));
+    assert_eq!(shard_files(&killed), reference);
+
+    // three writers, run one after another in a scrambled order
+    let sharded = dir.path().join("sharded");
+    copy_teacher(&clean, &sharded);
+    for rank in ["2", "0", "1"] {
+        let mut c = stage_cmd("generate-pairs", &toy_config(), &sharded, &s);
+        c.args(["--rank", rank, "--world", "3"]);
+        let out = common::output(c);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(shard_files(&sharded), reference);
+    let manifest = std::fs::read_to_string(sharded.join("generate-pairs/manifest.json")).unwrap();
+    assert!(manifest.contains("\"complete\""), "{manifest}");
+
+    let mut c = stage_cmd("generate-pairs", &toy_config(), &sharded, &s);
+    c.args(["--rank", "3", "--world", "3"]);
+    assert!(!common::output(c).status.success());
+}
