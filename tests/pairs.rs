@@ -116,4 +116,36 @@ fn killed_and_sharded_generation_equal_one_clean_run() {
     let mut c = stage_cmd("generate-pairs", &toy_config(), &sharded, &s);
     c.args(["--rank", "3", "--world", "3"]);
     assert!(!common::output(c).status.success());
+
+    // data info / export / import round trip through the binary
+    let info = |target: &Path| -> serde_json::Value {
+        let mut c = common::slimflow();
+        c.args(["data", "info", "--full", "--json"]).arg(target);
+        serde_json::from_str(&ok(c)).unwrap()
+    };
+    let a = info(&clean);
+    assert_eq!(
+        (a["count"].as_u64(), a["dtype"].as_str()),
+        (Some(6000), Some("f16"))
+    );
+    assert_eq!(a["sample_shape"], serde_json::json!([2]));
+    let npy = dir.path().join("npy");
+    let mut c = common::slimflow();
+    c.args(["data", "export"])
+        .arg(clean.join("generate-pairs/pairs"))
+        .arg("--out")
+        .arg(&npy);
+    ok(c);
+    let back = dir.path().join("imported");
+    let mut c = common::slimflow();
+    c.args(["data", "import", "--z0"])
+        .arg(npy.join("z0.npy"))
+        .arg("--z1")
+        .arg(npy.join("z1.npy"));
+    c.args(["--dtype", "f16", "--shard-size", "500", "--out"])
+        .arg(&back);
+    ok(c);
+    let b = info(&back);
+    assert_eq!(a["value_range"], b["value_range"]);
+    assert_eq!(b["count"].as_u64(), Some(6000));
 }

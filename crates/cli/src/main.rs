@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    import::ImportArgs, models::ModelsArgs, parity::ParityArgs, sample::SampleArgs,
+    data::DataArgs, import::ImportArgs, models::ModelsArgs, parity::ParityArgs, sample::SampleArgs,
     stage::StageArgs, weights::WeightsArgs,
 };
 
@@ -39,6 +39,8 @@ enum Command {
     Pipeline(StageArgs),
     /// Draw samples from a stage's model or a checkpoint.
     Sample(SampleArgs),
+    /// Inspect datasets and pair stores (`data info`), import or export pairs as .npy.
+    Data(DataArgs),
     /// Convert a reference checkpoint (EDM, rfpp, RectifiedFlow / SlimFlow) into a slimflow model,
     /// reading PyTorch files without executing pickled code.
     Import(ImportArgs),
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::stage::run(&a, commands::stage::Which::One("eval")),
         Command::Pipeline(a) => commands::stage::run(&a, commands::stage::Which::All),
         Command::Sample(a) => commands::sample::run(&a),
+        Command::Data(a) => commands::data::run(&a),
         Command::Import(a) => commands::import::run(&a),
         Command::Weights(a) => commands::weights::run(&a),
         Command::Models(a) => commands::models::run(&a),

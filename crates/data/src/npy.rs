@@ -178,11 +178,11 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
-/// The `.npy` bytes of a tensor (format 1.0, C order).
-pub fn npy_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    let descr = descr_of(t.kind())
-        .ok_or_else(|| Error::Invalid(format!("no .npy dtype for {:?}", t.kind())))?;
-    let shape = t.size();
+/// The `.npy` header (format 1.0) for an array of `kind` and `shape`, padded so that the data
+/// starts on a 64-byte boundary.
+pub fn npy_header(kind: Kind, shape: &[i64]) -> Result<Vec<u8>> {
+    let descr =
+        descr_of(kind).ok_or_else(|| Error::Invalid(format!("no .npy dtype for {kind:?}")))?;
     let shape_text = match shape.len() {
         1 => format!("({},)", shape[0]),
         _ => format!(
@@ -196,19 +196,23 @@ pub fn npy_bytes(t: &Tensor) -> Result<Vec<u8>> {
     };
     let mut header =
         format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
-    // pad so that the data starts on a 64-byte boundary, header ends with '\n'
     while (MAGIC.len() + 4 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
     header.push('\n');
-    let t = t.to_device(tch::Device::Cpu).contiguous();
-    let numel = t.numel();
-    let mut out =
-        Vec::with_capacity(MAGIC.len() + 4 + header.len() + numel * t.kind().elt_size_in_bytes());
+    let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
+    Ok(out)
+}
+
+/// The `.npy` bytes of a tensor (format 1.0, C order).
+pub fn npy_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let mut out = npy_header(t.kind(), &t.size())?;
+    let t = t.to_device(tch::Device::Cpu).contiguous();
+    let numel = t.numel();
     let start = out.len();
     out.resize(start + numel * t.kind().elt_size_in_bytes(), 0);
     t.f_copy_data_u8(&mut out[start..], numel)?;
@@ -259,4 +263,75 @@ pub fn write_npz(path: &Path, arrays: &[(&str, &Tensor)]) -> Result<()> {
         zip.finish().map_err(std::io::Error::other)?;
         Ok(())
     })
+}
+
+/// Writes one `.npy` array in pieces (rows appended in order), for arrays larger than memory.
+#[derive(Debug)]
+pub struct NpyWriter {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    remaining: u64,
+}
+
+impl NpyWriter {
+    /// Starts `path` for an array of `kind` and `shape`; bytes go to a temporary file until
+    /// [`NpyWriter::finish`].
+    pub fn create(path: &Path, kind: Kind, shape: &[i64]) -> Result<Self> {
+        let mut bytes = npy_header(kind, shape)?;
+        let tmp = path.with_extension("npy.tmp");
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+        file.write_all(&bytes).map_err(io)?;
+        bytes.clear();
+        let remaining =
+            shape.iter().product::<i64>().max(0) as u64 * kind.elt_size_in_bytes() as u64;
+        Ok(NpyWriter {
+            path: path.to_path_buf(),
+            tmp,
+            file,
+            remaining,
+        })
+    }
+
+    /// Appends the next rows (their bytes, C order).
+    pub fn append(&mut self, t: &Tensor) -> Result<()> {
+        let t = t.to_device(tch::Device::Cpu).contiguous();
+        let n = t.numel() * t.kind().elt_size_in_bytes();
+        if n as u64 > self.remaining {
+            return Err(Error::Invalid(format!(
+                "{}: more data than the declared shape",
+                self.path.display()
+            )));
+        }
+        let mut buf = vec![0u8; n];
+        t.f_copy_data_u8(&mut buf, t.numel())?;
+        self.file.write_all(&buf).map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.remaining -= n as u64;
+        Ok(())
+    }
+
+    /// Checks that every row was written and moves the file into place.
+    pub fn finish(self) -> Result<()> {
+        let io = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        if self.remaining != 0 {
+            return Err(Error::Invalid(format!(
+                "{}: {} bytes short of the declared shape",
+                self.path.display(),
+                self.remaining
+            )));
+        }
+        let file = self.file.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io)
+    }
 }

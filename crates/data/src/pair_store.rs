@@ -463,6 +463,118 @@ impl PairStore {
     }
 }
 
+impl PairStore {
+    /// Writes `z0.npy`, `z1.npy` (float32) and, for labelled stores, `label.npy` (int64) into
+    /// `out` — SlimFlow's pair layout — streaming shard by shard.
+    pub fn export_npy(&self, out: &Path) -> Result<Vec<PathBuf>> {
+        use crate::npy::NpyWriter;
+        let reader = self.reader()?;
+        std::fs::create_dir_all(out).map_err(io(out))?;
+        let m = &self.manifest;
+        let mut shape = vec![m.count as i64];
+        shape.extend_from_slice(&m.sample_shape);
+        let paths = [
+            out.join("z0.npy"),
+            out.join("z1.npy"),
+            out.join("label.npy"),
+        ];
+        let mut z0 = NpyWriter::create(&paths[0], Kind::Float, &shape)?;
+        let mut z1 = NpyWriter::create(&paths[1], Kind::Float, &shape)?;
+        let mut label = (m.num_classes > 0)
+            .then(|| NpyWriter::create(&paths[2], Kind::Int64, &[m.count as i64]))
+            .transpose()?;
+        for i in 0..self.num_shards() {
+            let idx: Vec<u64> = self.shard_range(i).collect();
+            let p = reader.get(&idx)?;
+            z0.append(&p.z)?;
+            z1.append(&p.x1)?;
+            if let (Some(w), Some(l)) = (label.as_mut(), p.labels.as_ref()) {
+                w.append(l)?;
+            }
+        }
+        z0.finish()?;
+        z1.finish()?;
+        let mut written = paths[..2].to_vec();
+        if let Some(w) = label {
+            w.finish()?;
+            written.push(paths[2].clone());
+        }
+        Ok(written)
+    }
+
+    /// A store in `out` from SlimFlow-style arrays: `z0` noise and `z1` teacher endpoints
+    /// ([N, …], any float dtype), optional `label` ([N] integers). Pair j gets seed j (the noise
+    /// came with the file, so seeds only number the pairs).
+    pub fn import_npy(
+        z0: &Path,
+        z1: &Path,
+        label: Option<&Path>,
+        out: &Path,
+        shard_size: u64,
+        dtype: PairDtype,
+    ) -> Result<PairStore> {
+        let a = crate::npy::read_npy(z0)?;
+        let b = crate::npy::read_npy(z1)?;
+        if a.size() != b.size() || a.dim() < 2 {
+            return Err(Error::Invalid(format!(
+                "{} is {:?} but {} is {:?}: pairs need equal shapes [N, …]",
+                z0.display(),
+                a.size(),
+                z1.display(),
+                b.size()
+            )));
+        }
+        for (p, t) in [(z0, &a), (z1, &b)] {
+            if !t.is_floating_point() || t.isfinite().all().int64_value(&[]) == 0 {
+                return Err(corrupt(p, "pairs must be finite floating-point values"));
+            }
+        }
+        let n = a.size()[0];
+        let labels = match label {
+            Some(p) => {
+                let l = crate::npy::read_npy(p)?;
+                if l.size() != [n] || l.is_floating_point() {
+                    return Err(corrupt(
+                        p,
+                        format!(
+                            "labels must be [{n}] integers, got {:?} {:?}",
+                            l.size(),
+                            l.kind()
+                        ),
+                    ));
+                }
+                let l = l.to_kind(Kind::Int64);
+                if l.min().int64_value(&[]) < 0 {
+                    return Err(corrupt(p, "negative class label"));
+                }
+                Some(l)
+            }
+            None => None,
+        };
+        let (digest, _) = sha256_file(z1)?;
+        let mut manifest = PairStoreManifest::new(
+            n as u64,
+            shard_size,
+            a.size()[1..].to_vec(),
+            0,
+            digest,
+            format!("{{\"imported\": \"{}\"}}", z1.display()),
+        )?
+        .with_dtype(dtype);
+        if let Some(l) = &labels {
+            manifest = manifest.with_classes(l.max().int64_value(&[]) as u32 + 1);
+        }
+        let store = PairStore::create_or_resume(out, manifest)?;
+        for i in store.missing_shards() {
+            let r = store.shard_range(i);
+            let (s, len) = (r.start as i64, (r.end - r.start) as i64);
+            let l = labels.as_ref().map(|l| l.narrow(0, s, len));
+            store.write_shard(i, &a.narrow(0, s, len), &b.narrow(0, s, len), l.as_ref())?;
+        }
+        Ok(store)
+    }
+}
+
 #[derive(Debug)]
 struct ShardIndex {
     path: PathBuf,

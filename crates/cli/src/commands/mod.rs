@@ -1,5 +1,6 @@
 //! One module per subcommand: parse, load config, call the trainer.
 
+pub mod data;
 pub mod import;
 pub mod models;
 pub mod parity;
