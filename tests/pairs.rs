@@ -148,4 +148,36 @@ fn killed_and_sharded_generation_equal_one_clean_run() {
     let b = info(&back);
     assert_eq!(a["value_range"], b["value_range"]);
     assert_eq!(b["count"].as_u64(), Some(6000));
+
+    // pairs anchored on data: x1 are checkerboard samples, z their reverse-ODE noise
+    let reverse = dir.path().join("reverse");
+    copy_teacher(&clean, &reverse);
+    let s2 = sets(&["pairs.direction=\"from_data\"", "pairs.dtype=\"f32\""]);
+    ok(stage_cmd("generate-pairs", &toy_config(), &reverse, &s2));
+    let shard = common::tensors(&reverse.join("generate-pairs/pairs/pairs-000000.safetensors"));
+    let floats = |name: &str| -> Vec<f32> {
+        let (_, _, _, bytes) = shard.iter().find(|t| t.0 == name).unwrap();
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let (z, x1) = (floats("z"), floats("x1"));
+    let mean = z.iter().sum::<f32>() / z.len() as f32;
+    let std = (z.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / z.len() as f32).sqrt();
+    assert!(
+        mean.abs() < 0.15 && (0.75..1.25).contains(&std),
+        "z mean {mean} std {std}"
+    );
+    // x1 are data, not ODE outputs: every point lies exactly on one colour of the 4×4 board
+    // over [-2, 2]²
+    let parity: Vec<i64> = x1
+        .chunks_exact(2)
+        .map(|p| ((p[0] + 2.0).floor() as i64 + (p[1] + 2.0).floor() as i64).rem_euclid(2))
+        .collect();
+    assert!(x1.iter().all(|v| v.abs() <= 2.0));
+    assert!(
+        parity.iter().all(|&q| q == parity[0]),
+        "points off the board's squares"
+    );
 }

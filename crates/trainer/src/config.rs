@@ -216,6 +216,21 @@ pub struct PairsConfig {
     /// Stored element type of z and x1 (`f32` or `f16`).
     #[serde(default)]
     pub dtype: slimflow_data::PairDtype,
+    /// `from_noise`: x1 = ODE(z) from seeded noise (the papers' reflow pairs); `from_data`: z =
+    /// reverse ODE of seeded data samples x1 (pairs anchored on real data).
+    #[serde(default)]
+    pub direction: PairDirection,
+}
+
+/// Which end of the teacher's ODE a pair starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairDirection {
+    /// Seeded noise z, integrated forward to x1.
+    #[default]
+    FromNoise,
+    /// Seeded data samples x1, integrated backward to z.
+    FromData,
 }
 
 fn default_shard_size() -> u64 {

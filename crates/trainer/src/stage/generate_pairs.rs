@@ -8,10 +8,27 @@ use slimflow_models::Model;
 use slimflow_sampling::solve;
 use tch::Tensor;
 
+use crate::config::PairDirection;
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::run_dir::{run_stage, StageCtx, StageOutcome};
 use crate::stage::input;
+
+/// One target sample per seed, each from its own generator (so pair j is the same at any batch or
+/// shard layout).
+fn seeded_data(target: &slimflow_data::Toy, seeds: &[u64], device: tch::Device) -> Tensor {
+    use rand::SeedableRng;
+    let flat: Vec<f32> = seeds
+        .iter()
+        .flat_map(|&s| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(s);
+            target.sample(&mut rng, 1)
+        })
+        .collect();
+    Tensor::from_slice(&flat)
+        .reshape([seeds.len() as i64, -1])
+        .to_device(device)
+}
 
 /// Runs (or resumes, or skips) the stage.
 pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
@@ -60,11 +77,22 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             let (mut zs, mut xs) = (Vec::new(), Vec::new());
             let mut nfe = 0;
             for chunk in seeds.chunks(cfg.batch_size) {
-                let z = seeded_normal(chunk, &shape, ctx.device);
-                let sol = solve(&cfg.solver, &field, &z, cfg.eps, 1.0, false)?;
-                nfe = sol.nfe;
-                zs.push(z);
-                xs.push(sol.x);
+                match cfg.direction {
+                    PairDirection::FromNoise => {
+                        let z = seeded_normal(chunk, &shape, ctx.device);
+                        let sol = solve(&cfg.solver, &field, &z, cfg.eps, 1.0, false)?;
+                        nfe = sol.nfe;
+                        zs.push(z);
+                        xs.push(sol.x);
+                    }
+                    PairDirection::FromData => {
+                        let x1 = seeded_data(&ctx.config.data.target, chunk, ctx.device);
+                        let sol = solve(&cfg.solver, &field, &x1, 1.0, cfg.eps, false)?;
+                        nfe = sol.nfe;
+                        zs.push(sol.x);
+                        xs.push(x1);
+                    }
+                }
             }
             store.write_shard(shard, &Tensor::cat(&zs, 0), &Tensor::cat(&xs, 0), None)?;
             produced += seeds.len() as u64;
