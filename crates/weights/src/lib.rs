@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use sha2::Digest as _;
 use slimflow_losses::lpips::{Backbone, Lpips, LpipsConfig};
 use slimflow_metrics::inception::FidInception;
 use slimflow_models::import::read_tensors;
@@ -124,19 +123,28 @@ pub enum Checksum {
     Sha256(&'static str),
     /// The leading hex digits of the SHA-256 that the file name carries (torch.hub's convention).
     Sha256Prefix(&'static str),
+    /// The MD5 a publisher lists (CIFAR-10's site); hex.
+    Md5(&'static str),
 }
 
 impl Checksum {
-    fn accepts(&self, hex: &str) -> bool {
-        match self {
-            Checksum::Sha256(h) => hex == *h,
-            Checksum::Sha256Prefix(p) => hex.starts_with(p),
-        }
+    /// Whether the file at `path` passes.
+    fn check(&self, path: &Path) -> Result<(bool, String)> {
+        let got = match self {
+            Checksum::Md5(_) => digest_file::<md5::Md5>(path)?,
+            _ => digest_file::<sha2::Sha256>(path)?,
+        };
+        let ok = match self {
+            Checksum::Sha256(h) | Checksum::Md5(h) => got == *h,
+            Checksum::Sha256Prefix(p) => got.starts_with(p),
+        };
+        Ok((ok, got))
     }
     fn expected(&self) -> String {
         match self {
             Checksum::Sha256(h) => h.to_string(),
             Checksum::Sha256Prefix(p) => format!("{p}… (prefix)"),
+            Checksum::Md5(h) => format!("MD5 {h}"),
         }
     }
 }
@@ -273,9 +281,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+fn digest_file<D: sha2::Digest>(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(io(path))?;
-    let mut h = sha2::Sha256::new();
+    let mut h = D::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf).map_err(io(path))?;
@@ -290,7 +298,7 @@ fn sha256_file(path: &Path) -> Result<String> {
 /// `<dest>.part` left by an interrupted run is continued with a range request (restarted if the
 /// server ignores ranges). Progress is drawn when `progress` is set and stderr is a terminal.
 pub fn download(url: &str, dest: &Path, checksum: Checksum, progress: bool) -> Result<()> {
-    if dest.is_file() && checksum.accepts(&sha256_file(dest)?) {
+    if dest.is_file() && checksum.check(dest)?.0 {
         return Ok(());
     }
     if let Some(parent) = dest.parent() {
@@ -387,8 +395,8 @@ pub fn download(url: &str, dest: &Path, checksum: Checksum, progress: bool) -> R
             written,
         ));
     }
-    let got = sha256_file(&part)?;
-    if !checksum.accepts(&got) {
+    let (ok, got) = checksum.check(&part)?;
+    if !ok {
         std::fs::remove_file(&part).map_err(io(&part))?;
         return Err(Error::Checksum {
             url: url.to_string(),

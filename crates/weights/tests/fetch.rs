@@ -226,6 +226,31 @@ fn bad_digests_and_missing_files_are_refused_by_name() {
     assert!(!out.path().join("downloads/vgg.pth.part").exists());
     assert!(!out.path().join("downloads/vgg.pth").exists());
 
+    // an MD5-listed file (the CIFAR-10 convention) passes with its digest
+    let md5_hex: &'static str =
+        Box::leak(hex::encode(md5::Md5::digest(b"not the weights")).into_boxed_str());
+    let dest = out.path().join("md5/vgg.pth");
+    slimflow_weights::download(
+        &format!("{base}/vgg.pth"),
+        &dest,
+        Checksum::Md5(md5_hex),
+        false,
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), b"not the weights");
+    let err = slimflow_weights::download(
+        &format!("{base}/vgg.pth"),
+        &out.path().join("md5/x"),
+        Checksum::Md5("c32a1d4ab5d03f1284b67883e8d87530"),
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("MD5 c32a1d4ab5d03f1284b67883e8d87530"),
+        "{err}"
+    );
+
     let missing = [Source {
         role: "heads",
         url: "https://example.invalid/alex.pth",

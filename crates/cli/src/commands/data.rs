@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
-use slimflow_data::images::DatasetSpec;
+use slimflow_data::images::{DatasetSpec, CIFAR10_MD5, CIFAR10_URL};
 use slimflow_data::{PairDtype, PairStore, Verify};
 
 /// Options of `data`.
@@ -57,6 +57,19 @@ enum DataCommand {
         /// Stored dtype.
         #[arg(long, value_enum, default_value = "f32")]
         dtype: Dtype,
+    },
+    /// Download a dataset from its official address (checksum-verified, resumable). Only
+    /// `cifar10` needs this; Fashion-MNIST comes from Debian (`apt-get install
+    /// dataset-fashion-mnist`) and `shapes` is built in.
+    Fetch {
+        /// `cifar10`.
+        name: String,
+        /// Folder (default: $SLIMFLOW_DATA_DIR, else ~/.cache/slimflow/data).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Base URL of a mirror serving the same file name.
+        #[arg(long)]
+        mirror: Option<String>,
     },
     /// Write a pair store as z0.npy, z1.npy [, label.npy] (float32 / int64).
     Export {
@@ -180,6 +193,36 @@ pub fn run(args: &DataArgs) -> Result<ExitCode> {
                 store.manifest().sample_shape,
                 store.num_shards()
             );
+        }
+        DataCommand::Fetch { name, dir, mirror } => {
+            if name != "cifar10" {
+                anyhow::bail!("`{name}`: only cifar10 is downloaded (fashion-mnist: apt-get install dataset-fashion-mnist; shapes is built in)");
+            }
+            let dir = dir
+                .clone()
+                .unwrap_or_else(slimflow_data::images::default_data_dir);
+            let file = CIFAR10_URL
+                .rsplit('/')
+                .next()
+                .unwrap_or("cifar-10-binary.tar.gz");
+            let url = match mirror {
+                Some(m) => format!("{}/{file}", m.trim_end_matches('/')),
+                None => CIFAR10_URL.to_string(),
+            };
+            let dest = dir.join(file);
+            slimflow_weights::download(
+                &url,
+                &dest,
+                slimflow_weights::Checksum::Md5(CIFAR10_MD5),
+                true,
+            )?;
+            let set = DatasetSpec {
+                kind: "cifar10".into(),
+                arg: Some(dest.display().to_string()),
+                options: Vec::new(),
+            }
+            .load()?;
+            println!("cifar10:{} ({} training images)", dest.display(), set.len());
         }
         DataCommand::Export { store, out } => {
             let s = PairStore::open(store)?;

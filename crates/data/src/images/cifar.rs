@@ -24,6 +24,11 @@ pub const CIFAR10_CLASSES: [&str; 10] = [
 
 const RECORD: usize = 1 + 3 * 32 * 32;
 
+/// The official address of the binary distribution.
+pub const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
+/// Its MD5, as listed on the dataset's page.
+pub const CIFAR10_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
+
 fn files(test: bool) -> Vec<String> {
     if test {
         vec!["test_batch.bin".into()]
@@ -62,6 +67,12 @@ fn records(bytes: &[u8], origin: &str, pixels: &mut Vec<u8>, labels: &mut Vec<u1
 
 /// Loads the train (data_batch_1..5) or test split from a folder or the `.tar.gz`.
 pub(crate) fn load(path: &Path, test: bool) -> Result<ImageSet> {
+    if !path.exists() {
+        return Err(Error::Invalid(format!(
+            "{}: not found. Get CIFAR-10 with `slimflow data fetch cifar10` (downloads {CIFAR10_URL}, MD5-checked, into ~/.cache/slimflow/data) and name it cifar10:~/.cache/slimflow/data/cifar-10-binary.tar.gz, or give the extracted cifar-10-batches-bin folder",
+            path.display()
+        )));
+    }
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
     let wanted = files(test);

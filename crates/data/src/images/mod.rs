@@ -23,8 +23,20 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 
-pub use cifar::CIFAR10_CLASSES;
+pub use cifar::{CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_URL};
 pub use shapes::SHAPE_CLASSES;
+
+/// Where downloaded datasets go: `$SLIMFLOW_DATA_DIR`, else `~/.cache/slimflow/data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SLIMFLOW_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache"))
+        .unwrap_or_else(|| PathBuf::from(".cache"))
+        .join("slimflow")
+        .join("data")
+}
 
 /// Debian's `dataset-fashion-mnist` location.
 pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
