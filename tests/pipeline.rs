@@ -91,6 +91,31 @@ fn toy_pipeline_straightens_and_distils() {
         tensors(&run.join("generate-pairs/pairs/pairs-000002.safetensors")).len(),
         3
     );
+    // training stages draw their loss curves; `slimflow report` links everything
+    for stage in ["train", "reflow", "distill"] {
+        let file = std::fs::File::open(run.join(stage).join("loss.png")).unwrap();
+        let info = png::Decoder::new(file).read_info().unwrap().info().clone();
+        assert_eq!((info.width, info.height), (640, 400), "{stage}");
+    }
+    let mut c = common::slimflow();
+    c.arg("report").arg(&run);
+    let report = ok(c);
+    for needle in [
+        "| train | complete |",
+        "| eval | complete |",
+        "| distilled |",
+        "[loss.png](reflow/loss.png)",
+        "[trajectories-2rf.png](eval/trajectories-2rf.png)",
+    ] {
+        assert!(
+            report.contains(needle),
+            "`{needle}` missing from:\n{report}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(run.join("report.md")).unwrap(),
+        report
+    );
 
     // A second run skips every complete stage.
     let started = std::time::Instant::now();

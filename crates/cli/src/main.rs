@@ -11,8 +11,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    data::DataArgs, import::ImportArgs, models::ModelsArgs, parity::ParityArgs, sample::SampleArgs,
-    stage::StageArgs, weights::WeightsArgs,
+    data::DataArgs,
+    fid::{FidArgs, FidRefArgs},
+    import::ImportArgs,
+    models::ModelsArgs,
+    parity::ParityArgs,
+    report::ReportArgs,
+    sample::SampleArgs,
+    stage::StageArgs,
+    weights::WeightsArgs,
 };
 
 /// Train small one-step image generators with rectified flows (SlimFlow, 2-rectified flow++).
@@ -41,9 +48,16 @@ enum Command {
     Sample(SampleArgs),
     /// Inspect datasets and pair stores (`data info`), import or export pairs as .npy.
     Data(DataArgs),
+    /// Reference FID statistics (.npz, pytorch-fid compatible) of a dataset.
+    FidRef(FidRefArgs),
+    /// FID between two sets: .npz statistics, dataset specs, pair stores or samples files.
+    Fid(FidArgs),
     /// Convert a reference checkpoint (EDM, rfpp, RectifiedFlow / SlimFlow) into a slimflow model,
     /// reading PyTorch files without executing pickled code.
     Import(ImportArgs),
+    /// Summarise a pipeline run: per stage status and wall time, the model table, the pictures
+    /// (also written to RUN_DIR/report.md).
+    Report(ReportArgs),
     /// Fetch (SHA-256 verified), convert or list the pretrained LPIPS and FID Inception networks.
     Weights(WeightsArgs),
     /// List registered architectures and presets with their parameter counts.
@@ -75,7 +89,10 @@ fn main() -> ExitCode {
         Command::Pipeline(a) => commands::stage::run(&a, commands::stage::Which::All),
         Command::Sample(a) => commands::sample::run(&a),
         Command::Data(a) => commands::data::run(&a),
+        Command::FidRef(a) => commands::fid::run_ref(&a),
+        Command::Fid(a) => commands::fid::run(&a),
         Command::Import(a) => commands::import::run(&a),
+        Command::Report(a) => commands::report::run(&a),
         Command::Weights(a) => commands::weights::run(&a),
         Command::Models(a) => commands::models::run(&a),
         Command::Parity(a) => commands::parity::run(&a),

@@ -16,6 +16,7 @@ mod error;
 pub mod fid;
 pub mod inception;
 pub mod parity;
+pub mod pictures;
 pub mod plot;
 pub mod report;
 pub mod toy;

@@ -22,6 +22,7 @@ pub mod run_dir;
 pub mod run_loop;
 pub mod sink;
 pub mod stage;
+pub mod summary;
 
 pub use config::{load_config, ConfigError, PipelineConfig};
 pub use error::{Error, Result};

@@ -64,6 +64,14 @@ pub(crate) fn training_outcome(dir: &mut StageDir, end: LoopEnd) -> StageOutcome
     match end {
         LoopEnd::Finished => {
             dir.output("model", "model.safetensors");
+            let jsonl = dir.path.join("metrics.jsonl");
+            if jsonl.exists() {
+                match slimflow_metrics::pictures::loss_curve_png(&jsonl, &dir.path.join("loss.png"))
+                {
+                    Ok(_) => dir.output("loss_curve", "loss.png"),
+                    Err(e) => tracing::warn!("no loss curve: {e}"),
+                }
+            }
             StageOutcome::Completed
         }
         LoopEnd::Interrupted => StageOutcome::Interrupted,
