@@ -40,8 +40,38 @@ fn reference_statistics_and_distances() {
     // leaves round-off of a few hundredths, far below the distance to other images
     let same = fid(&s, "shapes:32,count=24,seed=1");
     let other = fid(&s, "shapes:32,count=24,seed=2");
-    assert!(other > 1.0 && same.abs() < 0.01 * other, "same {same}, other {other}");
-    // grayscale data (replicated to RGB) and bad sources
+    assert!(
+        other > 1.0 && same.abs() < 0.01 * other,
+        "same {same}, other {other}"
+    );
+    // samples of an image model, drawn with `slimflow sample`, against the reference statistics
+    let model = tmp.path().join("student.safetensors");
+    let cfg = slimflow_models::ArchConfig::preset("slimflow-3.4m").unwrap();
+    slimflow_models::Model::new(&cfg, tch::Device::Cpu)
+        .unwrap()
+        .save(&model, &Default::default())
+        .unwrap();
+    let samples = tmp.path().join("samples.safetensors");
+    let mut c = slimflow();
+    c.args(["sample", "--config"])
+        .arg(common::toy_config())
+        .args(["--run"])
+        .arg(tmp.path().join("run"))
+        .args(["--checkpoint"])
+        .arg(&model)
+        .args(["--n", "10", "--solver", "euler:1", "--device", "cpu", "--out"])
+        .arg(&samples);
+    ok(c);
+    let grid = png::Decoder::new(std::fs::File::open(samples.with_extension("png")).unwrap())
+        .read_info()
+        .unwrap()
+        .info()
+        .clone();
+    assert_eq!((grid.width, grid.height), (8 * 34 + 2, 2 * 34 + 2));
+    let d = fid(&s, &samples.display().to_string());
+    assert!(d.is_finite() && d > other, "untrained samples vs shapes: {d}");
+
+    // bad sources
     let mut c = slimflow();
     c.args(["fid", &s, "nonsense:here", "--device", "cpu", "--weights"])
         .arg(&weights);

@@ -334,6 +334,26 @@ impl FidInception {
         net
     }
 
+    /// The network with seeded He-initialised convolutions and identity batch norms: for
+    /// benchmarks and tests only — its features are not FID features.
+    pub fn with_random_weights(device: Device, seed: i64) -> Self {
+        tch::manual_seed(seed);
+        let net = Self::build(device);
+        tch::no_grad(|| {
+            for (name, mut v) in net.vs.variables() {
+                if name.ends_with("conv.weight") {
+                    let fan_in: i64 = v.size()[1..].iter().product();
+                    let _ = v.copy_(&(v.randn_like() * (2.0 / fan_in as f64).sqrt()));
+                } else if name.ends_with("running_var") || name.ends_with("bn.weight") {
+                    let _ = v.fill_(1.0);
+                } else if name.ends_with("running_mean") || name.ends_with("bn.bias") {
+                    let _ = v.fill_(0.0);
+                }
+            }
+        });
+        net
+    }
+
     /// Loads the network from a file with pytorch-fid's key names, strictly (only BatchNorm's
     /// `num_batches_tracked` may be extra); values are cast to float32.
     pub fn load(path: &std::path::Path, device: Device) -> Result<Self> {

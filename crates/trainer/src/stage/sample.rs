@@ -6,6 +6,7 @@ use slimflow_data::seeded_normal;
 use slimflow_metrics::plot;
 use slimflow_models::{checkpoint, Model};
 use slimflow_sampling::{solve, SolverConfig};
+use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::run_dir::StageCtx;
@@ -23,7 +24,7 @@ pub struct SampleRequest {
     pub solver: SolverConfig,
     /// First noise seed (sample i uses `seed + i`).
     pub seed: u64,
-    /// Output safetensors file (tensors `samples` and `noise`); a PNG beside it for 2-D data.
+    /// Output safetensors file (tensors `samples` and `noise`); a PNG beside it (a scatter plot for 2-D data, an 8×8 grid for images).
     pub out: PathBuf,
 }
 
@@ -41,24 +42,53 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
     }
     let model = Model::load(&path, ctx.device)?;
     let shape = model.config().data_shape();
+    let classes = model.config().label_dim();
     let seeds: Vec<u64> = (0..req.count as u64).map(|i| req.seed + i).collect();
-    let z = seeded_normal(&seeds, &shape, ctx.device);
-    let sol = solve(
-        &req.solver,
-        &model.eval_field(None),
-        &z,
-        ctx.config.eval.eps,
-        1.0,
-        false,
-    )?;
-    checkpoint::write(
-        &req.out,
-        &[
-            ("samples".to_string(), sol.x.shallow_clone()),
-            ("noise".to_string(), z),
-        ],
-        &Default::default(),
-    )?;
+    // batches bound memory for large sample counts; noise is per-seed, so batching changes nothing
+    let chunk = if shape.len() == 1 { 100_000 } else { 256 };
+    let (mut zs, mut xs, mut ls) = (Vec::new(), Vec::new(), Vec::new());
+    let mut nfe = 0;
+    for part in seeds.chunks(chunk) {
+        let z = seeded_normal(part, &shape, ctx.device);
+        // class-conditional models: classes cycle through the seeds
+        let labels = (classes > 0).then(|| {
+            let l: Vec<i64> = part
+                .iter()
+                .map(|&s| ((s - req.seed) as i64) % classes)
+                .collect();
+            Tensor::from_slice(&l).to_device(ctx.device)
+        });
+        let sol = solve(
+            &req.solver,
+            &model.eval_field(labels.as_ref()),
+            &z,
+            ctx.config.eval.eps,
+            1.0,
+            false,
+        )?;
+        nfe = nfe.max(sol.nfe);
+        zs.push(z);
+        xs.push(sol.x);
+        ls.extend(labels);
+    }
+    let (z, x) = (Tensor::cat(&zs, 0), Tensor::cat(&xs, 0));
+    let mut tensors = vec![
+        ("samples".to_string(), x.shallow_clone()),
+        ("noise".to_string(), z),
+    ];
+    if !ls.is_empty() {
+        tensors.push(("labels".to_string(), Tensor::cat(&ls, 0)));
+    }
+    checkpoint::write(&req.out, &tensors, &Default::default())?;
+    let sol_x = x;
+    if shape.len() == 3 {
+        let n = sol_x.size()[0].min(64);
+        slimflow_metrics::pictures::grid_png(
+            &req.out.with_extension("png"),
+            &sol_x.narrow(0, 0, n),
+            8,
+        )?;
+    }
     if shape == [2] {
         let reference = ctx.config.data.target.sample_tensor(
             &mut <rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(req.seed),
@@ -68,9 +98,9 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
         plot::samples_png(
             &req.out.with_extension("png"),
             &reference,
-            &sol.x,
+            &sol_x,
             ctx.config.eval.plot_extent,
         )?;
     }
-    Ok(sol.nfe)
+    Ok(nfe)
 }
