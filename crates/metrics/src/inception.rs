@@ -343,7 +343,7 @@ impl FidInception {
             for (name, mut v) in net.vs.variables() {
                 if name.ends_with("conv.weight") {
                     let fan_in: i64 = v.size()[1..].iter().product();
-                    let _ = v.copy_(&(v.randn_like() * (2.0 / fan_in as f64).sqrt()));
+                    v.copy_(&(v.randn_like() * (2.0 / fan_in as f64).sqrt()));
                 } else if name.ends_with("running_var") || name.ends_with("bn.weight") {
                     let _ = v.fill_(1.0);
                 } else if name.ends_with("running_mean") || name.ends_with("bn.bias") {
