@@ -59,7 +59,9 @@ fn reference_statistics_and_distances() {
         .arg(tmp.path().join("run"))
         .args(["--checkpoint"])
         .arg(&model)
-        .args(["--n", "10", "--solver", "euler:1", "--device", "cpu", "--out"])
+        .args([
+            "--n", "10", "--solver", "euler:1", "--device", "cpu", "--out",
+        ])
         .arg(&samples);
     ok(c);
     let grid = png::Decoder::new(std::fs::File::open(samples.with_extension("png")).unwrap())
@@ -69,7 +71,10 @@ fn reference_statistics_and_distances() {
         .clone();
     assert_eq!((grid.width, grid.height), (8 * 34 + 2, 2 * 34 + 2));
     let d = fid(&s, &samples.display().to_string());
-    assert!(d.is_finite() && d > other, "untrained samples vs shapes: {d}");
+    assert!(
+        d.is_finite() && d > other,
+        "untrained samples vs shapes: {d}"
+    );
 
     // bad sources
     let mut c = slimflow();

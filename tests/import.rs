@@ -7,7 +7,7 @@ use std::path::Path;
 use common::{ok, output, slimflow};
 use slimflow_models::checkpoint::named_variables;
 use slimflow_models::{ArchConfig, Model};
-use slimflow_torchfile::{save, DType, Node, RawTensor};
+use slimflow_torchfile::{save, Node, RawTensor};
 use tch::{Device, Kind, Tensor};
 
 const ARCH: &str = r#"{"arch": "ncsnpp", "image_size": 16, "num_channels": 3, "centered": true,
@@ -15,14 +15,7 @@ const ARCH: &str = r#"{"arch": "ncsnpp", "image_size": 16, "num_channels": 3, "c
   "skip_rescale": true}"#;
 
 fn raw(t: &Tensor) -> RawTensor {
-    let t = t.to_kind(Kind::Float).contiguous();
-    let mut data = vec![0u8; t.numel() * 4];
-    t.copy_data_u8(&mut data, t.numel());
-    RawTensor {
-        dtype: DType::F32,
-        shape: t.size().iter().map(|&s| s as usize).collect(),
-        data,
-    }
+    slimflow_models::import::raw_tensor(&t.to_kind(Kind::Float)).unwrap()
 }
 
 /// {model: DataParallel state dict with `sigmas`, ema: {shadow_params}, step}; EMA = model + 1.

@@ -16,13 +16,11 @@
 //! positioned reads from the page cache, without loading the store.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use slimflow_models::checkpoint;
 use tch::{Device, Kind, Tensor};
 
@@ -199,21 +197,6 @@ fn read_manifest(dir: &Path) -> Result<Option<PairStoreManifest>> {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf).map_err(io(path))?;
-        if k == 0 {
-            return Ok((hex::encode(h.finalize()), n));
-        }
-        n += k as u64;
-        h.update(&buf[..k]);
-    }
-}
-
 impl PairStore {
     /// Opens the store in `dir` if it exists with the same manifest, or creates it. A store made with
     /// other settings is an error (never silently mixed).
@@ -364,7 +347,7 @@ impl PairStore {
                 ));
             }
             if mode == Verify::Full {
-                let (got, _) = sha256_file(&path)?;
+                let (got, _) = checkpoint::sha256_file(&path)?;
                 if got != digest {
                     return Err(corrupt(
                         &path,
@@ -432,7 +415,7 @@ impl PairStore {
         }
         let path = self.shard_path(i);
         checkpoint::write(&path, &tensors, &BTreeMap::new())?;
-        let (digest, size) = sha256_file(&path)?;
+        let (digest, size) = checkpoint::sha256_file(&path)?;
         checkpoint::atomic_write(
             &self.checksum_path(i),
             format!("{digest} {size}\n").as_bytes(),
@@ -551,7 +534,7 @@ impl PairStore {
             }
             None => None,
         };
-        let (digest, _) = sha256_file(z1)?;
+        let (digest, _) = checkpoint::sha256_file(z1)?;
         let mut manifest = PairStoreManifest::new(
             n as u64,
             shard_size,

@@ -2,7 +2,6 @@
 //!
 //! The view is the square [−extent, extent]²; points outside are clipped.
 
-use std::io::BufWriter;
 use std::path::Path;
 
 use tch::Tensor;
@@ -103,20 +102,7 @@ impl Canvas {
 
     /// Writes the canvas as an 8-bit RGB PNG.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let file = std::fs::File::create(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut enc = png::Encoder::new(BufWriter::new(file), self.size as u32, self.size as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let png_err = |source| Error::Png {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut w = enc.write_header().map_err(png_err)?;
-        w.write_image_data(&self.pixels).map_err(png_err)?;
-        w.finish().map_err(png_err)
+        crate::pictures::write_rgb_png(path, self.size, self.size, &self.pixels)
     }
 }
 

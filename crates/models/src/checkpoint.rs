@@ -202,6 +202,28 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// SHA-256 (hex) and size in bytes of a file, read in 1 MiB blocks.
+pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    use sha2::Digest;
+    use std::io::Read;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            return Ok((hex::encode(h.finalize()), size));
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+}
+
 /// All variables of a store by name, sorted (trainable and frozen buffers alike).
 pub fn named_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();

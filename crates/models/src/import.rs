@@ -163,6 +163,37 @@ fn to_tensor_file(
     })
 }
 
+/// A tensor as a [`slimflow_torchfile::RawTensor`] (dense, little-endian) — e.g. to write a
+/// `torch.load`-compatible file with [`slimflow_torchfile::save`].
+pub fn raw_tensor(t: &Tensor) -> Result<slimflow_torchfile::RawTensor> {
+    use slimflow_torchfile::DType;
+    let dtype = match t.kind() {
+        Kind::Float => DType::F32,
+        Kind::Double => DType::F64,
+        Kind::Half => DType::F16,
+        Kind::BFloat16 => DType::BF16,
+        Kind::Int64 => DType::I64,
+        Kind::Int => DType::I32,
+        Kind::Int16 => DType::I16,
+        Kind::Int8 => DType::I8,
+        Kind::Uint8 => DType::U8,
+        Kind::Bool => DType::Bool,
+        other => {
+            return Err(Error::InvalidConfig(vec![format!(
+                "no PyTorch storage type for {other:?}"
+            )]))
+        }
+    };
+    let t = t.to_device(Device::Cpu).contiguous();
+    let mut data = vec![0u8; t.numel() * dtype.size()];
+    t.f_copy_data_u8(&mut data, t.numel())?;
+    Ok(slimflow_torchfile::RawTensor {
+        dtype,
+        shape: t.size().iter().map(|&s| s as usize).collect(),
+        data,
+    })
+}
+
 fn strip_module_prefix(names: &mut [(String, Tensor)]) {
     for (n, _) in names.iter_mut() {
         while let Some(rest) = n.strip_prefix("module.") {

@@ -4,11 +4,11 @@
 use std::path::Path;
 
 use slimflow_models::checkpoint::named_variables;
-use slimflow_models::import::{import, ImportOptions, ImportSource};
+use slimflow_models::import::{import, raw_tensor, ImportOptions, ImportSource};
 use slimflow_models::ncsnpp::NcsnppConfig;
 use slimflow_models::song_unet::SongUnetConfig;
 use slimflow_models::{ArchConfig, Error, Model};
-use slimflow_torchfile::{save, DType, Node, RawTensor};
+use slimflow_torchfile::{save, Node, RawTensor};
 use tch::{Device, Kind, Tensor};
 
 fn ncsnpp() -> ArchConfig {
@@ -36,18 +36,7 @@ fn songunet() -> ArchConfig {
 }
 
 fn raw(t: &Tensor, kind: Kind) -> RawTensor {
-    let t = t.to_kind(kind).contiguous();
-    let (dtype, size) = match kind {
-        Kind::Half => (DType::F16, 2),
-        _ => (DType::F32, 4),
-    };
-    let mut data = vec![0u8; t.numel() * size];
-    t.copy_data_u8(&mut data, t.numel());
-    RawTensor {
-        dtype,
-        shape: t.size().iter().map(|&s| s as usize).collect(),
-        data,
-    }
+    raw_tensor(&t.to_kind(kind)).unwrap()
 }
 
 /// A model with seeded random weights (perturbed so that zero-initialised layers differ too).

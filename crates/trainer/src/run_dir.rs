@@ -5,7 +5,6 @@
 //! settings the stage depends on and the SHA-256 of its input files), seed, versions and wall time.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -91,17 +90,7 @@ pub struct StageCtx {
 
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    Ok(slimflow_models::checkpoint::sha256_file(path)?.0)
 }
 
 fn git_revision() -> Option<String> {

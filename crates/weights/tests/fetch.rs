@@ -12,19 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use sha2::Digest;
 use slimflow_models::checkpoint;
-use slimflow_torchfile::{save, DType, Node, RawTensor};
+use slimflow_torchfile::{save, Node, RawTensor};
 use slimflow_weights::{convert, fetch_sources, locate, Checksum, Error, Net, Source};
 use tch::{Kind, Tensor};
 
 fn raw(t: &Tensor) -> RawTensor {
-    let t = t.to_kind(Kind::Float).contiguous();
-    let mut data = vec![0u8; t.numel() * 4];
-    t.copy_data_u8(&mut data, t.numel());
-    RawTensor {
-        dtype: DType::F32,
-        shape: t.size().iter().map(|&s| s as usize).collect(),
-        data,
-    }
+    slimflow_models::import::raw_tensor(&t.to_kind(Kind::Float)).unwrap()
 }
 
 fn write_pth(path: &Path, tensors: Vec<(String, Tensor)>) {

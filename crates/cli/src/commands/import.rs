@@ -1,13 +1,11 @@
 //! `slimflow import`: reference checkpoints (EDM, rfpp, RectifiedFlow / SlimFlow) → slimflow models.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use sha2::Digest;
 use slimflow_models::import::{import, read_tensors, ImportOptions, ImportSource};
 use slimflow_models::ArchConfig;
 
@@ -58,22 +56,6 @@ fn source(f: From) -> ImportSource {
         From::Rfpp => ImportSource::Rfpp,
         From::Ncsnpp => ImportSource::Ncsnpp,
     }
-}
-
-fn sha256(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 fn list(args: &ImportArgs) -> Result<ExitCode> {
@@ -178,7 +160,10 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
             format!("{:?}", args.from).to_lowercase(),
         ),
         ("slimflow.import_key".to_string(), got.key.clone()),
-        ("slimflow.source_sha256".to_string(), sha256(&args.file)?),
+        (
+            "slimflow.source_sha256".to_string(),
+            slimflow_models::checkpoint::sha256_file(&args.file)?.0,
+        ),
         (
             "slimflow.import_partial".to_string(),
             (!(r.missing.is_empty() && r.unexpected.is_empty() && r.mismatched.is_empty()))
