@@ -76,6 +76,37 @@ fn reference_statistics_and_distances() {
         "untrained samples vs shapes: {d}"
     );
 
+    // without Inception weights: the labelled stand-in (its quality is tested in slimflow-metrics;
+    // here an untrained network sits in the cache, so nothing is trained)
+    let spec = "shapes:32,count=1500";
+    let wdir = tmp.path().join("w");
+    std::fs::create_dir_all(&wdir).unwrap();
+    slimflow_metrics::standin::StandinNet::build(tch::Device::Cpu, 3, 4)
+        .save(&wdir.join(slimflow_metrics::standin::cache_file_name(spec)))
+        .unwrap();
+    let mut c = slimflow();
+    c.args([
+        "fid",
+        "shapes:32,count=50,seed=1",
+        "shapes:32,count=50,seed=2",
+        "--device",
+        "cpu",
+    ])
+    .args(["--features", &format!("classifier:{spec}")])
+    .env("SLIMFLOW_WEIGHTS_DIR", &wdir);
+    let line = ok(c);
+    assert!(
+        line.contains("classifier trained on shapes:32,count=1500 (a stand-in, not FID)"),
+        "{line}"
+    );
+    let value: f64 = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(value.is_finite() && value >= -1e-3, "{line}");
+    assert_eq!(
+        std::fs::read_dir(&wdir).unwrap().count(),
+        1,
+        "the cached network was used"
+    );
+
     // bad sources
     let mut c = slimflow();
     c.args(["fid", &s, "nonsense:here", "--device", "cpu", "--weights"])

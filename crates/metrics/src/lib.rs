@@ -19,6 +19,7 @@ pub mod parity;
 pub mod pictures;
 pub mod plot;
 pub mod report;
+pub mod standin;
 pub mod toy;
 
 pub use error::{Error, Result};

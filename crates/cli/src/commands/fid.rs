@@ -27,6 +27,39 @@ pub struct FidOptions {
     /// cpu, cuda or cuda:N (default: cuda when available).
     #[arg(long)]
     device: Option<String>,
+    /// Feature network: `inception` (FID) or `classifier:SPEC`, a small classifier trained here
+    /// on the labelled dataset SPEC (e.g. `classifier:shapes:32`) — for machines without the
+    /// Inception weights; its distances are reported as a stand-in, never as FID.
+    #[arg(long, default_value = "inception")]
+    features: String,
+}
+
+/// The feature network in use.
+enum Features {
+    Inception(Box<FidInception>),
+    Standin(slimflow_metrics::standin::StandinNet),
+}
+
+impl Features {
+    fn dim(&self) -> i64 {
+        match self {
+            Features::Inception(_) => 2048,
+            Features::Standin(..) => slimflow_metrics::standin::FEATURES,
+        }
+    }
+    fn of(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Features::Inception(net) => {
+                let x = if x.size()[1] == 1 {
+                    x.repeat([1, 3, 1, 1])
+                } else {
+                    x.shallow_clone()
+                };
+                net.pool3(&((x.to_kind(Kind::Float) + 1.0) / 2.0))?
+            }
+            Features::Standin(net) => net.features(x)?,
+        })
+    }
 }
 
 /// Options of `fid-ref`.
@@ -65,35 +98,65 @@ fn device(opts: &FidOptions) -> Result<Device> {
     })
 }
 
-fn network(opts: &FidOptions) -> Result<FidInception> {
+fn network(opts: &FidOptions) -> Result<Features> {
+    if let Some(spec) = opts.features.strip_prefix("classifier:") {
+        return standin(spec, opts).map(Features::Standin);
+    }
+    if opts.features != "inception" {
+        bail!(
+            "--features {}: use inception or classifier:SPEC",
+            opts.features
+        );
+    }
     let path = match &opts.weights {
         Some(p) => p.clone(),
         None => slimflow_weights::locate(slimflow_weights::Net::Inception, None)?,
     };
     let net = FidInception::load(&path, device(opts)?)
         .with_context(|| format!("loading Inception weights {}", path.display()))?;
+    Ok(Features::Inception(Box::new(net)))
+}
+
+/// The stand-in classifier for `spec`, trained once (seeded) and cached in the weights folder.
+fn standin(spec: &str, opts: &FidOptions) -> Result<slimflow_metrics::standin::StandinNet> {
+    use slimflow_metrics::standin::{cache_file_name, StandinNet};
+    let dev = device(opts)?;
+    let cache = slimflow_weights::default_dir().join(cache_file_name(spec));
+    if cache.is_file() {
+        return Ok(StandinNet::load(&cache, dev)?);
+    }
+    let parsed: DatasetSpec = spec.parse()?;
+    let train = std::sync::Arc::new(parsed.load()?);
+    let mut test_spec = parsed.clone();
+    test_spec.options.push(("split".into(), "test".into()));
+    let held_out = test_spec.load()?;
+    eprintln!(
+        "training the stand-in classifier on {spec} ({} images)",
+        train.len()
+    );
+    let (net, acc) = StandinNet::train(train, &held_out, 600, 64, 0, dev)?;
+    eprintln!("stand-in classifier: held-out accuracy {:.1}%", acc * 100.0);
+    if let Some(parent) = cache.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    net.save(&cache)?;
     Ok(net)
 }
 
 /// Feature statistics of images delivered in [-1, 1] batches by `next`, with a progress bar.
 fn stats_of(
-    net: &FidInception,
+    net: &Features,
     total: usize,
     batch: usize,
     mut next: impl FnMut(std::ops::Range<usize>) -> Result<Tensor>,
 ) -> Result<GaussianStats> {
-    let mut bar = slimflow_trainer::progress::Progress::new("inception features", 0, total as u64);
-    let mut acc = FeatureStats::new(2048);
+    let mut bar = slimflow_trainer::progress::Progress::new("features", 0, total as u64);
+    let mut acc = FeatureStats::new(net.dim());
     let mut done = 0;
     while done < total {
         let end = (done + batch.max(1)).min(total);
-        let x = next(done..end)?;
-        let x = if x.size()[1] == 1 {
-            x.repeat([1, 3, 1, 1])
-        } else {
-            x
-        };
-        let feats = net.pool3(&((x.to_kind(Kind::Float) + 1.0) / 2.0))?;
+        let feats = net.of(&next(done..end)?)?;
         acc.add(&feats)?;
         done = end;
         bar.set(done as u64, String::new);
@@ -102,11 +165,7 @@ fn stats_of(
     Ok(GaussianStats::from_features(&acc)?)
 }
 
-fn stats_for(
-    source: &str,
-    opts: &FidOptions,
-    net: &mut Option<FidInception>,
-) -> Result<GaussianStats> {
+fn stats_for(source: &str, opts: &FidOptions, net: &mut Option<Features>) -> Result<GaussianStats> {
     let path = Path::new(source);
     if path.extension().is_some_and(|e| e == "npz") {
         return Ok(GaussianStats::load_npz(path)?);
@@ -157,6 +216,12 @@ pub fn run(args: &FidArgs) -> Result<ExitCode> {
     let mut net = None;
     let a = stats_for(&args.a, &args.opts, &mut net)?;
     let b = stats_for(&args.b, &args.opts, &mut net)?;
-    println!("{:.6}", a.frechet_distance(&b)?);
+    let d = a.frechet_distance(&b)?;
+    match args.opts.features.strip_prefix("classifier:") {
+        Some(spec) => println!(
+            "Fréchet distance in the features of a classifier trained on {spec} (a stand-in, not FID): {d:.6}"
+        ),
+        None => println!("{d:.6}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
