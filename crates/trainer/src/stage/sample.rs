@@ -48,6 +48,7 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
     let chunk = if shape.len() == 1 { 100_000 } else { 256 };
     let (mut zs, mut xs, mut ls) = (Vec::new(), Vec::new(), Vec::new());
     let mut nfe = 0;
+    let mut progress = crate::progress::Progress::new("sample", 0, req.count as u64);
     for part in seeds.chunks(chunk) {
         let z = seeded_normal(part, &shape, ctx.device);
         // class-conditional models: classes cycle through the seeds
@@ -70,7 +71,10 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
         zs.push(z);
         xs.push(sol.x);
         ls.extend(labels);
+        let done: usize = xs.iter().map(|x| x.size()[0] as usize).sum();
+        progress.set(done as u64, || format!("NFE {nfe}"));
     }
+    progress.finish();
     let (z, x) = (Tensor::cat(&zs, 0), Tensor::cat(&xs, 0));
     let mut tensors = vec![
         ("samples".to_string(), x.shallow_clone()),
