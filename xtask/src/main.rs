@@ -24,11 +24,45 @@ struct Cli {
 enum Cmd {
     /// Install PyTorch 2.11.0 (libtorch for `tch`) once per user and link it for cargo.
     Setup,
-    /// Run the toy pipeline end to end and print the results table.
+    /// Run the SlimFlow pipeline on the built-in procedural images (CPU, minutes) and print the
+    /// results table; `--toy` runs the 2-D checkerboard pipeline instead.
     Demo {
-        /// Run directory (default runs/demo).
+        /// Run directory (default runs/demo, or runs/demo-toy with --toy).
         #[arg(long)]
         run: Option<PathBuf>,
+        /// The 2-D toy pipeline (seconds) instead of the image one.
+        #[arg(long)]
+        toy: bool,
+        /// Config overrides passed to every stage (`key=value`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Train on CIFAR-10 with a paper's recipe (configs/cifar10/<recipe>.toml): teacher, pairs,
+    /// reflow, distillation, FID. Complete stages are skipped and a partial one resumes.
+    TrainCifar {
+        /// `slimflow` (Annealing Reflow + Flow-Guided Distillation, a slim student) or `rfpp`
+        /// (2-rectified flow++ from an EDM teacher).
+        #[arg(long, default_value = "slimflow", value_parser = ["slimflow", "rfpp"])]
+        recipe: String,
+        /// SlimFlow student size: 27.9M, 15.7M, 7.0M or 3.4M (slimflow recipe).
+        #[arg(long)]
+        student: Option<String>,
+        /// Pretrained teacher: a RectifiedFlow / SlimFlow 1-RF checkpoint (slimflow) or an EDM
+        /// CIFAR-10 snapshot `.pkl` (rfpp).
+        #[arg(long)]
+        teacher: Option<PathBuf>,
+        /// CIFAR-10 binary folder (`cifar-10-batches-bin`; `slimflow data fetch cifar10`).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Run name: the run directory is runs/<NAME> (default: the config's name).
+        #[arg(long)]
+        run: Option<String>,
+        /// Print the plan (stages, their state, the work left) and any problem, then exit.
+        #[arg(long)]
+        dry_run: bool,
+        /// Further config overrides (`key=value`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Run the whole test suite (after setup), plus formatting and lint checks with --lint.
     Test {
@@ -83,8 +117,11 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-/// Builds the `slimflow` binary and returns its path.
+/// Builds the `slimflow` binary and returns its path; `$SLIMFLOW_BIN` names a prebuilt one instead.
 pub fn build_cli() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("SLIMFLOW_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
     run(cargo().args([
         "build",
         "--quiet",
@@ -112,12 +149,51 @@ fn main() -> std::process::ExitCode {
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Setup => setup::ensure().map(|_| ()),
-        Cmd::Demo { run } => {
+        Cmd::Demo {
+            run,
+            toy,
+            overrides,
+        } => {
             setup::ensure()?;
             let bin = build_cli()?;
-            let run_dir = run.unwrap_or_else(|| root().join("runs").join("demo"));
-            let config = root().join("configs/toy/checkerboard.toml");
-            pipeline::run_all(&bin, &config, &run_dir, &[])?;
+            let (name, config) = if toy {
+                ("demo-toy", "configs/toy/checkerboard.toml")
+            } else {
+                ("demo", "configs/shapes/slimflow-demo.toml")
+            };
+            let run_dir = run.unwrap_or_else(|| root().join("runs").join(name));
+            let config = root().join(config);
+            pipeline::run_all(&bin, &config, &run_dir, &overrides)?;
+            pipeline::print_report(&run_dir)
+        }
+        Cmd::TrainCifar {
+            recipe,
+            student,
+            teacher,
+            data,
+            run,
+            dry_run,
+            overrides,
+        } => {
+            let config = root()
+                .join("configs/cifar10")
+                .join(format!("{recipe}.toml"));
+            let mut sets = pipeline::cifar_overrides(
+                &recipe,
+                student.as_deref(),
+                teacher.as_deref(),
+                data.as_deref(),
+            )?;
+            sets.extend(overrides);
+            setup::ensure()?;
+            let bin = build_cli()?;
+            let run_dir = root()
+                .join("runs")
+                .join(run.unwrap_or(pipeline::config_name(&config)?));
+            if dry_run {
+                return pipeline::dry_run(&bin, &config, &run_dir, &sets);
+            }
+            pipeline::run_all(&bin, &config, &run_dir, &sets)?;
             pipeline::print_report(&run_dir)
         }
         Cmd::Test { lint, args } => {

@@ -28,19 +28,106 @@ struct Manifest {
     status: String,
 }
 
+/// The `--set` overrides of `train-cifar`'s flags.
+pub fn cifar_overrides(
+    recipe: &str,
+    student: Option<&str>,
+    teacher: Option<&Path>,
+    data: Option<&Path>,
+) -> Result<Vec<String>> {
+    let mut sets = Vec::new();
+    if let Some(s) = student {
+        if recipe != "slimflow" {
+            bail!("--student picks a SlimFlow student; the rfpp recipe trains the teacher's architecture");
+        }
+        let known = ["27.9m", "15.7m", "7.0m", "3.4m"];
+        let s = s.to_lowercase();
+        if !known.contains(&s.as_str()) {
+            bail!("--student {s}: use one of 27.9M, 15.7M, 7.0M, 3.4M");
+        }
+        sets.push(format!("reflow.model=\"slimflow-{s}\""));
+    }
+    if let Some(t) = teacher {
+        let t = std::path::absolute(t).with_context(|| format!("{}", t.display()))?;
+        let from = if recipe == "rfpp" { "edm" } else { "ncsnpp" };
+        sets.push(format!("teacher.from=\"{from}\""));
+        sets.push(format!(
+            "teacher.file={}",
+            toml_string(&t.display().to_string())
+        ));
+    }
+    if let Some(d) = data {
+        let d = std::path::absolute(d).with_context(|| format!("{}", d.display()))?;
+        sets.push(format!(
+            "data.dataset={}",
+            toml_string(&format!("cifar10:{}", d.display()))
+        ));
+    }
+    Ok(sets)
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn stage_command(
+    bin: &Path,
+    stage: &str,
+    config: &Path,
+    run_dir: &Path,
+    overrides: &[String],
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg(stage)
+        .arg("--config")
+        .arg(config)
+        .arg("--run")
+        .arg(run_dir);
+    for o in overrides {
+        cmd.arg("--set").arg(o);
+    }
+    cmd
+}
+
+/// Prints the plan of a run (the binary's `pipeline --dry-run`); an error when it found problems.
+pub fn dry_run(bin: &Path, config: &Path, run_dir: &Path, overrides: &[String]) -> Result<()> {
+    let mut cmd = stage_command(bin, "pipeline", config, run_dir, overrides);
+    let status = cmd
+        .arg("--dry-run")
+        .status()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    if !status.success() {
+        bail!("the run cannot start as configured (see the problems above)");
+    }
+    Ok(())
+}
+
+/// The problems that would stop the run (dataset, weights, teacher), checked before any stage.
+fn preflight(bin: &Path, config: &Path, run_dir: &Path, overrides: &[String]) -> Result<()> {
+    let out = stage_command(bin, "pipeline", config, run_dir, overrides)
+        .arg("--dry-run")
+        .output()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let problems: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("# problem: "))
+        .collect();
+    if !problems.is_empty() {
+        bail!("the run cannot start:\n  - {}", problems.join("\n  - "));
+    }
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
 /// Runs each stage; a stage complete for the same config is skipped by the binary itself.
 pub fn run_all(bin: &Path, config: &Path, run_dir: &Path, overrides: &[String]) -> Result<()> {
+    preflight(bin, config, run_dir, overrides)?;
     for stage in STAGES {
-        let mut cmd = Command::new(bin);
-        cmd.arg(stage)
-            .arg("--config")
-            .arg(config)
-            .arg("--run")
-            .arg(run_dir);
-        for o in overrides {
-            cmd.arg("--set").arg(o);
-        }
-        let status = cmd
+        let status = stage_command(bin, stage, config, run_dir, overrides)
             .status()
             .with_context(|| format!("starting {}", bin.display()))?;
         if status.code() == Some(130) {
@@ -68,42 +155,104 @@ pub fn run_all(bin: &Path, config: &Path, run_dir: &Path, overrides: &[String]) 
 #[derive(Deserialize)]
 struct Row {
     model: String,
+    stage: String,
     params: i64,
+    #[serde(default = "sw2")]
+    metric: String,
     distance_1step: f64,
     distance_many: f64,
     straightness: f64,
+    agreement: f64,
     nfe: usize,
+    #[serde(default)]
+    pictures: Vec<String>,
 }
 
-/// Prints the evaluation table and where the pictures are.
+fn sw2() -> String {
+    "SW2".into()
+}
+
+#[derive(Deserialize)]
+struct Timed {
+    wall_seconds: f64,
+}
+
+/// Prints the evaluation table (per model: params, metric at 1 step and along the ODE,
+/// straightness, agreement, NFE, the wall time of the stage that made it) and where the pictures are.
 pub fn print_report(run_dir: &Path) -> Result<()> {
     let path = run_dir.join("eval").join("report.json");
     let rows: Vec<Row> = serde_json::from_slice(
         &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
     )
     .with_context(|| format!("parsing {}", path.display()))?;
+    let wall = |stage: &str| -> Option<f64> {
+        let p = run_dir.join(stage).join("manifest.json");
+        let m: Timed = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+        Some(m.wall_seconds)
+    };
+    let metric = rows.first().map(|r| r.metric.clone()).unwrap_or_default();
     println!();
     println!(
-        "{:<10} {:>8} {:>12} {:>12} {:>13} {:>5}",
-        "model", "params", "SW2 1-step", "SW2 ODE", "straightness", "NFE"
+        "{:<10} {:>9} {:>14} {:>14} {:>13} {:>13} {:>5} {:>9}",
+        "model",
+        "params",
+        format!("{metric} 1-step"),
+        format!("{metric} ODE"),
+        "straightness",
+        "1-step vs ODE",
+        "NFE",
+        "time"
     );
     for r in &rows {
+        let time = wall(&r.stage)
+            .map(|s| format!("{s:.0} s"))
+            .unwrap_or_else(|| "–".into());
         println!(
-            "{:<10} {:>8} {:>12.4} {:>12.4} {:>13.4} {:>5}",
-            r.model, r.params, r.distance_1step, r.distance_many, r.straightness, r.nfe
+            "{:<10} {:>9} {:>14.4} {:>14.4} {:>13.4} {:>13.4} {:>5} {:>9}",
+            r.model,
+            r.params,
+            r.distance_1step,
+            r.distance_many,
+            r.straightness,
+            r.agreement,
+            r.nfe,
+            time
         );
     }
-    println!(
-        "\nSW2: sliced Wasserstein-2 distance to 2000 held-out target samples (lower is better);"
-    );
-    println!(
-        "NFE: evaluations of the adaptive many-step solve. Report: {}",
-        path.display()
-    );
-    println!(
-        "Plots: {}/eval/samples-*.png, trajectories-*.png",
-        run_dir.display()
-    );
+    let others: Vec<String> = ["generate-pairs", "eval"]
+        .iter()
+        .filter_map(|s| wall(s).map(|w| format!("{s} {w:.0} s")))
+        .collect();
+    if !others.is_empty() {
+        println!("other stages: {}", others.join(", "));
+    }
+    println!();
+    match metric.as_str() {
+        "SW2" => println!(
+            "SW2: sliced Wasserstein-2 distance to held-out target samples (lower is better)."
+        ),
+        "FID" => println!(
+            "FID: pytorch-fid Inception-v3 features against the dataset (lower is better)."
+        ),
+        _ => {
+            let note = std::fs::read_to_string(run_dir.join("eval").join("metric.txt"))
+                .unwrap_or_else(|_| format!("{metric}: lower is better"));
+            println!("{note} (lower is better).");
+        }
+    }
+    println!("NFE: evaluations of the many-step solve; 1-step vs ODE: E‖x_1step − x_ODE‖².");
+    println!("Report: {}", path.display());
+    let eval_dir = run_dir.join("eval");
+    for r in &rows {
+        if !r.pictures.is_empty() {
+            let list: Vec<String> = r
+                .pictures
+                .iter()
+                .map(|p| eval_dir.join(p).display().to_string())
+                .collect();
+            println!("{}: {}", r.model, list.join(", "));
+        }
+    }
     Ok(())
 }
 

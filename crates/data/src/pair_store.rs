@@ -127,7 +127,8 @@ impl PairStoreManifest {
         self
     }
 
-    fn sample_numel(&self) -> usize {
+    /// Elements per sample (product of the sample shape).
+    pub fn sample_numel(&self) -> usize {
         self.sample_shape.iter().product::<i64>().max(0) as usize
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod agreement;
 mod error;
+pub mod features;
 pub mod fid;
 pub mod inception;
 pub mod parity;

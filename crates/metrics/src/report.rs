@@ -15,14 +15,20 @@ pub struct ModelReport {
     pub stage: String,
     /// Trainable parameters.
     pub params: i64,
-    /// Distance to the target (sliced Wasserstein-2) of one-step (one Euler step) samples.
+    /// Name of the distance: `SW2` (sliced Wasserstein-2, 2-D data), `FID`, or `FD-standin`
+    /// (Fréchet distance in a stand-in classifier's features, not FID).
+    #[serde(default = "sw2")]
+    pub metric: String,
+    /// Distance to the target of one-step (one Euler step) samples.
     pub distance_1step: f64,
     /// The same for the many-step ODE solution.
     pub distance_many: f64,
-    /// Energy distance to the target of one-step samples.
-    pub energy_1step: f64,
-    /// Energy distance to the target of many-step samples.
-    pub energy_many: f64,
+    /// Energy distance to the target of one-step samples (2-D data).
+    #[serde(default)]
+    pub energy_1step: Option<f64>,
+    /// Energy distance to the target of many-step samples (2-D data).
+    #[serde(default)]
+    pub energy_many: Option<f64>,
     /// Straightness of the ODE trajectories (0 = straight).
     pub straightness: f64,
     /// E‖x_1step − x_many‖² from the same noise.
@@ -31,6 +37,13 @@ pub struct ModelReport {
     pub nfe: usize,
     /// The many-step solver.
     pub solver: String,
+    /// Pictures written for this model (file names next to the report).
+    #[serde(default)]
+    pub pictures: Vec<String>,
+}
+
+fn sw2() -> String {
+    "SW2".into()
 }
 
 /// Writes the rows as a JSON array.
@@ -51,26 +64,47 @@ pub fn read_json(path: &Path) -> Result<Vec<ModelReport>> {
     serde_json::from_slice(&bytes).map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))
 }
 
-/// A Markdown table of the rows.
+/// A Markdown table of the rows, with links to their pictures.
 pub fn to_markdown(rows: &[ModelReport]) -> String {
-    let mut s = String::from(
-        "| model | params | SW2 1-step | SW2 ODE | energy 1-step | energy ODE | straightness | 1-step vs ODE | NFE (solver) |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
-    );
+    let metric = rows.first().map(|r| r.metric.as_str()).unwrap_or("SW2");
+    let energy = rows.iter().any(|r| r.energy_1step.is_some());
+    let mut s = format!("| model | params | {metric} 1-step | {metric} ODE |");
+    if energy {
+        s.push_str(" energy 1-step | energy ODE |");
+    }
+    s.push_str(" straightness | 1-step vs ODE | NFE (solver) |\n|---|---:|---:|---:|");
+    if energy {
+        s.push_str("---:|---:|");
+    }
+    s.push_str("---:|---:|---|\n");
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into());
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} ({}) |\n",
-            r.model,
-            r.params,
-            r.distance_1step,
-            r.distance_many,
-            r.energy_1step,
-            r.energy_many,
-            r.straightness,
-            r.agreement,
-            r.nfe,
-            r.solver
+            "| {} | {} | {:.4} | {:.4} |",
+            r.model, r.params, r.distance_1step, r.distance_many
         ));
+        if energy {
+            s.push_str(&format!(
+                " {} | {} |",
+                opt(r.energy_1step),
+                opt(r.energy_many)
+            ));
+        }
+        s.push_str(&format!(
+            " {:.4} | {:.4} | {} ({}) |\n",
+            r.straightness, r.agreement, r.nfe, r.solver
+        ));
+    }
+    let pictures: Vec<String> = rows
+        .iter()
+        .flat_map(|r| {
+            r.pictures
+                .iter()
+                .map(move |p| format!("[{} {p}]({p})", r.model))
+        })
+        .collect();
+    if !pictures.is_empty() {
+        s.push_str(&format!("\nPictures: {}\n", pictures.join(", ")));
     }
     s
 }
@@ -88,12 +122,14 @@ mod tests {
             params: 10,
             distance_1step: 0.5,
             distance_many: 0.1,
-            energy_1step: 0.2,
-            energy_many: 0.01,
+            metric: "SW2".into(),
+            energy_1step: Some(0.2),
+            energy_many: Some(0.01),
             straightness: 0.03,
             agreement: 0.4,
             nfe: 38,
             solver: "rk45-1e-5".into(),
+            pictures: vec!["grid-2rf.png".into()],
         };
         let p = dir.path().join("report.json");
         write_json(&p, std::slice::from_ref(&row)).unwrap();
@@ -101,6 +137,11 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(v[0]["distance_1step"], 0.5);
         let md = to_markdown(&[row]);
-        assert!(md.contains("| 2-RF | 10 | 0.5000 | 0.1000"));
+        assert!(md.contains("| SW2 1-step |"), "{md}");
+        assert!(
+            md.contains("| 2-RF | 10 | 0.5000 | 0.1000 | 0.2000 | 0.0100 |"),
+            "{md}"
+        );
+        assert!(md.contains("(grid-2rf.png)"), "{md}");
     }
 }

@@ -113,6 +113,11 @@ pub struct OptimConfig {
     pub ema_decay: f64,
     /// Save the EMA weights (true) or the raw weights as the stage's model.
     pub use_ema: bool,
+    /// Micro-batches per optimizer step (gradient accumulation); `batch_size` stays the effective
+    /// batch and must be divisible by it.
+    pub accumulate: usize,
+    /// Mixed precision on CUDA (libtorch autocast, float16, with dynamic loss scaling); ignored on CPU.
+    pub autocast: bool,
 }
 
 impl Default for OptimConfig {
@@ -126,6 +131,8 @@ impl Default for OptimConfig {
             grad_clip: 1.0,
             ema_decay: 0.9999,
             use_ema: true,
+            accumulate: 1,
+            autocast: false,
         }
     }
 }
@@ -140,6 +147,10 @@ pub struct CheckpointConfig {
     pub keep_last: usize,
     /// Append a metrics line every this many steps.
     pub log_every: u64,
+    /// Write a sample grid (`samples/step-N.png`, image models only) every this many steps; 0 never.
+    pub sample_every: u64,
+    /// Euler steps of those samples (1 shows the one-step generator).
+    pub sample_steps: usize,
 }
 
 impl Default for CheckpointConfig {
@@ -148,23 +159,126 @@ impl Default for CheckpointConfig {
             every: 1000,
             keep_last: 2,
             log_every: 100,
+            sample_every: 0,
+            sample_steps: 1,
         }
     }
 }
 
-/// Data of the toy pipeline.
+/// The data: a 2-D toy target or an image dataset, with Gaussian noise as the source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Source (noise) distribution; standard Gaussian by default.
+    /// Source (noise) distribution of toy runs; standard Gaussian by default. Image runs always use
+    /// N(0, I).
     #[serde(default = "default_source")]
     pub source: Toy,
-    /// Target (data) distribution.
-    pub target: Toy,
+    /// Toy target distribution (exclusive with `dataset`).
+    #[serde(default)]
+    pub target: Option<Toy>,
+    /// Image dataset spec (`cifar10:DIR`, `shapes:16,count=4096`, `folder:DIR`, …; see `slimflow
+    /// data info`), images scaled to [-1, 1] (exclusive with `target`).
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// Random horizontal flips of the training images (1-RF teacher training; the references use
+    /// them on CIFAR-10).
+    #[serde(default)]
+    pub hflip: bool,
+}
+
+/// What the data section resolves to.
+#[derive(Debug, Clone)]
+pub enum Target<'a> {
+    /// A 2-D toy distribution.
+    Toy(&'a Toy),
+    /// An image dataset.
+    Images(slimflow_data::images::DatasetSpec),
+}
+
+impl DataConfig {
+    /// The target, checked: exactly one of `target` and `dataset`.
+    pub fn resolve(&self) -> Result<Target<'_>, String> {
+        match (&self.target, &self.dataset) {
+            (Some(t), None) => Ok(Target::Toy(t)),
+            (None, Some(d)) => d.parse().map(Target::Images).map_err(|e| e.to_string()),
+            (Some(_), Some(_)) => Err("set `target` (toy) or `dataset` (images), not both".into()),
+            (None, None) => Err("set `target` (a toy distribution) or `dataset` (images)".into()),
+        }
+    }
+
+    /// The toy target, when this is a toy run.
+    pub fn toy(&self) -> Option<&Toy> {
+        self.target.as_ref()
+    }
 }
 
 fn default_source() -> Toy {
     Toy::Gaussian { std: 1.0 }
+}
+
+/// A pretrained teacher imported instead of training the 1-RF (stage `train` then converts it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherConfig {
+    /// Which reference wrote the file: `edm` (EDM snapshot `.pkl`), `rfpp` (`flow_model_*_ema.pth`)
+    /// or `ncsnpp` (RectifiedFlow / SlimFlow score_sde checkpoint); `[model]` is its architecture.
+    pub from: String,
+    /// The checkpoint file.
+    pub file: PathBuf,
+    /// Sub-tree of the file (`ema`, `net`, `model_state_dict`, …); the source's default when absent.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// The two papers' LPIPS variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LpipsPreset {
+    /// SlimFlow: VGG, max pooling, inputs resized to 64×64 (align_corners = true).
+    Slimflow,
+    /// 2-rectified flow++: VGG with average pooling, inputs resized to 224×224.
+    Rfpp,
+}
+
+impl LpipsPreset {
+    /// The network configuration.
+    pub fn config(self) -> slimflow_losses::LpipsConfig {
+        match self {
+            LpipsPreset::Slimflow => slimflow_losses::LpipsConfig::slimflow(),
+            LpipsPreset::Rfpp => slimflow_losses::LpipsConfig::rfpp(),
+        }
+    }
+}
+
+/// rfpp's LPIPS-Huber reflow loss (replaces `premetric` when present).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LpipsHuberConfig {
+    /// LPIPS variant (rfpp: `rfpp`).
+    #[serde(default = "rfpp_preset")]
+    pub lpips: LpipsPreset,
+    /// Divide the LPIPS term by (1 − t) (rfpp's "divide by t" option in its own time).
+    #[serde(default)]
+    pub divide_by_one_minus_t: bool,
+}
+
+fn rfpp_preset() -> LpipsPreset {
+    LpipsPreset::Rfpp
+}
+
+/// An LPIPS term of the distillation distance.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LpipsTerm {
+    /// LPIPS variant (SlimFlow: `slimflow`).
+    pub preset: LpipsPreset,
+    /// Weight of the term.
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Stage `train`: a 1-rectified flow on independent (noise, data) pairs.
@@ -220,6 +334,10 @@ pub struct PairsConfig {
     /// reverse ODE of seeded data samples x1 (pairs anchored on real data).
     #[serde(default)]
     pub direction: PairDirection,
+    /// Import reference pairs instead of generating them: a directory (or `.npz`) with SlimFlow's
+    /// `z.npy`, `z1.npy` [, `label.npy`].
+    #[serde(default)]
+    pub import: Option<PathBuf>,
 }
 
 /// Which end of the teacher's ODE a pair starts from.
@@ -265,8 +383,9 @@ pub struct ReflowConfig {
     pub steps: u64,
     /// Batch size.
     pub batch_size: usize,
-    /// Student architecture; the teacher's (`[model]`) when absent.
-    #[serde(default)]
+    /// Student architecture (a preset name such as `"slimflow-15.7m"` or a table); the teacher's
+    /// (`[model]`) when absent.
+    #[serde(default, deserialize_with = "optional_arch")]
     pub model: Option<ArchConfig>,
     /// Initialisation.
     #[serde(default)]
@@ -277,6 +396,9 @@ pub struct ReflowConfig {
     /// Velocity premetric (rfpp: `pseudo_huber`).
     #[serde(default)]
     pub premetric: PremetricConfig,
+    /// rfpp's LPIPS-Huber loss instead of the premetric (images; needs the VGG LPIPS weights).
+    #[serde(default)]
+    pub lpips_huber: Option<LpipsHuberConfig>,
     /// SlimFlow's Annealing Reflow schedule β_k (default: fixed β = 0, plain reflow).
     #[serde(default)]
     pub anneal: Anneal,
@@ -305,9 +427,16 @@ pub struct DistillConfig {
     /// Start time of the one-step generator.
     #[serde(default = "default_eps")]
     pub eps: f64,
-    /// Distance between prediction and pair endpoint.
+    /// Distance between prediction and pair endpoint (weighted by `premetric_weight`).
     #[serde(default)]
     pub premetric: PremetricConfig,
+    /// Weight of `premetric` in the distance (0 leaves LPIPS alone).
+    #[serde(default = "one")]
+    pub premetric_weight: f64,
+    /// An LPIPS term added to the distance (SlimFlow: `{ preset = "slimflow" }`; needs the VGG
+    /// LPIPS weights).
+    #[serde(default)]
+    pub lpips: Option<LpipsTerm>,
     /// Weight λ of SlimFlow's flow-guided term (0 disables it).
     #[serde(default)]
     pub flow_guided_weight: f64,
@@ -347,6 +476,47 @@ pub struct EvalConfig {
     /// Half-width of the plotted square.
     #[serde(default = "default_extent")]
     pub plot_extent: f64,
+    /// Image features of the Fréchet distance: `auto` (FID with the Inception weights when
+    /// installed, else the stand-in classifier), `inception` (FID; error when missing) or `standin`.
+    #[serde(default)]
+    pub features: FeatureChoice,
+    /// Samples of the straightness trajectories (images: a subset keeps it cheap).
+    #[serde(default = "default_straightness_samples")]
+    pub straightness_samples: usize,
+    /// Images per sampling / feature batch.
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+    /// Reference statistics (`.npz` with `mu`, `sigma`: pytorch-fid's or EDM's
+    /// `cifar10-32x32.npz`); computed from the dataset when absent. Inception features only.
+    #[serde(default)]
+    pub reference: Option<PathBuf>,
+    /// Training batches of the stand-in classifier (when it is used and not cached yet).
+    #[serde(default = "default_standin_steps")]
+    pub standin_steps: usize,
+}
+
+fn default_eval_batch() -> usize {
+    500
+}
+fn default_standin_steps() -> usize {
+    600
+}
+
+/// Feature network of the image Fréchet distance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureChoice {
+    /// Inception when its weights are installed, else the stand-in.
+    #[default]
+    Auto,
+    /// pytorch-fid's Inception (FID).
+    Inception,
+    /// A small classifier trained on the dataset's labels (a stand-in, never called FID).
+    Standin,
+}
+
+fn default_straightness_samples() -> usize {
+    256
 }
 
 fn default_straightness_steps() -> usize {
@@ -373,8 +543,12 @@ pub struct PipelineConfig {
     pub device: DeviceChoice,
     /// Data.
     pub data: DataConfig,
-    /// Teacher architecture.
+    /// Teacher architecture: a preset name (`"edm-ddpmpp-cifar10"`) or a table (`arch = "ncsnpp"`, …).
+    #[serde(deserialize_with = "arch")]
     pub model: ArchConfig,
+    /// Import this pretrained teacher instead of training the 1-RF.
+    #[serde(default)]
+    pub teacher: Option<TeacherConfig>,
     /// Stage `train`.
     pub train: TrainConfig,
     /// Stage `generate-pairs`.
@@ -397,7 +571,37 @@ impl PipelineConfig {
             note(&mut p, "reflow.model", m.validate());
         }
         note(&mut p, "data.source", self.data.source.validate());
-        note(&mut p, "data.target", self.data.target.validate());
+        match self.data.resolve() {
+            Ok(Target::Toy(t)) => note(&mut p, "data.target", t.validate()),
+            Ok(Target::Images(_)) => {
+                let ok = self.model.data_shape().len() == 3;
+                note(
+                    &mut p,
+                    "model",
+                    require(ok, "an image dataset needs an image architecture"),
+                );
+            }
+            Err(e) => p.push(format!("data: {e}")),
+        }
+        for (key, arch) in [
+            ("model", &self.model),
+            ("reflow.model", self.student_arch()),
+        ] {
+            let ok = arch.label_dim() == 0;
+            let msg = "the pipeline trains unconditional models; use label_dim = 0";
+            note(&mut p, key, require(ok, msg));
+        }
+        if let Some(t) = &self.teacher {
+            let ok = t
+                .from
+                .parse::<slimflow_models::import::ImportSource>()
+                .is_ok();
+            note(
+                &mut p,
+                "teacher.from",
+                require(ok, "use edm, rfpp or ncsnpp"),
+            );
+        }
         note(&mut p, "train.time", self.train.time.validate());
         note(&mut p, "reflow.time", self.reflow.time.validate());
         note(&mut p, "reflow.anneal", self.reflow.anneal.validate());
@@ -411,11 +615,15 @@ impl PipelineConfig {
         ] {
             note(&mut p, key, require(bs > 0, "must be positive"));
         }
-        for (key, o) in [
-            ("train.optim", &self.train.optim),
-            ("reflow.optim", &self.reflow.optim),
-            ("distill.optim", &self.distill.optim),
+        for (key, bs, o) in [
+            ("train", self.train.batch_size, &self.train.optim),
+            ("reflow", self.reflow.batch_size, &self.reflow.optim),
+            ("distill", self.distill.batch_size, &self.distill.optim),
         ] {
+            let ok = o.accumulate >= 1 && bs % o.accumulate.max(1) == 0;
+            let msg = "optim.accumulate must be ≥ 1 and divide batch_size";
+            note(&mut p, &format!("{key}.optim.accumulate"), require(ok, msg));
+            let key = &format!("{key}.optim");
             let unit = 0.0..1.0;
             let ok = o.lr.is_finite()
                 && o.lr > 0.0
@@ -440,6 +648,15 @@ impl PipelineConfig {
             &mut p,
             "distill.flow_guided_t",
             require(ok, "need eps ≤ lo < hi ≤ 1"),
+        );
+        let ok = self.distill.premetric_weight >= 0.0
+            && self.distill.lpips.is_none_or(|l| l.weight >= 0.0)
+            && (self.distill.premetric_weight > 0.0
+                || self.distill.lpips.is_some_and(|l| l.weight > 0.0));
+        note(
+            &mut p,
+            "distill.premetric_weight",
+            require(ok, "weights must be ≥ 0 with at least one positive"),
         );
         let ok = self.distill.flow_guided_weight >= 0.0;
         note(
@@ -479,6 +696,19 @@ fn note<E: std::fmt::Display>(problems: &mut Vec<String>, key: &str, r: Result<(
     if let Err(e) = r {
         problems.push(format!("{key}: {e}"));
     }
+}
+
+/// An architecture given as a preset name or as a table.
+fn arch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ArchConfig, D::Error> {
+    use serde::de::Error as _;
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(name) => ArchConfig::preset(&name).map_err(D::Error::custom),
+        other => ArchConfig::deserialize(other).map_err(D::Error::custom),
+    }
+}
+
+fn optional_arch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ArchConfig>, D::Error> {
+    arch(d).map(Some)
 }
 
 /// Parses a `--set` value as TOML (number, bool, string, inline table, array), falling back to a bare

@@ -59,6 +59,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Inputs that do not fit together (dataset vs architecture, …).
+    #[error("{0}")]
+    Invalid(String),
     /// From the models crate.
     #[error(transparent)]
     Models(#[from] slimflow_models::Error),

@@ -17,6 +17,7 @@ mod ema;
 mod error;
 pub mod interrupt;
 pub mod optim;
+pub mod plan;
 pub mod progress;
 pub mod run_dir;
 pub mod run_loop;

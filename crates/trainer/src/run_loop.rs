@@ -1,9 +1,12 @@
 //! The training loop shared by the `train`, `reflow` and `distill` stages.
 //!
 //! Per step: reseed libtorch's generator from (seed, step) (it only drives dropout), draw the batch and
-//! the objective's randomness from the loop's ChaCha20 generator, stop on a non-finite loss, backward,
-//! zero non-finite gradients, clip, Adam with linear warm-up, EMA. Checkpoints follow the keep-last-N
-//! policy; an interrupt request saves a state and returns.
+//! the objective's randomness from the loop's ChaCha20 generator, split it into `accumulate`
+//! micro-batches whose gradients add up, stop on a non-finite loss, zero non-finite gradients, clip,
+//! Adam with linear warm-up, EMA. With `autocast` on CUDA the forward passes run in float16 under
+//! libtorch's autocast with a dynamic loss scale (halved and the step skipped on overflow, doubled
+//! after 2000 clean steps). Checkpoints follow the keep-last-N policy; an interrupt request saves a
+//! state and returns. Image models can write a sample grid every `sample_every` steps.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -96,6 +99,9 @@ pub fn train(
         tracing::info!("{}: resumed at step {start}", settings.label);
     }
     let mut sink = JsonlSink::open(&stage_dir.join("metrics.jsonl"), start)?;
+    let accumulate = settings.optim.accumulate.max(1);
+    let amp = settings.optim.autocast && model.vs.device().is_cuda();
+    let mut scale = LossScale::new(amp);
     let mut progress = Progress::new(settings.label, start, settings.steps);
     let save = |step: u64, adam: &Adam, ema: &Ema, rng: &ChaCha20Rng| -> Result<PathBuf> {
         let state = TrainState {
@@ -128,32 +134,53 @@ pub fn train(
         }
         tch::manual_seed((settings.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
         let (batch, extra) = next_batch(&mut rng, step)?;
-        let terms = objective.loss(model, &batch, &mut rng)?;
-        let loss = terms.total.double_value(&[]);
-        if !loss.is_finite() {
-            progress.finish();
-            let last = checkpointing::list_states(&ckpt_dir)
-                .last()
-                .map(|&s| checkpointing::state_path(&ckpt_dir, s));
-            return Err(Error::NonFiniteLoss {
-                step,
-                value: loss,
-                checkpoint: last,
-            });
-        }
         zero_grad(&params);
-        terms.total.backward();
+        let mut loss = 0.0;
+        let mut parts: Vec<(&'static str, f64)> = Vec::new();
+        for micro in split(&batch, accumulate) {
+            let terms = tch::autocast(amp, || objective.loss(model, &micro, &mut rng))?;
+            let value = terms.total.double_value(&[]);
+            if !value.is_finite() {
+                progress.finish();
+                let last = checkpointing::list_states(&ckpt_dir)
+                    .last()
+                    .map(|&s| checkpointing::state_path(&ckpt_dir, s));
+                return Err(Error::NonFiniteLoss {
+                    step,
+                    value,
+                    checkpoint: last,
+                });
+            }
+            (terms.total.to_kind(tch::Kind::Float) * (scale.value / accumulate as f64)).backward();
+            loss += value / accumulate as f64;
+            for (k, v) in terms.parts {
+                match parts.iter_mut().find(|(name, _)| *name == k) {
+                    Some(slot) => slot.1 += v / accumulate as f64,
+                    None => parts.push((k, v / accumulate as f64)),
+                }
+            }
+        }
+        let stepped = scale.unscale(&params);
         let grad_norm = sanitize_and_clip(&params, settings.optim.grad_clip);
         let lr = warmup_lr(settings.optim.lr, step, settings.optim.warmup_steps);
-        adam.step(&params, lr);
-        ema.update(&params);
+        if stepped {
+            adam.step(&params, lr);
+            ema.update(&params);
+        }
         let done = step + 1;
         let every = settings.checkpoint.log_every.max(1);
         if done % every == 0 || done == settings.steps {
             let mut fields: Vec<(&str, f64)> =
                 vec![("loss", loss), ("grad_norm", grad_norm), ("lr", lr)];
-            fields.extend(terms.parts.iter().chain(&extra).map(|(k, v)| (*k, *v)));
+            if amp {
+                fields.push(("loss_scale", scale.value));
+            }
+            fields.extend(parts.iter().chain(&extra).map(|(k, v)| (*k, *v)));
             sink.record(done, &fields)?;
+        }
+        let sample_every = settings.checkpoint.sample_every;
+        if sample_every > 0 && (done % sample_every == 0 || done == settings.steps) {
+            sample_grid(stage_dir, model, done, settings.checkpoint.sample_steps)?;
         }
         progress.set(done, || format!("loss {loss:.4}"));
         let existing = checkpointing::list_states(&ckpt_dir);
@@ -195,4 +222,91 @@ pub fn train(
     ]);
     ckpt::write_model(&stage_dir.join("model.safetensors"), &arch, &weights, &meta)?;
     Ok(LoopEnd::Finished)
+}
+
+/// `batch` cut into `parts` equal micro-batches along the batch dimension.
+fn split(batch: &Batch, parts: usize) -> Vec<Batch> {
+    if parts <= 1 {
+        return vec![Batch {
+            x0: batch.x0.shallow_clone(),
+            x1: batch.x1.shallow_clone(),
+            labels: batch.labels.as_ref().map(|l| l.shallow_clone()),
+        }];
+    }
+    let n = batch.x0.size()[0] / parts as i64;
+    (0..parts as i64)
+        .map(|k| Batch {
+            x0: batch.x0.narrow(0, k * n, n),
+            x1: batch.x1.narrow(0, k * n, n),
+            labels: batch.labels.as_ref().map(|l| l.narrow(0, k * n, n)),
+        })
+        .collect()
+}
+
+/// Dynamic loss scaling for float16 autocast (1 and inert without it).
+struct LossScale {
+    value: f64,
+    enabled: bool,
+    clean: u64,
+}
+
+impl LossScale {
+    fn new(enabled: bool) -> Self {
+        LossScale {
+            value: if enabled { 65536.0 } else { 1.0 },
+            enabled,
+            clean: 0,
+        }
+    }
+
+    /// Divides the gradients by the scale; false (step to be skipped, scale halved) on overflow.
+    fn unscale(&mut self, params: &[Tensor]) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        let finite = tch::no_grad(|| {
+            params.iter().all(|p| {
+                let g = p.grad();
+                !g.defined() || g.isfinite().all().int64_value(&[]) != 0
+            })
+        });
+        if !finite {
+            self.value = (self.value / 2.0).max(1.0);
+            self.clean = 0;
+            crate::optim::zero_grad(params);
+            return false;
+        }
+        tch::no_grad(|| {
+            for p in params {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.g_mul_scalar_(1.0 / self.value);
+                }
+            }
+        });
+        self.clean += 1;
+        if self.clean % 2000 == 0 {
+            self.value *= 2.0;
+        }
+        true
+    }
+}
+
+/// Euler samples of the current weights from fixed noise, as `samples/step-N.png` (image models).
+fn sample_grid(stage_dir: &Path, model: &Model, step: u64, steps: usize) -> Result<()> {
+    let shape = model.config().data_shape();
+    if shape.len() != 3 {
+        return Ok(());
+    }
+    let seeds: Vec<u64> = (0..64u64).map(|i| (1 << 50) + i).collect();
+    let z = slimflow_data::seeded_normal(&seeds, &shape, model.vs.device());
+    let field = model.eval_field(None);
+    let solver = slimflow_sampling::SolverConfig::Euler {
+        steps: steps.max(1),
+    };
+    let x = slimflow_sampling::solve(&solver, &field, &z, 1e-3, 1.0, false)?.x;
+    let dir = stage_dir.join("samples");
+    std::fs::create_dir_all(&dir).map_err(crate::error::io_err(&dir))?;
+    slimflow_metrics::pictures::grid_png(&dir.join(format!("step-{step:07}.png")), &x, 8)?;
+    Ok(())
 }

@@ -13,7 +13,7 @@ use slimflow_data::images::DatasetSpec;
 use slimflow_data::PairStore;
 use slimflow_metrics::fid::{FeatureStats, GaussianStats};
 use slimflow_metrics::inception::FidInception;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// Options shared by both commands.
 #[derive(Debug, Args)]
@@ -34,33 +34,7 @@ pub struct FidOptions {
     features: String,
 }
 
-/// The feature network in use.
-enum Features {
-    Inception(Box<FidInception>),
-    Standin(slimflow_metrics::standin::StandinNet),
-}
-
-impl Features {
-    fn dim(&self) -> i64 {
-        match self {
-            Features::Inception(_) => 2048,
-            Features::Standin(..) => slimflow_metrics::standin::FEATURES,
-        }
-    }
-    fn of(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Features::Inception(net) => {
-                let x = if x.size()[1] == 1 {
-                    x.repeat([1, 3, 1, 1])
-                } else {
-                    x.shallow_clone()
-                };
-                net.pool3(&((x.to_kind(Kind::Float) + 1.0) / 2.0))?
-            }
-            Features::Standin(net) => net.features(x)?,
-        })
-    }
-}
+use slimflow_metrics::features::FeatureNet as Features;
 
 /// Options of `fid-ref`.
 #[derive(Debug, Args)]
@@ -100,7 +74,10 @@ fn device(opts: &FidOptions) -> Result<Device> {
 
 fn network(opts: &FidOptions) -> Result<Features> {
     if let Some(spec) = opts.features.strip_prefix("classifier:") {
-        return standin(spec, opts).map(Features::Standin);
+        return standin(spec, opts).map(|net| Features::Standin {
+            net,
+            spec: spec.to_string(),
+        });
     }
     if opts.features != "inception" {
         bail!(
@@ -119,28 +96,15 @@ fn network(opts: &FidOptions) -> Result<Features> {
 
 /// The stand-in classifier for `spec`, trained once (seeded) and cached in the weights folder.
 fn standin(spec: &str, opts: &FidOptions) -> Result<slimflow_metrics::standin::StandinNet> {
-    use slimflow_metrics::standin::{cache_file_name, StandinNet};
-    let dev = device(opts)?;
-    let cache = slimflow_weights::default_dir().join(cache_file_name(spec));
-    if cache.is_file() {
-        return Ok(StandinNet::load(&cache, dev)?);
-    }
-    let parsed: DatasetSpec = spec.parse()?;
-    let train = std::sync::Arc::new(parsed.load()?);
-    let mut test_spec = parsed.clone();
-    test_spec.options.push(("split".into(), "test".into()));
-    let held_out = test_spec.load()?;
+    let dir = slimflow_weights::default_dir();
     eprintln!(
-        "training the stand-in classifier on {spec} ({} images)",
-        train.len()
+        "stand-in classifier for {spec} (trained once, cached in {})",
+        dir.display()
     );
-    let (net, acc) = StandinNet::train(train, &held_out, 600, 64, 0, dev)?;
-    eprintln!("stand-in classifier: held-out accuracy {:.1}%", acc * 100.0);
-    if let Some(parent) = cache.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
+    let (net, acc) = slimflow_metrics::features::standin_for(spec, &dir, 600, device(opts)?)?;
+    if let Some(acc) = acc {
+        eprintln!("stand-in classifier: held-out accuracy {:.1}%", acc * 100.0);
     }
-    net.save(&cache)?;
     Ok(net)
 }
 
@@ -156,7 +120,7 @@ fn stats_of(
     let mut done = 0;
     while done < total {
         let end = (done + batch.max(1)).min(total);
-        let feats = net.of(&next(done..end)?)?;
+        let feats = net.features(&next(done..end)?)?;
         acc.add(&feats)?;
         done = end;
         bar.set(done as u64, String::new);

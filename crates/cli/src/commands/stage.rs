@@ -101,7 +101,25 @@ pub fn run(args: &StageArgs, which: Which) -> Result<ExitCode> {
     if args.dry_run {
         println!("# run directory: {}", ctx.run_dir.display());
         println!("{}", toml_string(&ctx)?);
-        return Ok(ExitCode::SUCCESS);
+        println!("# plan");
+        for row in slimflow_trainer::plan::plan(&ctx) {
+            println!("#   {:<15} {:<22} {}", row.stage, row.state, row.work);
+        }
+        let problems = slimflow_trainer::plan::preflight(&ctx);
+        for p in &problems {
+            println!("# problem: {p}");
+        }
+        return Ok(if problems.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        });
+    }
+    if matches!(which, Which::All) {
+        let problems = slimflow_trainer::plan::preflight(&ctx);
+        if !problems.is_empty() {
+            anyhow::bail!("the run cannot start:\n  - {}", problems.join("\n  - "));
+        }
     }
     slimflow_trainer::interrupt::install();
     let names: Vec<&str> = match which {

@@ -1,15 +1,15 @@
 //! Stage `distill`: one-step distillation of the 2-RF on the pairs, initialised from the 2-RF, with
-//! SlimFlow's flow-guided term (frozen 2-RF teacher) when `flow_guided_weight` > 0.
+//! SlimFlow's flow-guided term (frozen 2-RF teacher) when `flow_guided_weight` > 0. The distance is
+//! `premetric_weight`·premetric [+ weight·LPIPS] (SlimFlow on CIFAR-10: LPIPS alone).
 
 use serde_json::json;
-use slimflow_data::PairStore;
-use slimflow_losses::{Distill, FlowGuided};
+use slimflow_losses::{Distill, FlowGuided, Premetric, Weighted};
 use slimflow_models::Model;
 
 use crate::error::Result;
 use crate::run_dir::{run_stage, StageCtx, StageOutcome};
 use crate::run_loop::{self, LoopSettings};
-use crate::stage::{input, pair_batch, stage_seed, training_outcome};
+use crate::stage::{input, lpips, stage_seed, training_outcome, PairSource};
 
 /// Runs (or resumes, or skips) the stage.
 pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
@@ -34,26 +34,33 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         let mut student = Model::load(&rf2_path, ctx.device)?;
         let mut teacher = Model::load(&rf2_path, ctx.device)?;
         teacher.vs.freeze();
-        let store_dir = pairs_json.parent().expect("pairs.json has a parent");
-        let pairs = PairStore::open(store_dir)?.load(ctx.device)?;
+        let pairs = PairSource::open(&pairs_json, ctx.device)?;
+        let perceptual = dc.lpips.map(|l| lpips(l.preset, ctx.device)).transpose()?;
+        let mut distance = Weighted::default();
+        if dc.premetric_weight > 0.0 {
+            distance = distance.with(dc.premetric_weight, &dc.premetric);
+        }
+        if let (Some(net), Some(term)) = (&perceptual, dc.lpips) {
+            distance = distance.with(term.weight, net as &dyn Premetric);
+        }
         let guide = (dc.flow_guided_weight > 0.0).then(|| {
             (
                 FlowGuided {
                     teacher: &teacher,
                     eps: dc.eps,
                     t_range: (dc.flow_guided_t[0], dc.flow_guided_t[1]),
-                    premetric: &dc.premetric,
+                    premetric: &distance,
                 },
                 dc.flow_guided_weight,
             )
         });
         let objective = Distill {
             eps: dc.eps,
-            premetric: &dc.premetric,
+            premetric: &distance,
             guide,
         };
         let mut batches = |rng: &mut rand_chacha::ChaCha20Rng, _step: u64| {
-            Ok((pair_batch(&pairs, dc.batch_size, rng), Vec::new()))
+            Ok((pairs.batch(dc.batch_size, rng)?, Vec::new()))
         };
         let settings = LoopSettings {
             steps: dc.steps,

@@ -1,22 +1,32 @@
-//! Stage `eval`: every available model (1-RF, 2-RF, distilled) against held-out target samples.
+//! Stage `eval`: every available model (1-RF, 2-RF, distilled) against the data.
 //!
 //! From the same seeded noise: one Euler step, the many-step solver, and an Euler trajectory for
-//! straightness. Reported per model: sliced Wasserstein-2 and energy distance to the target at one
-//! step and many steps, straightness, one-step vs ODE agreement and NFE — in `report.json` (one object
-//! per model), `report.md`, and scatter/trajectory PNGs for 2-D data.
+//! straightness. Reported per model: the distance to the data at one step and many steps, straightness,
+//! one-step vs ODE agreement (E‖x_1step − x_ODE‖², the direct measure of distillation quality) and NFE
+//! — in `report.json` (one object per model), `report.md`, and pictures. The distance is the sliced
+//! Wasserstein-2 (plus energy distance) for 2-D data; for images FID with the Inception weights, or
+//! the stand-in classifier's Fréchet distance (`FD-standin`, never called FID) without them.
+
+use std::path::PathBuf;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde_json::json;
+use slimflow_data::images::DatasetSpec;
 use slimflow_data::seeded_normal;
+use slimflow_metrics::features::{standin_for, FeatureNet};
+use slimflow_metrics::fid::{FeatureStats, GaussianStats};
 use slimflow_metrics::report::{self, ModelReport};
-use slimflow_metrics::{agreement, plot, straightness, toy};
+use slimflow_metrics::{agreement, pictures, plot, straightness, toy};
 use slimflow_models::Model;
 use slimflow_sampling::{solve, SolverConfig};
+use tch::Tensor;
 
+use crate::config::{FeatureChoice, Target};
 use crate::error::{io_err, Error, Result};
-use crate::run_dir::{run_stage, sha256_file, StageCtx, StageOutcome};
-use crate::stage::stage_seed;
+use crate::progress::Progress;
+use crate::run_dir::{run_stage, sha256_file, StageCtx, StageDir, StageOutcome};
+use crate::stage::{image_set, stage_seed};
 
 /// Models evaluated, by display name and producing stage.
 pub const MODELS: [(&str, &str); 3] = [
@@ -28,19 +38,27 @@ pub const MODELS: [(&str, &str); 3] = [
 /// Seeds of the evaluation noise start here (disjoint from pair seeds).
 const EVAL_SEED_BASE: u64 = 1 << 48;
 
+/// A model found in the run.
+struct Found {
+    name: &'static str,
+    stage: &'static str,
+    path: PathBuf,
+}
+
 /// Runs (or skips) the stage.
 pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     let cfg = &ctx.config;
     let ec = &cfg.eval;
     let mut found = Vec::new();
+    let mut shas = Vec::new();
     for (name, stage) in MODELS {
         let path = ctx.stage_path(stage).join("model.safetensors");
         let complete = ctx
             .manifest(stage)?
             .is_some_and(|m| m.status == crate::run_dir::Status::Complete);
         if path.exists() && complete {
-            let sha = sha256_file(&path)?;
-            found.push((name, stage, path, sha));
+            shas.push(json!([name, sha256_file(&path)?]));
+            found.push(Found { name, stage, path });
         }
     }
     if found.is_empty() {
@@ -51,22 +69,199 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             producer: "train",
         });
     }
-    let shas: Vec<_> = found.iter().map(|f| json!([f.0, f.3])).collect();
-    let hash = json!({"seed": cfg.seed, "eval": ec, "target": cfg.data.target, "models": shas});
+    let target = cfg.data.resolve().map_err(Error::Invalid)?;
+    let hash = json!({"seed": cfg.seed, "eval": ec, "data": cfg.data, "models": shas});
     run_stage(ctx, "eval", hash, |dir| {
-        let mut rng = ChaCha20Rng::seed_from_u64(stage_seed(cfg.seed, 5));
-        let reference = cfg
-            .data
-            .target
-            .sample_tensor(&mut rng, ec.samples, ctx.device);
-        let seeds: Vec<u64> = (0..ec.samples as u64).map(|i| EVAL_SEED_BASE + i).collect();
-        let proj_seed = stage_seed(cfg.seed, 6);
-        let mut rows = Vec::new();
-        for (name, stage, path, _) in &found {
-            let model = Model::load(path, ctx.device)?;
-            let shape = model.config().data_shape();
-            let z = seeded_normal(&seeds, &shape, ctx.device);
-            let field = model.eval_field(None);
+        let rows = match &target {
+            Target::Toy(t) => toy_rows(ctx, dir, t, &found)?,
+            Target::Images(spec) => image_rows(ctx, dir, spec, &found)?,
+        };
+        report::write_json(&dir.path.join("report.json"), &rows)?;
+        let md_path = dir.path.join("report.md");
+        let mut md = report::to_markdown(&rows);
+        if let Some(note) = dir_note(dir) {
+            md.push_str(&format!("\n{note}\n"));
+        }
+        std::fs::write(&md_path, md).map_err(io_err(&md_path))?;
+        dir.output("report", "report.json");
+        Ok(StageOutcome::Completed)
+    })
+}
+
+fn dir_note(dir: &StageDir) -> Option<String> {
+    std::fs::read_to_string(dir.path.join("metric.txt")).ok()
+}
+
+fn slug(name: &str) -> String {
+    name.to_lowercase().replace('-', "")
+}
+
+/// 2-D data: sliced Wasserstein-2 and energy distance against held-out target samples, scatter and
+/// trajectory plots.
+fn toy_rows(
+    ctx: &StageCtx,
+    dir: &mut StageDir,
+    target: &slimflow_data::Toy,
+    found: &[Found],
+) -> Result<Vec<ModelReport>> {
+    let (cfg, ec) = (&ctx.config, &ctx.config.eval);
+    let mut rng = ChaCha20Rng::seed_from_u64(stage_seed(cfg.seed, 5));
+    let reference = target.sample_tensor(&mut rng, ec.samples, ctx.device);
+    let seeds: Vec<u64> = (0..ec.samples as u64).map(|i| EVAL_SEED_BASE + i).collect();
+    let proj_seed = stage_seed(cfg.seed, 6);
+    let mut rows = Vec::new();
+    for f in found {
+        let model = Model::load(&f.path, ctx.device)?;
+        let shape = model.config().data_shape();
+        let z = seeded_normal(&seeds, &shape, ctx.device);
+        let field = model.eval_field(None);
+        let one = solve(
+            &SolverConfig::Euler { steps: 1 },
+            &field,
+            &z,
+            ec.eps,
+            1.0,
+            false,
+        )?;
+        let many = solve(&ec.solver, &field, &z, ec.eps, 1.0, false)?;
+        let euler = SolverConfig::Euler {
+            steps: ec.straightness_steps,
+        };
+        let traj = solve(&euler, &field, &z, ec.eps, 1.0, true)?;
+        let path_points = traj.path.expect("trajectory was captured");
+        let flat = |x: &Tensor| x.flatten(1, -1);
+        let sw = |x: &Tensor| {
+            toy::sliced_wasserstein(&flat(x), &flat(&reference), ec.projections, proj_seed)
+        };
+        let mut row = ModelReport {
+            model: f.name.to_string(),
+            stage: f.stage.to_string(),
+            params: model.num_params(),
+            metric: "SW2".into(),
+            distance_1step: sw(&one.x)?,
+            distance_many: sw(&many.x)?,
+            energy_1step: Some(toy::energy_distance(&flat(&one.x), &flat(&reference))?),
+            energy_many: Some(toy::energy_distance(&flat(&many.x), &flat(&reference))?),
+            straightness: straightness(&path_points)?,
+            agreement: agreement::mean_squared_distance(&one.x, &many.x)?,
+            nfe: many.nfe,
+            solver: ec.solver.label(),
+            pictures: Vec::new(),
+        };
+        if shape == [2] {
+            let s = slug(f.name);
+            for (suffix, x) in [("1step", &one.x), ("ode", &many.x)] {
+                let file = format!("samples-{s}-{suffix}.png");
+                plot::samples_png(&dir.path.join(&file), &reference, x, ec.plot_extent)?;
+                dir.output(&format!("plot_{s}_{suffix}"), file.clone());
+                row.pictures.push(file);
+            }
+            let file = format!("trajectories-{s}.png");
+            plot::trajectories_png(&dir.path.join(&file), &path_points, 64, ec.plot_extent)?;
+            dir.output(&format!("plot_{s}_trajectories"), file.clone());
+            row.pictures.push(file);
+        }
+        log_row(&row);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn log_row(row: &ModelReport) {
+    tracing::info!(
+        "eval {}: {} 1-step {:.4}, ODE {:.4}, straightness {:.4}, NFE {}",
+        row.model,
+        row.metric,
+        row.distance_1step,
+        row.distance_many,
+        row.straightness,
+        row.nfe
+    );
+}
+
+/// The feature network chosen by `eval.features`.
+fn feature_net(ctx: &StageCtx, spec: &str) -> Result<FeatureNet> {
+    let ec = &ctx.config.eval;
+    let inception = || -> Result<FeatureNet> {
+        let path = slimflow_weights::locate(slimflow_weights::Net::Inception, None)
+            .map_err(|e| Error::Invalid(format!("eval.features = inception: {e}")))?;
+        let net = slimflow_metrics::inception::FidInception::load(&path, ctx.device)?;
+        Ok(FeatureNet::Inception(Box::new(net)))
+    };
+    let standin = || -> Result<FeatureNet> {
+        let cache = slimflow_weights::default_dir();
+        let (net, acc) = standin_for(spec, &cache, ec.standin_steps, ctx.device)?;
+        if let Some(acc) = acc {
+            tracing::info!(
+                "eval: trained the stand-in classifier on {spec}: held-out accuracy {:.1}%",
+                acc * 100.0
+            );
+        }
+        Ok(FeatureNet::Standin {
+            net,
+            spec: spec.to_string(),
+        })
+    };
+    match ec.features {
+        FeatureChoice::Inception => inception(),
+        FeatureChoice::Standin => standin(),
+        FeatureChoice::Auto => {
+            if slimflow_weights::locate(slimflow_weights::Net::Inception, None).is_ok() {
+                inception()
+            } else {
+                tracing::info!(
+                    "eval: no Inception weights (`slimflow weights fetch inception`); using the \
+                     stand-in classifier, reported as FD-standin"
+                );
+                standin()
+            }
+        }
+    }
+}
+
+/// Images as they would be saved: clamped to [-1, 1] and quantised to 8 bits.
+fn as_saved(x: &Tensor) -> Tensor {
+    ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round() / 127.5 - 1.0
+}
+
+/// Images: Fréchet distance of `eval.samples` samples per model against the dataset (or the given
+/// reference statistics), 8×8 grids of one-step and ODE samples and a trajectory strip.
+fn image_rows(
+    ctx: &StageCtx,
+    dir: &mut StageDir,
+    spec: &DatasetSpec,
+    found: &[Found],
+) -> Result<Vec<ModelReport>> {
+    let ec = &ctx.config.eval;
+    let device = ctx.device;
+    let spec_text = ctx.config.data.dataset.clone().unwrap_or_default();
+    let net = feature_net(ctx, &spec_text)?;
+    let set = image_set(spec, &ctx.config.model)?;
+    let n_grid = set.len().min(64);
+    let grid_idx: Vec<usize> = (0..n_grid).collect();
+    pictures::grid_png(&dir.path.join("samples-data.png"), &set.batch(&grid_idx), 8)?;
+    dir.output("grid_data", "samples-data.png");
+    let reference = match (&ec.reference, &net) {
+        (Some(p), FeatureNet::Inception(_)) => GaussianStats::load_npz(p)?,
+        _ => net.stats_of_set(&set, ec.batch_size, device)?,
+    };
+    let note = net.describe();
+    std::fs::write(dir.path.join("metric.txt"), &note).map_err(io_err(&dir.path))?;
+    dir.output("metric", net.metric_name().to_string());
+    let seeds: Vec<u64> = (0..ec.samples as u64).map(|i| EVAL_SEED_BASE + i).collect();
+    let mut rows = Vec::new();
+    for f in found {
+        let model = Model::load(&f.path, device)?;
+        let shape = model.config().data_shape();
+        let field = model.eval_field(None);
+        let mut one_stats = FeatureStats::new(net.dim());
+        let mut many_stats = FeatureStats::new(net.dim());
+        let (mut agree, mut nfe_total, mut batches) = (0.0, 0usize, 0usize);
+        let mut progress = Progress::new(&format!("eval {}", f.name), 0, seeds.len() as u64);
+        let mut done = 0usize;
+        let s = slug(f.name);
+        for chunk in seeds.chunks(ec.batch_size.max(1)) {
+            let z = seeded_normal(chunk, &shape, device);
             let one = solve(
                 &SolverConfig::Euler { steps: 1 },
                 &field,
@@ -76,65 +271,58 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
                 false,
             )?;
             let many = solve(&ec.solver, &field, &z, ec.eps, 1.0, false)?;
-            let traj = solve(
-                &SolverConfig::Euler {
-                    steps: ec.straightness_steps,
-                },
-                &field,
-                &z,
-                ec.eps,
-                1.0,
-                true,
-            )?;
-            let path_points = traj.path.expect("trajectory was captured");
-            let flat = |x: &tch::Tensor| x.flatten(1, -1);
-            let row = ModelReport {
-                model: name.to_string(),
-                stage: stage.to_string(),
-                params: model.num_params(),
-                distance_1step: toy::sliced_wasserstein(
-                    &flat(&one.x),
-                    &flat(&reference),
-                    ec.projections,
-                    proj_seed,
-                )?,
-                distance_many: toy::sliced_wasserstein(
-                    &flat(&many.x),
-                    &flat(&reference),
-                    ec.projections,
-                    proj_seed,
-                )?,
-                energy_1step: toy::energy_distance(&flat(&one.x), &flat(&reference))?,
-                energy_many: toy::energy_distance(&flat(&many.x), &flat(&reference))?,
-                straightness: straightness(&path_points)?,
-                agreement: agreement::mean_squared_distance(&one.x, &many.x)?,
-                nfe: many.nfe,
-                solver: ec.solver.label(),
-            };
-            tracing::info!(
-                "eval {name}: SW2 1-step {:.4}, ODE {:.4}, straightness {:.4}, NFE {}",
-                row.distance_1step,
-                row.distance_many,
-                row.straightness,
-                row.nfe
-            );
-            if shape == [2] {
-                let slug = name.to_lowercase().replace('-', "");
+            one_stats.add(&net.features(&as_saved(&one.x))?)?;
+            many_stats.add(&net.features(&as_saved(&many.x))?)?;
+            agree += agreement::mean_squared_distance(&one.x, &many.x)? * chunk.len() as f64;
+            nfe_total += many.nfe;
+            batches += 1;
+            if done == 0 {
+                let k = (chunk.len() as i64).min(64);
                 for (suffix, x) in [("1step", &one.x), ("ode", &many.x)] {
-                    let file = format!("samples-{slug}-{suffix}.png");
-                    plot::samples_png(&dir.path.join(&file), &reference, x, ec.plot_extent)?;
-                    dir.output(&format!("plot_{slug}_{suffix}"), file);
+                    let file = format!("samples-{s}-{suffix}.png");
+                    pictures::grid_png(&dir.path.join(&file), &x.narrow(0, 0, k), 8)?;
+                    dir.output(&format!("grid_{s}_{suffix}"), file);
                 }
-                let file = format!("trajectories-{slug}.png");
-                plot::trajectories_png(&dir.path.join(&file), &path_points, 64, ec.plot_extent)?;
-                dir.output(&format!("plot_{slug}_trajectories"), file);
             }
-            rows.push(row);
+            done += chunk.len();
+            progress.set(done as u64, || format!("NFE {}", many.nfe));
         }
-        report::write_json(&dir.path.join("report.json"), &rows)?;
-        let md_path = dir.path.join("report.md");
-        std::fs::write(&md_path, report::to_markdown(&rows)).map_err(io_err(&md_path))?;
-        dir.output("report", "report.json");
-        Ok(StageOutcome::Completed)
-    })
+        progress.finish();
+        let m = ec.straightness_samples.clamp(1, seeds.len());
+        let z = seeded_normal(&seeds[..m], &shape, device);
+        let euler = SolverConfig::Euler {
+            steps: ec.straightness_steps,
+        };
+        let traj = solve(&euler, &field, &z, ec.eps, 1.0, true)?;
+        let path_points = traj.path.expect("trajectory was captured");
+        let strip = format!("trajectory-{s}.png");
+        let states: Vec<Tensor> = path_points.iter().map(|(_, x)| x.shallow_clone()).collect();
+        pictures::trajectory_strip_png(&dir.path.join(&strip), &states, 8, 11)?;
+        dir.output(&format!("trajectory_{s}"), strip.clone());
+        let fd = |stats: &FeatureStats| -> Result<f64> {
+            Ok(GaussianStats::from_features(stats)?.frechet_distance(&reference)?)
+        };
+        let row = ModelReport {
+            model: f.name.to_string(),
+            stage: f.stage.to_string(),
+            params: model.num_params(),
+            metric: net.metric_name().to_string(),
+            distance_1step: fd(&one_stats)?,
+            distance_many: fd(&many_stats)?,
+            energy_1step: None,
+            energy_many: None,
+            straightness: straightness(&path_points)?,
+            agreement: agree / seeds.len() as f64,
+            nfe: nfe_total.div_ceil(batches.max(1)),
+            solver: ec.solver.label(),
+            pictures: vec![
+                format!("samples-{s}-1step.png"),
+                format!("samples-{s}-ode.png"),
+                strip,
+            ],
+        };
+        log_row(&row);
+        rows.push(row);
+    }
+    Ok(rows)
 }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
-use slimflow_data::Pairs;
+use slimflow_data::{PairStore, Pairs};
 use slimflow_losses::Batch;
 use tch::{Kind, Tensor};
 
@@ -78,15 +78,108 @@ pub(crate) fn training_outcome(dir: &mut StageDir, end: LoopEnd) -> StageOutcome
     }
 }
 
-/// A batch of `n` pairs drawn uniformly with replacement from `pairs` using `rng`.
-pub(crate) fn pair_batch(pairs: &Pairs, n: usize, rng: &mut ChaCha20Rng) -> Batch {
-    let total = pairs.z.size()[0];
-    let idx: Vec<i64> = (0..n).map(|_| rng.gen_range(0..total)).collect();
-    let idx = Tensor::from_slice(&idx).to_device(pairs.z.device());
-    Batch {
-        x0: pairs.z.index_select(0, &idx),
-        x1: pairs.x1.index_select(0, &idx),
-        labels: None,
+/// Pair stores up to this many bytes (z and x1 as float32) are held in memory; larger ones are read
+/// per batch.
+const IN_MEMORY_PAIR_BYTES: u64 = 2 << 30;
+
+/// Where training batches of pairs come from.
+pub(crate) enum PairSource {
+    /// The whole store, on the training device.
+    Memory(Pairs),
+    /// Positioned reads per batch.
+    Reader(slimflow_data::PairReader, tch::Device),
+}
+
+impl PairSource {
+    /// Opens the store next to `pairs_json`, verifying sizes.
+    pub(crate) fn open(pairs_json: &std::path::Path, device: tch::Device) -> Result<Self> {
+        let dir = pairs_json.parent().unwrap_or(std::path::Path::new("."));
+        let store = PairStore::open(dir)?;
+        let m = store.manifest();
+        let bytes = m.count * m.sample_numel() as u64 * 8;
+        Ok(if bytes <= IN_MEMORY_PAIR_BYTES {
+            PairSource::Memory(store.load(device)?)
+        } else {
+            PairSource::Reader(store.reader()?, device)
+        })
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            PairSource::Memory(p) => p.z.size()[0] as u64,
+            PairSource::Reader(r, _) => r.len(),
+        }
+    }
+
+    /// A batch of `n` pairs drawn uniformly with replacement using `rng`.
+    pub(crate) fn batch(&self, n: usize, rng: &mut ChaCha20Rng) -> Result<Batch> {
+        let total = self.len();
+        let idx: Vec<u64> = (0..n).map(|_| rng.gen_range(0..total)).collect();
+        Ok(match self {
+            PairSource::Memory(pairs) => {
+                let idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+                let idx = Tensor::from_slice(&idx).to_device(pairs.z.device());
+                Batch {
+                    x0: pairs.z.index_select(0, &idx),
+                    x1: pairs.x1.index_select(0, &idx),
+                    labels: None,
+                }
+            }
+            PairSource::Reader(reader, device) => {
+                let p = reader.get(&idx)?;
+                Batch {
+                    x0: p.z.to_device(*device),
+                    x1: p.x1.to_device(*device),
+                    labels: None,
+                }
+            }
+        })
+    }
+}
+
+/// The image dataset of an image run, checked against the architecture's sample shape.
+pub(crate) fn image_set(
+    spec: &slimflow_data::images::DatasetSpec,
+    arch: &slimflow_models::ArchConfig,
+) -> Result<std::sync::Arc<slimflow_data::images::ImageSet>> {
+    let set = spec.load()?;
+    let have = vec![set.channels as i64, set.height as i64, set.width as i64];
+    let want = arch.data_shape();
+    if have != want {
+        return Err(Error::Invalid(format!(
+            "dataset {} holds {:?} images but the model `{}` expects {:?}; set the dataset's \
+             size=… option or the model's image size / channels",
+            set.name,
+            have,
+            arch.name(),
+            want
+        )));
+    }
+    Ok(std::sync::Arc::new(set))
+}
+
+/// The VGG LPIPS network of `preset`, from the installed weights (`slimflow weights fetch
+/// lpips-vgg`); a missing file is an error naming the commands that provide it.
+pub(crate) fn lpips(
+    preset: crate::config::LpipsPreset,
+    device: tch::Device,
+) -> Result<slimflow_losses::Lpips> {
+    let path = slimflow_weights::locate(slimflow_weights::Net::LpipsVgg, None)
+        .map_err(|e| Error::Invalid(format!("LPIPS loss: {e}")))?;
+    Ok(slimflow_losses::Lpips::load(
+        &path,
+        preset.config(),
+        device,
+    )?)
+}
+
+/// Mixes `beta`-scaled fresh noise into the pair noise: SlimFlow's annealed z'.
+pub(crate) fn anneal_noise(x0: &Tensor, keep: f64, beta: f64, rng: &mut ChaCha20Rng) -> Tensor {
+    if beta > 0.0 {
+        let eps = slimflow_losses::normal_tensor(rng, &x0.size(), x0.device());
+        x0 * keep + eps * beta
+    } else {
+        x0.shallow_clone()
     }
 }
 

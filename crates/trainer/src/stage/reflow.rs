@@ -1,20 +1,21 @@
 //! Stage `reflow`: a 2-rectified flow trained on the teacher's pairs.
 //!
-//! Options cover both papers: rfpp's U-shaped time distribution and pseudo-Huber premetric with
+//! Options cover both papers: rfpp's U-shaped time distribution, pseudo-Huber or LPIPS-Huber loss and
 //! initialisation from the teacher, and SlimFlow's Annealing Reflow for a randomly initialised slim
 //! student — pair noise z' = sqrt(1 − β_k²)·z + β_k·ε with fresh ε, β_k from 1 to 0 over
 //! `anneal_steps`, and (z', x1) flipped together with probability ½.
 
 use serde_json::json;
-use slimflow_data::PairStore;
-use slimflow_losses::{normal_tensor, Rf};
+use slimflow_losses::{LpipsHuber, Objective, Rf};
 use slimflow_models::{checkpoint, Model};
 
 use crate::config::Init;
 use crate::error::Result;
 use crate::run_dir::{run_stage, StageCtx, StageOutcome};
 use crate::run_loop::{self, LoopSettings};
-use crate::stage::{coin_flips, hflip, input, pair_batch, stage_seed, training_outcome};
+use crate::stage::{
+    anneal_noise, coin_flips, hflip, input, lpips, stage_seed, training_outcome, PairSource,
+};
 
 /// Runs (or resumes, or skips) the stage.
 pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
@@ -32,7 +33,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             ctx,
             "reflow",
             "train",
-            "the teacher (1-RF) model",
+            "the teacher model",
             "model.safetensors",
         )?),
         Init::Random => None,
@@ -53,20 +54,32 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             model.num_params(),
             rc.init
         );
-        let store_dir = pairs_json.parent().expect("pairs.json has a parent");
-        let pairs = PairStore::open(store_dir)?.load(ctx.device)?;
-        let objective = Rf {
+        let pairs = PairSource::open(&pairs_json, ctx.device)?;
+        let perceptual = rc
+            .lpips_huber
+            .map(|l| lpips(l.lpips, ctx.device))
+            .transpose()?;
+        let rf = Rf {
             time: rc.time,
             premetric: rc.premetric,
         };
+        let lpips_huber = match (&perceptual, rc.lpips_huber) {
+            (Some(net), Some(l)) => Some(LpipsHuber {
+                lpips: net,
+                time: rc.time,
+                divide_by_one_minus_t: l.divide_by_one_minus_t,
+            }),
+            _ => None,
+        };
+        let objective: &dyn Objective = match &lpips_huber {
+            Some(o) => o,
+            None => &rf,
+        };
         let device = ctx.device;
         let mut batches = |rng: &mut rand_chacha::ChaCha20Rng, step: u64| {
-            let mut batch = pair_batch(&pairs, rc.batch_size, rng);
+            let mut batch = pairs.batch(rc.batch_size, rng)?;
             let (keep, beta) = rc.anneal.mix(step, rc.anneal_steps);
-            if beta > 0.0 {
-                let eps = normal_tensor(rng, &batch.x0.size(), device);
-                batch.x0 = &batch.x0 * keep + eps * beta;
-            }
+            batch.x0 = anneal_noise(&batch.x0, keep, beta, rng);
             if rc.hflip {
                 let flip = coin_flips(rng, rc.batch_size, device);
                 batch.x0 = hflip(&batch.x0, &flip);
@@ -81,7 +94,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             seed: stage_seed(cfg.seed, 12),
             label: "reflow",
         };
-        let end = run_loop::train(&dir.path, &mut model, &settings, &objective, &mut batches)?;
+        let end = run_loop::train(&dir.path, &mut model, &settings, objective, &mut batches)?;
         dir.output("pairs_sha256", pairs_sha.clone());
         Ok(training_outcome(dir, end))
     })

@@ -93,8 +93,8 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
             8,
         )?;
     }
-    if shape == [2] {
-        let reference = ctx.config.data.target.sample_tensor(
+    if let (true, Some(target)) = (shape == [2], ctx.config.data.toy()) {
+        let reference = target.sample_tensor(
             &mut <rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(req.seed),
             req.count,
             ctx.device,

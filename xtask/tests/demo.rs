@@ -1,0 +1,153 @@
+//! The SlimFlow image pipeline end to end through `cargo xtask demo` on the built-in procedural
+//! images, shrunk to fit a test: every stage writes its outputs, and the distilled one-step
+//! student beats the 1-RF teacher sampled in one step. Also: `train-cifar --dry-run` without data
+//! says how to get it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn xtask() -> Command {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_xtask"));
+    let mut c = Command::new(&exe);
+    // The workspace test run builds the binary next to this one; otherwise xtask builds it.
+    let bin = exe.with_file_name("slimflow");
+    if bin.is_file() {
+        c.env("SLIMFLOW_BIN", bin);
+    }
+    c.env("SLIMFLOW_LOG", "warn").env("OMP_NUM_THREADS", "1");
+    c
+}
+
+/// (width, height) of a PNG, after checking its signature and header chunk.
+fn png_size(path: &Path) -> (u32, u32) {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    assert_eq!(&b[12..16], b"IHDR", "{}", path.display());
+    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    (be(16), be(20))
+}
+
+const TINY: &[&str] = &[
+    "data.dataset=\"shapes:16,count=2048\"",
+    "train.steps=300",
+    "train.checkpoint.sample_every=150",
+    "pairs.count=512",
+    "pairs.shard_size=256",
+    "pairs.solver={ kind = \"heun\", steps = 4 }",
+    "reflow.steps=300",
+    "reflow.anneal_steps=100",
+    "reflow.checkpoint.sample_every=150",
+    "distill.steps=150",
+    "distill.checkpoint.sample_every=75",
+    "eval.samples=256",
+    "eval.solver={ kind = \"heun\", steps = 4 }",
+    "eval.straightness_steps=8",
+    "eval.straightness_samples=16",
+    "eval.standin_steps=150",
+];
+
+#[test]
+fn image_demo_distils_a_one_step_student_that_beats_the_teacher_in_one_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut c = xtask();
+    c.arg("demo")
+        .arg("--run")
+        .arg(&run)
+        .env("SLIMFLOW_WEIGHTS_DIR", dir.path().join("weights"));
+    for s in TINY {
+        c.arg("--set").arg(s);
+    }
+    let out = c.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The table names the stand-in distance (no Inception weights here) and never calls it FID.
+    assert!(stdout.contains("FD-standin 1-step"), "{stdout}");
+    assert!(!stdout.contains("FID 1-step"), "{stdout}");
+
+    for stage in ["train", "generate-pairs", "reflow", "distill", "eval"] {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join(stage).join("manifest.json")).unwrap())
+                .unwrap();
+        assert_eq!(m["status"], "complete", "{stage}");
+    }
+    for model in ["train", "reflow", "distill"] {
+        assert!(
+            run.join(model).join("model.safetensors").is_file(),
+            "{model}"
+        );
+        assert!(png_size(&run.join(model).join("loss.png")).0 > 0);
+    }
+    // Periodic sample grids: 8×8 tiles of 16 px with 2 px borders.
+    assert_eq!(
+        png_size(&run.join("train/samples/step-0000300.png")),
+        (146, 146)
+    );
+    assert!(run.join("distill/samples/step-0000075.png").is_file());
+    assert!(run.join("generate-pairs/pairs/pairs.json").is_file());
+
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(run.join("eval/report.json")).unwrap()).unwrap();
+    assert_eq!(rows.len(), 3);
+    let row = |name: &str| rows.iter().find(|r| r["model"] == name).unwrap();
+    for r in &rows {
+        assert_eq!(r["metric"], "FD-standin");
+        for p in r["pictures"].as_array().unwrap() {
+            let (w, h) = png_size(&run.join("eval").join(p.as_str().unwrap()));
+            assert!(w >= 146 && h >= 18, "{p}: {w}×{h}");
+        }
+    }
+    assert!(png_size(&run.join("eval/samples-data.png")).0 == 146);
+    let teacher = row("1-RF")["distance_1step"].as_f64().unwrap();
+    let distilled = row("distilled")["distance_1step"].as_f64().unwrap();
+    assert!(
+        distilled < teacher,
+        "one-step FD-standin: distilled {distilled} vs 1-RF {teacher}"
+    );
+    // Distillation is what closes the gap between one step and the ODE.
+    let agree = |name: &str| row(name)["agreement"].as_f64().unwrap();
+    assert!(agree("distilled") < agree("1-RF"));
+    let md = std::fs::read_to_string(run.join("eval/report.md")).unwrap();
+    assert!(
+        md.contains("| FD-standin 1-step |") && md.contains("not FID"),
+        "{md}"
+    );
+}
+
+#[test]
+fn train_cifar_without_data_says_how_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = xtask()
+        .args(["train-cifar", "--dry-run", "--data"])
+        .arg(dir.path().join("missing"))
+        .arg("--run")
+        .arg(dir.path().join("run"))
+        .env("SLIMFLOW_WEIGHTS_DIR", dir.path().join("weights"))
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("slimflow data fetch cifar10"), "{all}");
+    assert!(all.contains("slimflow weights fetch"), "{all}");
+    let out = xtask()
+        .args([
+            "train-cifar",
+            "--recipe",
+            "rfpp",
+            "--student",
+            "7.0M",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--student"));
+}
