@@ -128,7 +128,8 @@ pub fn preflight(ctx: &StageCtx) -> Vec<String> {
         Err(e) => problems.push(format!("data: {e}")),
         Ok(Target::Images(spec)) if needs_data => {
             if let Err(e) = spec.load() {
-                let hint = if spec.kind == "cifar10" {
+                let e = e.to_string();
+                let hint = if spec.kind == "cifar10" && !e.contains("data fetch cifar10") {
                     "; `slimflow data fetch cifar10` downloads it (then pass --data DIR or set \
                      data.dataset)"
                 } else {
@@ -167,4 +168,7 @@ pub fn preflight(ctx: &StageCtx) -> Vec<String> {
         }
     }
     problems
+        .into_iter()
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
 }
