@@ -82,7 +82,7 @@ fn reference_statistics_and_distances() {
     let wdir = tmp.path().join("w");
     std::fs::create_dir_all(&wdir).unwrap();
     slimflow_metrics::standin::StandinNet::build(tch::Device::Cpu, 3, 4)
-        .save(&wdir.join(slimflow_metrics::standin::cache_file_name(spec)))
+        .save(&wdir.join(slimflow_metrics::standin::cache_file_name(spec, 600)))
         .unwrap();
     let mut c = slimflow();
     c.args([

@@ -181,3 +181,47 @@ fn killed_and_sharded_generation_equal_one_clean_run() {
         "points off the board's squares"
     );
 }
+
+#[test]
+fn rfpp_pairs_import_through_the_binary_and_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::root().join("crates/data/tests/fixtures/rfpp");
+    let out = dir.path().join("store");
+    let mut c = common::slimflow();
+    c.args(["data", "import", "--rfpp"])
+        .arg(&src)
+        .args(["--shard-size", "5", "--out"])
+        .arg(&out);
+    let line = ok(c);
+    assert!(
+        line.contains("12 pairs of [3, 32, 32] in 3 shards"),
+        "{line}"
+    );
+    // --rfpp excludes --z0
+    let mut c = common::slimflow();
+    c.args(["data", "import", "--rfpp"])
+        .arg(&src)
+        .args(["--z0", "a.npy", "--out"])
+        .arg(dir.path().join("x"));
+    assert!(!common::output(c).status.success());
+
+    // the pipeline's pair stage takes the same folder (pairs.import), checked against the student
+    let cfg = common::root().join("configs/cifar10/rfpp.toml");
+    let run = dir.path().join("run");
+    let mut c = stage_cmd(
+        "generate-pairs",
+        &cfg,
+        &run,
+        &[
+            &format!("pairs.import=\"{}\"", src.display()),
+            "pairs.shard_size=4",
+        ],
+    );
+    c.env("SLIMFLOW_LOG", "warn");
+    ok(c);
+    let mut c = common::slimflow();
+    c.args(["data", "info", "--full", "--json"])
+        .arg(run.join("generate-pairs/pairs"));
+    let v: serde_json::Value = serde_json::from_str(&ok(c)).unwrap();
+    assert_eq!(v["count"].as_u64(), Some(12));
+}

@@ -18,6 +18,7 @@ mod toy;
 pub mod images;
 pub mod loader;
 pub mod npy;
+pub mod rfpp;
 
 pub use error::{Error, Result};
 pub use noise::seeded_normal;

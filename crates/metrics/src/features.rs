@@ -97,7 +97,7 @@ pub fn standin_for(
     steps: usize,
     device: Device,
 ) -> Result<(StandinNet, Option<f64>)> {
-    let cache = cache_dir.join(cache_file_name(&format!("{spec}#steps={steps}")));
+    let cache = cache_dir.join(cache_file_name(spec, steps));
     if cache.is_file() {
         return Ok((StandinNet::load(&cache, device)?, None));
     }

@@ -34,10 +34,12 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
     Error::BadInput(format!("{}: {}", path.display(), reason.into()))
 }
 
-/// File name under which the network trained on dataset `spec` is cached.
-pub fn cache_file_name(spec: &str) -> String {
+/// File name under which the network trained on dataset `spec` for `steps` batches is cached.
+pub fn cache_file_name(spec: &str, steps: usize) -> String {
     use sha2::Digest;
-    let key = hex::encode(sha2::Sha256::digest(spec.as_bytes()));
+    let key = hex::encode(sha2::Sha256::digest(
+        format!("{spec}#steps={steps}").as_bytes(),
+    ));
     format!("standin-{}.safetensors", &key[..16])
 }
 

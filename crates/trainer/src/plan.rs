@@ -150,8 +150,12 @@ pub fn preflight(ctx: &StageCtx) -> Vec<String> {
         }
     }
     if let Some(dir) = &cfg.pairs.import {
-        if !done("generate-pairs") && !dir.join("z0.npy").is_file() {
-            problems.push(format!("pairs.import {}: no z0.npy there", dir.display()));
+        let found = dir.join("z0.npy").is_file() || slimflow_data::rfpp::is_rfpp_dir(dir);
+        if !done("generate-pairs") && !found {
+            problems.push(format!(
+                "pairs.import {}: neither z0.npy / z1.npy nor z.zip / samples.zip there",
+                dir.display()
+            ));
         }
     }
     let lpips = (cfg.reflow.lpips_huber.is_some() && !done("reflow"))

@@ -37,14 +37,19 @@ enum DataCommand {
         #[arg(long)]
         full: bool,
     },
-    /// Build a pair store from SlimFlow-style arrays (z0.npy noise, z1.npy endpoints, label.npy).
+    /// Build a pair store from SlimFlow-style arrays (z0.npy noise, z1.npy endpoints, label.npy)
+    /// or from 2-rectified flow++'s `samples.zip` + `z.zip` (`--rfpp DIR`; the noise is regenerated
+    /// from the stored NumPy generator states, bit-identical).
     Import {
         /// Noise array [N, …].
-        #[arg(long)]
-        z0: PathBuf,
+        #[arg(long, required_unless_present = "rfpp", conflicts_with = "rfpp")]
+        z0: Option<PathBuf>,
         /// Teacher endpoints [N, …].
+        #[arg(long, required_unless_present = "rfpp", conflicts_with = "rfpp")]
+        z1: Option<PathBuf>,
+        /// A folder with rfpp's `samples.zip` (PNG images) and `z.zip` (PCG64 states).
         #[arg(long)]
-        z1: PathBuf,
+        rfpp: Option<PathBuf>,
         /// Class labels [N].
         #[arg(long)]
         label: Option<PathBuf>,
@@ -174,6 +179,7 @@ pub fn run(args: &DataArgs) -> Result<ExitCode> {
         DataCommand::Import {
             z0,
             z1,
+            rfpp,
             label,
             out,
             shard_size,
@@ -183,8 +189,21 @@ pub fn run(args: &DataArgs) -> Result<ExitCode> {
                 Dtype::F32 => PairDtype::F32,
                 Dtype::F16 => PairDtype::F16,
             };
-            let store = PairStore::import_npy(z0, z1, label.as_deref(), out, *shard_size, dtype)
-                .with_context(|| format!("importing {} / {}", z0.display(), z1.display()))?;
+            let store = match (rfpp, z0, z1) {
+                (Some(dir), _, _) => slimflow_data::rfpp::import_rfpp(
+                    &dir.join("samples.zip"),
+                    &dir.join("z.zip"),
+                    out,
+                    *shard_size,
+                    dtype,
+                )
+                .with_context(|| format!("importing rfpp pairs from {}", dir.display()))?,
+                (None, Some(z0), Some(z1)) => {
+                    PairStore::import_npy(z0, z1, label.as_deref(), out, *shard_size, dtype)
+                        .with_context(|| format!("importing {} / {}", z0.display(), z1.display()))?
+                }
+                _ => anyhow::bail!("give --z0 and --z1, or --rfpp DIR"),
+            };
             store.verify(Verify::Full)?;
             println!(
                 "{}: {} pairs of {:?} in {} shards",

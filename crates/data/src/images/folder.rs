@@ -38,16 +38,22 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Decodes one file to (height, width, RGB CHW bytes).
 fn decode(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
-    let corrupt = |reason: String| Error::Corrupt {
-        path: path.to_path_buf(),
-        reason,
-    };
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
+    decode_bytes(&bytes, path)
+}
+
+/// Decodes a PNG or JPEG held in memory (`path` names it in errors) to (height, width, RGB CHW
+/// bytes); grey is repeated to RGB and alpha dropped.
+pub(crate) fn decode_bytes(bytes: &[u8], path: &Path) -> Result<(usize, usize, Vec<u8>)> {
+    let corrupt = |reason: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
     let (w, h, channels, hwc): (usize, usize, usize, Vec<u8>) = if bytes.starts_with(b"\x89PNG") {
-        let mut dec = png::Decoder::new(bytes.as_slice());
+        let mut dec = png::Decoder::new(bytes);
         dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
         let mut reader = dec.read_info().map_err(|e| corrupt(format!("PNG: {e}")))?;
         let mut buf = vec![0u8; reader.output_buffer_size()];
@@ -58,7 +64,7 @@ fn decode(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
         let c = info.color_type.samples();
         (info.width as usize, info.height as usize, c, buf)
     } else if bytes.starts_with(&[0xff, 0xd8]) {
-        let mut dec = jpeg_decoder::Decoder::new(bytes.as_slice());
+        let mut dec = jpeg_decoder::Decoder::new(bytes);
         let buf = dec.decode().map_err(|e| corrupt(format!("JPEG: {e}")))?;
         let info = dec
             .info()

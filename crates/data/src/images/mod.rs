@@ -13,7 +13,7 @@
 //! (zero-pad each side, e.g. 28 → 32), `count=N` and `seed=N` (shapes), `labels=FILE` (idx).
 
 mod cifar;
-mod folder;
+pub(crate) mod folder;
 mod idx;
 mod shapes;
 

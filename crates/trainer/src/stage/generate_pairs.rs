@@ -137,21 +137,27 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     })
 }
 
-/// The reference pairs in `src` (a directory with `z0.npy`, `z1.npy` [, `label.npy`]) as the stage's
-/// store, checked against the student's sample shape.
+/// The reference pairs in `src` as the stage's store, checked against the student's sample shape:
+/// SlimFlow's `z0.npy`, `z1.npy` [, `label.npy`], or rfpp's `samples.zip` + `z.zip`.
 fn import(ctx: &StageCtx, src: &std::path::Path) -> Result<StageOutcome> {
     let cfg = &ctx.config.pairs;
     let file = |name: &str| src.join(name);
-    let (z0, z1, label) = (file("z0.npy"), file("z1.npy"), file("label.npy"));
+    let rfpp = slimflow_data::rfpp::is_rfpp_dir(src);
+    let (z0, z1, label) = if rfpp {
+        (file("z.zip"), file("samples.zip"), file("label.npy"))
+    } else {
+        (file("z0.npy"), file("z1.npy"), file("label.npy"))
+    };
     for p in [&z0, &z1] {
         if !p.is_file() {
             return Err(Error::Invalid(format!(
-                "pairs.import: {} is missing (expected SlimFlow's z0.npy / z1.npy [/ label.npy])",
+                "pairs.import: {} is missing (expected SlimFlow's z0.npy / z1.npy [/ label.npy] \
+                 or rfpp's z.zip / samples.zip)",
                 p.display()
             )));
         }
     }
-    let label = label.is_file().then_some(label);
+    let label = (!rfpp && label.is_file()).then_some(label);
     let mut shas = vec![sha256_file(&z0)?, sha256_file(&z1)?];
     if let Some(l) = &label {
         shas.push(sha256_file(l)?);
@@ -162,8 +168,11 @@ fn import(ctx: &StageCtx, src: &std::path::Path) -> Result<StageOutcome> {
         if out.exists() {
             std::fs::remove_dir_all(&out).map_err(crate::error::io_err(&out))?;
         }
-        let store =
-            PairStore::import_npy(&z0, &z1, label.as_deref(), &out, cfg.shard_size, cfg.dtype)?;
+        let store = if rfpp {
+            slimflow_data::rfpp::import_rfpp(&z1, &z0, &out, cfg.shard_size, cfg.dtype)?
+        } else {
+            PairStore::import_npy(&z0, &z1, label.as_deref(), &out, cfg.shard_size, cfg.dtype)?
+        };
         let want = ctx.config.student_arch().data_shape();
         if store.manifest().sample_shape != want {
             return Err(Error::Invalid(format!(
