@@ -310,3 +310,107 @@ fn sample_grid(stage_dir: &Path, model: &Model, step: u64, steps: usize) -> Resu
     slimflow_metrics::pictures::grid_png(&dir.join(format!("step-{step:07}.png")), &x, 8)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slimflow_losses::{PremetricConfig, Rf};
+    use slimflow_models::ArchConfig;
+    use slimflow_schedules::TimeDist;
+    use tch::{Device, Kind};
+
+    fn model() -> Model {
+        Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu).unwrap()
+    }
+
+    /// Three steps from the weights `init` (copied in: libtorch's global seed is shared by the
+    /// tests running in parallel).
+    fn trained(accumulate: usize, init: &[Tensor]) -> Vec<Tensor> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = model();
+        tch::no_grad(|| {
+            for (p, v) in sorted_variables(&model).1.iter().zip(init) {
+                p.shallow_clone().copy_(v);
+            }
+        });
+        let optim = OptimConfig {
+            warmup_steps: 0,
+            accumulate,
+            ..OptimConfig::default()
+        };
+        let checkpoint = CheckpointConfig {
+            every: 100,
+            ..CheckpointConfig::default()
+        };
+        let settings = LoopSettings {
+            steps: 3,
+            optim: &optim,
+            checkpoint: &checkpoint,
+            seed: 5,
+            label: "test",
+        };
+        let objective = Rf {
+            time: TimeDist::Uniform { eps: 1e-3 },
+            premetric: PremetricConfig::L2Squared {},
+        };
+        let mut batches = |rng: &mut ChaCha20Rng, _step: u64| {
+            let x1 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
+            let x0 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
+            Ok((
+                Batch {
+                    x0,
+                    x1,
+                    labels: None,
+                },
+                Vec::new(),
+            ))
+        };
+        let end = train(dir.path(), &mut model, &settings, &objective, &mut batches).unwrap();
+        assert_eq!(end, LoopEnd::Finished);
+        sorted_variables(&model).1
+    }
+
+    #[test]
+    fn accumulated_micro_batches_train_like_the_whole_batch() {
+        let init: Vec<Tensor> = sorted_variables(&model())
+            .1
+            .iter()
+            .map(|t| t.detach().copy())
+            .collect();
+        let whole = trained(1, &init);
+        let split = trained(2, &init);
+        let four = trained(4, &init);
+        for ((a, b), c) in whole.iter().zip(&split).zip(&four) {
+            let d = (a - b).abs().max().double_value(&[]);
+            assert!(d < 1e-6, "accumulate 2 differs by {d}");
+            let d = (a - c).abs().max().double_value(&[]);
+            assert!(d < 1e-6, "accumulate 4 differs by {d}");
+        }
+        // and training moved the weights at all
+        let moved = init
+            .iter()
+            .zip(&whole)
+            .any(|(a, b)| (a - b).abs().max().double_value(&[]) > 1e-5);
+        assert!(moved);
+    }
+
+    #[test]
+    fn loss_scale_skips_overflowing_steps_and_unscales_the_rest() {
+        let p = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let params = [p.shallow_clone()];
+        let mut scale = LossScale::new(true);
+        assert_eq!(scale.value, 65536.0);
+        (&p * f64::INFINITY).sum(Kind::Float).backward();
+        assert!(!scale.unscale(&params), "overflow skips the step");
+        assert_eq!(scale.value, 32768.0);
+        assert_eq!(p.grad().abs().sum(Kind::Float).double_value(&[]), 0.0);
+        zero_grad(&params);
+        (&p * 2.0 * scale.value).sum(Kind::Float).backward();
+        assert!(scale.unscale(&params));
+        let g = Vec::<f32>::try_from(&p.grad()).unwrap();
+        assert_eq!(g, vec![2.0; 3], "gradients divided by the scale");
+        // without autocast the scale is inert
+        let mut off = LossScale::new(false);
+        assert!(off.unscale(&params) && off.value == 1.0);
+    }
+}
