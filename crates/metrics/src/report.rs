@@ -64,8 +64,14 @@ pub fn read_json(path: &Path) -> Result<Vec<ModelReport>> {
     serde_json::from_slice(&bytes).map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))
 }
 
-/// A Markdown table of the rows, with links to their pictures.
+/// A Markdown table of the rows, with links to their pictures (relative to the report's folder).
 pub fn to_markdown(rows: &[ModelReport]) -> String {
+    to_markdown_at(rows, "")
+}
+
+/// [`to_markdown`] for a document in another folder: picture links start with `prefix` (e.g.
+/// `eval/`).
+pub fn to_markdown_at(rows: &[ModelReport], prefix: &str) -> String {
     let metric = rows.first().map(|r| r.metric.as_str()).unwrap_or("SW2");
     let energy = rows.iter().any(|r| r.energy_1step.is_some());
     let mut s = format!("| model | params | {metric} 1-step | {metric} ODE |");
@@ -100,7 +106,7 @@ pub fn to_markdown(rows: &[ModelReport]) -> String {
         .flat_map(|r| {
             r.pictures
                 .iter()
-                .map(move |p| format!("[{} {p}]({p})", r.model))
+                .map(move |p| format!("[{} {p}]({prefix}{p})", r.model))
         })
         .collect();
     if !pictures.is_empty() {

@@ -65,7 +65,7 @@ pub fn pipeline_report(run_dir: &Path) -> Result<String> {
         let _ = writeln!(
             md,
             "## Models\n\n{}",
-            slimflow_metrics::report::to_markdown(&rows)
+            slimflow_metrics::report::to_markdown_at(&rows, "eval/")
         );
     }
     let mut pics = String::new();
