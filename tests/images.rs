@@ -76,19 +76,6 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn newest_state(dir: &Path) -> Option<u64> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            name.strip_prefix("state-")?
-                .strip_suffix(".safetensors")?
-                .parse()
-                .ok()
-        })
-        .max()
-}
-
 #[test]
 fn cifar_plan_lists_every_problem_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();

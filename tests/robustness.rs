@@ -168,21 +168,6 @@ const RESUME: &[&str] = &[
     "train.checkpoint={ every = 50, keep_last = 2, log_every = 10 }",
 ];
 
-fn newest_state(dir: &Path) -> Option<u64> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_prefix("state-")?
-                .strip_suffix(".safetensors")?
-                .parse()
-                .ok()
-        })
-        .max()
-}
-
 #[test]
 fn killed_training_resumes_to_identical_parameters() {
     let dir = tempfile::tempdir().unwrap();

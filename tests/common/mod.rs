@@ -86,3 +86,19 @@ pub fn tensors(path: &Path) -> Vec<(String, String, Vec<usize>, Vec<u8>)> {
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
+
+/// The step of the newest training state in a `checkpoints/` folder.
+pub fn newest_state(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("state-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()
+        })
+        .max()
+}

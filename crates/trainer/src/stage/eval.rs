@@ -19,7 +19,7 @@ use slimflow_metrics::fid::{FeatureStats, GaussianStats};
 use slimflow_metrics::report::{self, ModelReport};
 use slimflow_metrics::{agreement, pictures, plot, straightness, toy};
 use slimflow_models::Model;
-use slimflow_sampling::{solve, SolverConfig};
+use slimflow_sampling::{solve, Solution, SolverConfig};
 use tch::Tensor;
 
 use crate::config::{FeatureChoice, Target};
@@ -115,20 +115,8 @@ fn toy_rows(
         let shape = model.config().data_shape();
         let z = seeded_normal(&seeds, &shape, ctx.device);
         let field = model.eval_field(None);
-        let one = solve(
-            &SolverConfig::Euler { steps: 1 },
-            &field,
-            &z,
-            ec.eps,
-            1.0,
-            false,
-        )?;
-        let many = solve(&ec.solver, &field, &z, ec.eps, 1.0, false)?;
-        let euler = SolverConfig::Euler {
-            steps: ec.straightness_steps,
-        };
-        let traj = solve(&euler, &field, &z, ec.eps, 1.0, true)?;
-        let path_points = traj.path.expect("trajectory was captured");
+        let (one, many) = one_and_many(&field, &z, ec)?;
+        let path_points = trajectory(&field, &z, ec)?;
         let flat = |x: &Tensor| x.flatten(1, -1);
         let sw = |x: &Tensor| {
             toy::sliced_wasserstein(&flat(x), &flat(&reference), ec.projections, proj_seed)
@@ -165,6 +153,37 @@ fn toy_rows(
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// One Euler step and the many-step solve from the same noise `z`.
+fn one_and_many(
+    field: &dyn slimflow_sampling::Velocity,
+    z: &Tensor,
+    ec: &crate::config::EvalConfig,
+) -> Result<(Solution, Solution)> {
+    let one = solve(
+        &SolverConfig::Euler { steps: 1 },
+        field,
+        z,
+        ec.eps,
+        1.0,
+        false,
+    )?;
+    let many = solve(&ec.solver, field, z, ec.eps, 1.0, false)?;
+    Ok((one, many))
+}
+
+/// The Euler trajectory from `z` on which straightness is measured.
+fn trajectory(
+    field: &dyn slimflow_sampling::Velocity,
+    z: &Tensor,
+    ec: &crate::config::EvalConfig,
+) -> Result<Vec<(f64, Tensor)>> {
+    let euler = SolverConfig::Euler {
+        steps: ec.straightness_steps,
+    };
+    let traj = solve(&euler, field, z, ec.eps, 1.0, true)?;
+    Ok(traj.path.expect("trajectory was captured"))
 }
 
 fn log_row(row: &ModelReport) {
@@ -262,15 +281,7 @@ fn image_rows(
         let s = slug(f.name);
         for chunk in seeds.chunks(ec.batch_size.max(1)) {
             let z = seeded_normal(chunk, &shape, device);
-            let one = solve(
-                &SolverConfig::Euler { steps: 1 },
-                &field,
-                &z,
-                ec.eps,
-                1.0,
-                false,
-            )?;
-            let many = solve(&ec.solver, &field, &z, ec.eps, 1.0, false)?;
+            let (one, many) = one_and_many(&field, &z, ec)?;
             one_stats.add(&net.features(&as_saved(&one.x))?)?;
             many_stats.add(&net.features(&as_saved(&many.x))?)?;
             agree += agreement::mean_squared_distance(&one.x, &many.x)? * chunk.len() as f64;
@@ -290,11 +301,7 @@ fn image_rows(
         progress.finish();
         let m = ec.straightness_samples.clamp(1, seeds.len());
         let z = seeded_normal(&seeds[..m], &shape, device);
-        let euler = SolverConfig::Euler {
-            steps: ec.straightness_steps,
-        };
-        let traj = solve(&euler, &field, &z, ec.eps, 1.0, true)?;
-        let path_points = traj.path.expect("trajectory was captured");
+        let path_points = trajectory(&field, &z, ec)?;
         let strip = format!("trajectory-{s}.png");
         let states: Vec<Tensor> = path_points.iter().map(|(_, x)| x.shallow_clone()).collect();
         pictures::trajectory_strip_png(&dir.path.join(&strip), &states, 8, 11)?;
