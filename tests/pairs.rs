@@ -225,3 +225,80 @@ fn rfpp_pairs_import_through_the_binary_and_the_pipeline() {
     let v: serde_json::Value = serde_json::from_str(&ok(c)).unwrap();
     assert_eq!(v["count"].as_u64(), Some(12));
 }
+
+/// `configs/cifar10/rfpp.toml` without its `[teacher]` import, on procedural 16×16 images.
+fn rfpp_recipe_without_import(dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(common::root().join("configs/cifar10/rfpp.toml")).unwrap();
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            skipping = line == "[teacher]";
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(!out.contains("[teacher]") && out.contains("kind = \"edm\""));
+    let path = dir.join("rfpp.toml");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+#[test]
+fn rfpp_recipe_pairs_and_eval_run_on_a_tiny_edm_teacher() {
+    // The recipe's own pair sampler (EDM's Heun, 18 steps) and eval sampler (rfpp's x-prediction
+    // Euler, 5 NFE) on an EDM-velocity network, which is undefined at t = 1: every value finite.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = rfpp_recipe_without_import(dir.path());
+    let run = dir.path().join("run");
+    let sets = [
+        "data.dataset=\"shapes:16,count=64\"",
+        "model={ arch = \"edm_velocity\", img_resolution = 16, model_channels = 8, \
+         channel_mult = [1, 2], num_blocks = 1, attn_resolutions = [], dropout = 0.0 }",
+        "train.steps=4",
+        "train.batch_size=8",
+        "train.optim.warmup_steps=2",
+        "train.checkpoint={ every = 4, keep_last = 1, log_every = 2 }",
+        "pairs.count=8",
+        "pairs.shard_size=8",
+        "pairs.batch_size=8",
+        "eval.samples=8",
+        "eval.batch_size=8",
+        "eval.features=\"standin\"",
+        "eval.standin_steps=20",
+        "eval.straightness_steps=4",
+        "eval.straightness_samples=4",
+    ];
+    for stage in ["train", "generate-pairs", "eval"] {
+        let mut c = stage_cmd(stage, &cfg, &run, &sets);
+        c.env("SLIMFLOW_LOG", "warn")
+            .env("SLIMFLOW_WEIGHTS_DIR", dir.path().join("weights"));
+        ok(c);
+    }
+    let mut c = common::slimflow();
+    c.args(["data", "info", "--full", "--json"])
+        .arg(run.join("generate-pairs/pairs"));
+    let info = ok(c);
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(v["count"].as_u64(), Some(8), "{info}");
+    assert!(!info.contains("NaN") && !info.contains("inf"), "{info}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("eval/report.json")).unwrap()).unwrap();
+    let row = &report[0];
+    assert_eq!(row["model"], "1-RF", "{report}");
+    assert_eq!(row["nfe"].as_u64(), Some(5), "{report}");
+    assert!(
+        row["solver"].as_str().unwrap().starts_with("rfpp"),
+        "{report}"
+    );
+    for k in [
+        "distance_1step",
+        "distance_many",
+        "straightness",
+        "straightness_rfpp",
+    ] {
+        assert!(row[k].as_f64().is_some_and(f64::is_finite), "{k}: {report}");
+    }
+}

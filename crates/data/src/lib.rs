@@ -3,7 +3,9 @@
 //! - [`Toy`]: 2-D distributions (Gaussian, ring of Gaussians, two moons, checkerboard, rings, spiral)
 //!   used as sources and targets; deterministic given the RNG.
 //! - [`seeded_normal`]: noise drawn per sample from its own seed, so sample i is the same at any batch
-//!   size, shard layout or device (EDM's `StackedRandomGenerator` idea).
+//!   size, shard layout or device (EDM's `StackedRandomGenerator` idea); [`seeded_source`] the same
+//!   for any [`Toy`] source (exactly [`seeded_normal`] for N(0, I)), [`seeded_labels`] uniform class
+//!   labels per seed.
 //! - [`images`]: image datasets (CIFAR-10 binary, MNIST / Fashion-MNIST IDX, PNG/JPEG folders, the
 //!   built-in procedural shapes) named by spec strings such as `cifar10:DIR,split=test`; [`loader`]:
 //!   seeded, resumable, prefetched batches in [-1, 1]; [`npy`]: NumPy files.
@@ -21,6 +23,6 @@ pub mod npy;
 pub mod rfpp;
 
 pub use error::{Error, Result};
-pub use noise::seeded_normal;
+pub use noise::{seeded_labels, seeded_normal, seeded_source};
 pub use pair_store::{PairDtype, PairReader, PairStore, PairStoreManifest, Pairs, Verify};
 pub use toy::Toy;

@@ -158,6 +158,45 @@ fn read_entry(
     Ok(bytes)
 }
 
+/// rfpp's label file, written beside `samples.zip` by `generate_edm.py` for class-conditional
+/// teachers: one `IMAGE.png,LABEL` row per image (the argmax of the random one-hot label).
+pub const RFPP_LABELS: &str = "images_labels.csv";
+
+/// The labels of `images_labels.csv` by image entry name; every row must parse, and an image listed
+/// twice must have one label.
+fn read_labels(path: &Path) -> Result<std::collections::HashMap<String, i64>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut labels = std::collections::HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let row = line
+            .rsplit_once(',')
+            .and_then(|(name, l)| Some((name.trim(), l.trim().parse::<i64>().ok()?)))
+            .filter(|(name, l)| !name.is_empty() && *l >= 0);
+        let Some((name, label)) = row else {
+            return Err(corrupt(
+                path,
+                format!("line {}: expected `IMAGE.png,LABEL`, got {line:?}", i + 1),
+            ));
+        };
+        if let Some(old) = labels.insert(name.to_string(), label) {
+            if old != label {
+                return Err(corrupt(
+                    path,
+                    format!("line {}: {name} is labelled both {old} and {label}", i + 1),
+                ));
+            }
+        }
+    }
+    Ok(labels)
+}
+
 /// Whether `dir` holds an rfpp pair set (`z.zip` and `samples.zip`).
 pub fn is_rfpp_dir(dir: &Path) -> bool {
     dir.join("z.zip").is_file() && dir.join("samples.zip").is_file()
@@ -165,7 +204,8 @@ pub fn is_rfpp_dir(dir: &Path) -> bool {
 
 /// A pair store in `out` from rfpp's `samples.zip` and `z.zip`: pair j is the j-th `.bin` entry of
 /// `z.zip` in name order (rfpp's own order), with the image of the same stem scaled to [-1, 1] as x1
-/// and the noise regenerated from the stored generator state as z. Labels are not read.
+/// and the noise regenerated from the stored generator state as z. When [`RFPP_LABELS`] lies beside
+/// `samples.zip` every pair takes its image's label from it (classes: the largest label + 1).
 pub fn import_rfpp(
     samples: &Path,
     z: &Path,
@@ -190,8 +230,29 @@ pub fn import_rfpp(
     let (h, w, _) = crate::images::folder::decode_bytes(&first, &origin(&image_name(&names[0])))?;
     let shape = vec![3i64, h as i64, w as i64];
     let numel = 3 * h * w;
+    let labels_path = samples
+        .parent()
+        .map(|d| d.join(RFPP_LABELS))
+        .filter(|p| p.is_file());
+    let labels = match &labels_path {
+        Some(p) => {
+            let by_name = read_labels(p)?;
+            let per_pair = names
+                .iter()
+                .map(|n| {
+                    let img = image_name(n);
+                    by_name
+                        .get(&img)
+                        .copied()
+                        .ok_or_else(|| corrupt(p, format!("no label for {img}")))
+                })
+                .collect::<Result<Vec<i64>>>()?;
+            Some(per_pair)
+        }
+        None => None,
+    };
     let (digest, _) = slimflow_models::checkpoint::sha256_file(z)?;
-    let manifest = PairStoreManifest::new(
+    let mut manifest = PairStoreManifest::new(
         names.len() as u64,
         shard_size,
         shape.clone(),
@@ -200,6 +261,15 @@ pub fn import_rfpp(
         format!("{{\"imported_rfpp\": \"{}\"}}", z.display()),
     )?
     .with_dtype(dtype);
+    if let Some(l) = &labels {
+        let classes = l.iter().max().map_or(0, |m| m + 1);
+        manifest = manifest.with_classes(u32::try_from(classes).map_err(|_| {
+            corrupt(
+                labels_path.as_deref().unwrap_or(samples),
+                format!("label {} is out of range", classes - 1),
+            )
+        })?);
+    }
     let store = PairStore::create_or_resume(out, manifest)?;
     for shard in store.missing_shards() {
         let range = store.shard_range(shard);
@@ -246,7 +316,10 @@ pub fn import_rfpp(
         };
         let zt = Tensor::from_slice(&flat(0)).reshape(&size[..]);
         let xt = Tensor::from_slice(&flat(1)).reshape(&size[..]);
-        store.write_shard(shard, &zt.to_kind(Kind::Float), &xt, None)?;
+        let lt = labels
+            .as_ref()
+            .map(|l| Tensor::from_slice(&l[range.start as usize..range.end as usize]));
+        store.write_shard(shard, &zt.to_kind(Kind::Float), &xt, lt.as_ref())?;
     }
     Ok(store)
 }

@@ -306,3 +306,22 @@ fn loader_is_deterministic_resumable_and_covers_each_epoch() {
     assert!(s.next_batch().x.equal(&full[0].x));
     assert!(Loader::new(set, cfg(0, false), Position::default()).is_err());
 }
+
+#[test]
+fn count_keeps_the_first_images_of_any_source() {
+    let set = ImageSet {
+        name: "t".into(),
+        channels: 1,
+        height: 1,
+        width: 2,
+        pixels: (0..10).collect(),
+        labels: Some(vec![0, 1, 2, 3, 4]),
+        classes: Vec::new(),
+    };
+    let three = set.clone().first(3).unwrap();
+    assert_eq!(three.len(), 3);
+    assert_eq!(three.pixels, vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(three.labels, Some(vec![0, 1, 2]));
+    assert_eq!(set.clone().first(99).unwrap(), set);
+    assert!(set.first(0).is_err());
+}

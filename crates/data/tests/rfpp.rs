@@ -82,3 +82,43 @@ fn broken_rfpp_files_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn rfpp_labels_beside_the_samples_are_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture();
+    for f in ["samples.zip", "z.zip"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    // rfpp's images_labels.csv: `IMAGE.png,LABEL`, in generation order
+    let rows: String = (0..12).map(|i| format!("{i:05}.png,{}\n", i % 3)).collect();
+    std::fs::write(dir.path().join("images_labels.csv"), rows).unwrap();
+    let store = import_rfpp(
+        &dir.path().join("samples.zip"),
+        &dir.path().join("z.zip"),
+        &dir.path().join("pairs"),
+        5,
+        PairDtype::F32,
+    )
+    .unwrap();
+    assert_eq!(store.manifest().num_classes, 3);
+    let pairs = store.load(tch::Device::Cpu).unwrap();
+    let labels = Vec::<i64>::try_from(pairs.labels.as_ref().unwrap()).unwrap();
+    assert_eq!(labels, (0..12).map(|i| i % 3).collect::<Vec<i64>>());
+    // an image without a label is named
+    let rows: String = (0..11).map(|i| format!("{i:05}.png,1\n")).collect();
+    std::fs::write(dir.path().join("images_labels.csv"), rows).unwrap();
+    let err = import_rfpp(
+        &dir.path().join("samples.zip"),
+        &dir.path().join("z.zip"),
+        &dir.path().join("pairs2"),
+        5,
+        PairDtype::F32,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("images_labels.csv") && err.contains("no label for 00011.png"),
+        "{err}"
+    );
+}

@@ -8,14 +8,13 @@
 
 use rand::RngCore;
 use slimflow_models::Model;
-use slimflow_schedules::{x1_from_velocity, RectifiedPath, TimeDist, TimeDistribution};
+use slimflow_schedules::{x1_from_velocity, RectifiedPath, TimeDist};
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
 use crate::lpips::Lpips;
-use crate::objective::{check_batch, Batch, LossTerms, Objective};
+use crate::objective::{draw_times, Batch, LossTerms, Objective};
 use crate::premetric::{Premetric, PremetricConfig};
-use crate::random::uniform_tensor;
 
 /// The LPIPS-Huber reflow objective.
 #[derive(Debug)]
@@ -52,11 +51,7 @@ pub fn lpips_huber_terms(
 
 impl Objective for LpipsHuber<'_> {
     fn loss(&self, student: &Model, batch: &Batch, rng: &mut dyn RngCore) -> Result<LossTerms> {
-        check_batch(batch)?;
-        self.time.validate()?;
-        let b = batch.x1.size()[0] as usize;
-        let t =
-            uniform_tensor(&self.time.sample(rng, b), batch.x1.device()).to_kind(batch.x1.kind());
+        let t = draw_times(&self.time, batch, rng)?;
         let path = RectifiedPath.sample(&batch.x0, &batch.x1, &t);
         let v_hat = student
             .net()

@@ -96,7 +96,10 @@ impl Premetric for PremetricConfig {
             }
             PremetricConfig::PseudoHuber {} => {
                 let c = 0.00054 * d;
-                ((sum_sq(a, b) + c * c).sqrt() - c) / d
+                // sqrt(s + c²) − c written as s/(sqrt(s + c²) + c): the same function without the
+                // float32 cancellation of the quadratic regime s ≪ c² (late in training).
+                let s = sum_sq(a, b);
+                &s / ((&s + c * c).sqrt() + c) / d
             }
         })
     }

@@ -1,8 +1,10 @@
 //! Tensors drawn from the caller's RNG (never from libtorch's global generator).
 
-use rand::Rng;
+use rand::{Rng, RngCore};
 use rand_distr::{Distribution, StandardNormal};
 use tch::{Device, Kind, Tensor};
+
+use crate::error::Result;
 
 /// Standard normal float32 tensor of `shape` from `rng`.
 pub fn normal_tensor<R: Rng + ?Sized>(rng: &mut R, shape: &[i64], device: Device) -> Tensor {
@@ -17,6 +19,24 @@ pub fn normal_tensor<R: Rng + ?Sized>(rng: &mut R, shape: &[i64], device: Device
         .reshape(shape)
         .to_kind(Kind::Float)
         .to_device(device)
+}
+
+/// The flow's source distribution, from which objectives draw fresh noise (the flow-guided term's
+/// ε) with the caller's RNG. [`StandardGaussian`] is N(0, I); a trainer with another source (a 2-D
+/// toy distribution) implements it for that.
+pub trait NoiseSource: std::fmt::Debug {
+    /// Samples of shape `shape` = [B, …] (float32) on `device`.
+    fn sample(&self, rng: &mut dyn RngCore, shape: &[i64], device: Device) -> Result<Tensor>;
+}
+
+/// N(0, I), drawn by [`normal_tensor`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StandardGaussian;
+
+impl NoiseSource for StandardGaussian {
+    fn sample(&self, rng: &mut dyn RngCore, shape: &[i64], device: Device) -> Result<Tensor> {
+        Ok(normal_tensor(rng, shape, device))
+    }
 }
 
 /// Float32 tensor [values.len()] on `device` from f64 values (e.g. sampled times).

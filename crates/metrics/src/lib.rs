@@ -9,14 +9,12 @@
 //! - [`inception`]: pytorch-fid's FID Inception-v3 (pool3 features), loading its weights by name.
 //! - [`plot`]: PNG scatter plots of 2-D samples and trajectories.
 //! - [`report`]: the per-model evaluation table written as `report.json` and Markdown.
-//! - [`parity`]: the runner comparing our implementations with the reference vectors.
 
 pub mod agreement;
 mod error;
 pub mod features;
 pub mod fid;
 pub mod inception;
-pub mod parity;
 pub mod pictures;
 pub mod plot;
 pub mod report;
@@ -24,4 +22,4 @@ pub mod standin;
 pub mod toy;
 
 pub use error::{Error, Result};
-pub use slimflow_sampling::straightness;
+pub use slimflow_sampling::{straightness, straightness_rfpp, straightness_slimflow};

@@ -29,8 +29,15 @@ pub struct ModelReport {
     /// Energy distance to the target of many-step samples (2-D data).
     #[serde(default)]
     pub energy_many: Option<f64>,
-    /// Straightness of the ODE trajectories (0 = straight).
+    /// Straightness of the Euler trajectories, ours (0 = straight; squared norm summed over
+    /// dimensions, on the actual grid: [`crate::straightness`]).
     pub straightness: f64,
+    /// The same trajectories by 2-rectified flow++'s definition (squares averaged over dimensions).
+    #[serde(default)]
+    pub straightness_rfpp: Option<f64>,
+    /// The same trajectories by SlimFlow's definition (unsquared Euclidean norm).
+    #[serde(default)]
+    pub straightness_slimflow: Option<f64>,
     /// E‖x_1step − x_many‖² from the same noise.
     pub agreement: f64,
     /// Mean NFE of the many-step solve.
@@ -78,11 +85,13 @@ pub fn to_markdown_at(rows: &[ModelReport], prefix: &str) -> String {
     if energy {
         s.push_str(" energy 1-step | energy ODE |");
     }
-    s.push_str(" straightness | 1-step vs ODE | NFE (solver) |\n|---|---:|---:|---:|");
+    s.push_str(
+        " straightness (ours) | (rfpp) | (SlimFlow) | 1-step vs ODE | NFE (solver) |\n|---|---:|---:|---:|",
+    );
     if energy {
         s.push_str("---:|---:|");
     }
-    s.push_str("---:|---:|---|\n");
+    s.push_str("---:|---:|---:|---:|---|\n");
     let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into());
     for r in rows {
         s.push_str(&format!(
@@ -97,10 +106,18 @@ pub fn to_markdown_at(rows: &[ModelReport], prefix: &str) -> String {
             ));
         }
         s.push_str(&format!(
-            " {:.4} | {:.4} | {} ({}) |\n",
-            r.straightness, r.agreement, r.nfe, r.solver
+            " {:.4} | {} | {} | {:.4} | {} ({}) |\n",
+            r.straightness,
+            opt(r.straightness_rfpp),
+            opt(r.straightness_slimflow),
+            r.agreement,
+            r.nfe,
+            r.solver
         ));
     }
+    s.push_str(
+        "\nStraightness of the same Euler trajectories by three definitions: ours,          mean_i E‖Δx_i/Δt_i − (x_N − x_0)‖² (squared norm summed over dimensions); rfpp's, the same          squares averaged over dimensions with Δt = 1/N; SlimFlow's, Σ_i (1/N)·E‖Δx_i·N −          (x_N − x_0)‖ (unsquared norm).\n",
+    );
     let pictures: Vec<String> = rows
         .iter()
         .flat_map(|r| {
@@ -132,6 +149,8 @@ mod tests {
             energy_1step: Some(0.2),
             energy_many: Some(0.01),
             straightness: 0.03,
+            straightness_rfpp: Some(0.015),
+            straightness_slimflow: None,
             agreement: 0.4,
             nfe: 38,
             solver: "rk45-1e-5".into(),
@@ -149,5 +168,14 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("(grid-2rf.png)"), "{md}");
+        assert!(md.contains("| 0.0300 | 0.0150 | – |"), "{md}");
+        assert!(
+            md.contains("straightness (ours) | (rfpp) | (SlimFlow)"),
+            "{md}"
+        );
+        // Reports written before the reference definitions existed still read.
+        let old = r#"[{"model":"m","stage":"s","params":1,"distance_1step":1,"distance_many":1,"straightness":0.1,"agreement":0,"nfe":1,"solver":"euler-1"}]"#;
+        std::fs::write(&p, old).unwrap();
+        assert_eq!(read_json(&p).unwrap()[0].straightness_rfpp, None);
     }
 }

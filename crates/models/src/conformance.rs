@@ -1,6 +1,7 @@
 //! A reusable conformance check for architectures: one call in a test verifies what every
 //! [`crate::VelocityField`] must do. It panics with a message naming the architecture and the
-//! property that failed, so it is meant for tests (`#[test] fn conforms() { check(&cfg, Some(n)) }`).
+//! property that failed, so it is meant for tests (`#[test] fn conforms() { check(&cfg, Some(n)) }`);
+//! [`check_sampling`] does the same for sampling: every solver, the field on its whole domain.
 
 use std::collections::BTreeMap;
 
@@ -83,4 +84,137 @@ pub fn check(config: &ArchConfig, expected_params: Option<i64>) {
         model.check_input(&wrong, &t0, labels.as_ref()).is_err(),
         "{name}: wrong input shape accepted"
     );
+}
+
+/// Every solver configuration [`check_sampling`] runs: each generic solver with one and several
+/// steps, every rfpp variant and EDM's sampler (Heun and Euler), small enough for CPU tests.
+pub fn solver_variants() -> Vec<slimflow_sampling::SolverConfig> {
+    use slimflow_sampling::{EdmSamplerConfig, RfppMethod, RfppSampler, SolverConfig};
+    let mut all = vec![
+        SolverConfig::Euler { steps: 1 },
+        SolverConfig::Euler { steps: 4 },
+        SolverConfig::Heun { steps: 3 },
+        SolverConfig::Rk45 {
+            rtol: 1e-3,
+            atol: 1e-3,
+        },
+        SolverConfig::XPred { steps: 3 },
+    ];
+    for method in [RfppMethod::Euler, RfppMethod::Heun] {
+        for sampler in [RfppSampler::Default, RfppSampler::New] {
+            all.push(SolverConfig::Rfpp {
+                method,
+                sampler,
+                nfe: 3,
+            });
+        }
+    }
+    for heun in [true, false] {
+        all.push(SolverConfig::Edm(EdmSamplerConfig {
+            steps: 3,
+            heun,
+            ..EdmSamplerConfig::default()
+        }));
+    }
+    all
+}
+
+/// Checks that `model` can be sampled: every [`solver_variants`] entry runs from t = 1e-3 to 1 on a
+/// batch of two (labels 0 and label_dim − 1 when conditional), returns a finite batch of the data
+/// shape in float32 and reports the NFE its solver promises for the model's domain; a backward
+/// Heun solve works; the field is finite on a dense time grid over its domain (closed ends
+/// included) and refuses its open ends, as a start of a solve too; and a network with its own EDM
+/// denoiser agrees with the denoiser derived from its velocity. Panics naming the architecture,
+/// solver and property that failed.
+pub fn check_sampling(model: &Model) {
+    use slimflow_sampling::{
+        evaluate, solve, Denoiser, Error, SolverConfig, Velocity, VelocityDenoiser,
+    };
+    let config = model.config();
+    let name = config.name();
+    let mut shape = vec![2i64];
+    shape.extend(config.data_shape());
+    tch::manual_seed(1);
+    let z = Tensor::randn(shape.as_slice(), (Kind::Float, model.vs.device()));
+    let labels = (config.label_dim() > 0)
+        .then(|| Tensor::from_slice(&[0i64, config.label_dim() - 1]).to_device(z.device()));
+    let field = model.eval_field(labels.as_ref());
+    let domain = field.domain();
+    let finite = |x: &Tensor| x.isfinite().all().int64_value(&[]) == 1;
+
+    for cfg in solver_variants() {
+        let label = cfg.label();
+        let sol = solve(&cfg, &field, &z, 1e-3, 1.0, false)
+            .unwrap_or_else(|e| panic!("{name}, {label}: {e}"));
+        assert_eq!(sol.x.size(), shape, "{name}, {label}: output shape");
+        assert_eq!(sol.x.kind(), Kind::Float, "{name}, {label}: output kind");
+        assert!(finite(&sol.x), "{name}, {label}: non-finite samples");
+        if let Some(nfe) = cfg.nfe(&domain, 1.0) {
+            assert_eq!(sol.nfe, nfe, "{name}, {label}: NFE");
+        }
+    }
+    let back = solve(
+        &SolverConfig::Heun { steps: 2 },
+        &field,
+        &z,
+        0.999,
+        1e-3,
+        false,
+    )
+    .unwrap_or_else(|e| panic!("{name}, backward Heun: {e}"));
+    assert!(finite(&back.x), "{name}: backward Heun non-finite");
+
+    let (lo, hi) = (domain.lo(), domain.hi());
+    let mut times: Vec<f64> = (0..=32).map(|i| f64::from(i) / 32.0).collect();
+    times.extend([lo.last_evaluation(), hi.last_evaluation(), 1e-5, 1.0 - 1e-5]);
+    for t in times {
+        let v = evaluate(&field, &z, t);
+        if domain.contains(t) {
+            let v = v.unwrap_or_else(|e| panic!("{name}: at t = {t}: {e}"));
+            assert_eq!(v.size(), shape, "{name}: shape at t = {t}");
+            assert!(finite(&v), "{name}: non-finite velocity at t = {t}");
+        } else {
+            assert!(
+                matches!(v, Err(Error::OutsideDomain { .. })),
+                "{name}: evaluating at the excluded t = {t} must fail"
+            );
+        }
+    }
+    for (end, other) in [(lo, hi), (hi, lo)] {
+        let start = solve(
+            &SolverConfig::Euler { steps: 1 },
+            &field,
+            &z,
+            end.at(),
+            other.at(),
+            false,
+        );
+        if end.is_open() {
+            assert!(
+                matches!(start, Err(Error::ExcludedStart { .. })),
+                "{name}: a solve starting at the excluded t = {} must fail",
+                end.at()
+            );
+        } else {
+            let sol = start.unwrap_or_else(|e| panic!("{name}: from t = {}: {e}", end.at()));
+            assert!(finite(&sol.x), "{name}: from t = {}", end.at());
+        }
+    }
+
+    // A native denoiser is the same function as the one derived from the velocity.
+    if let Some(native) = field.denoiser() {
+        let generic = VelocityDenoiser(&field);
+        let x = z.to_kind(Kind::Double) * 3.0;
+        for sigma in [0.01, 0.5, 5.0, 50.0] {
+            let s = Tensor::full([2], sigma, (Kind::Double, z.device()));
+            let (a, b) = tch::no_grad(|| (native.denoise(&x, &s), generic.denoise(&x, &s)));
+            let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+            let scale = 1.0 + a.abs().max().double_value(&[]);
+            let diff = (&a - &b).abs().max().double_value(&[]);
+            assert!(
+                diff <= 1e-3 * scale,
+                "{name}: denoiser and velocity disagree at σ = {sigma} by {diff}"
+            );
+        }
+    }
 }

@@ -7,12 +7,39 @@
 //! c_noise = ln(σ)/4) and zero augmentation labels; rfpp's velocity is (x − D)/t_r and ours, in our
 //! time direction, its negation (D − x)/t_r. The operations follow the reference's order, which
 //! matters in float32 near t_r = 0. Parameters sit under `model.` like rfpp's state dict.
+//!
+//! The wrapper is undefined at both ends of our time: at t = 1 (σ = 0) it divides by t_r = 0, at
+//! t = 0 (σ = ∞) it takes ln ∞. Its [`slimflow_sampling::Domain`] is therefore open at both ends,
+//! reached from EDM's noise range: t = 1/(1 + σ_min) at the data end, 1/(1 + σ_max) at the noise
+//! end ([`SIGMA_MIN`], [`SIGMA_MAX`]). The same network is also EDM's denoiser
+//! ([`EdmVelocity::denoise`], rfpp's `EDMPrecond`), which EDM's sampler evaluates directly.
 
+use slimflow_sampling::{Bound, Domain};
+use slimflow_schedules::convert::t_from_edm_sigma;
 use tch::{nn, Kind, Tensor};
 
 use crate::song_unet::{SongUnet, SongUnetConfig};
 
 const SIGMA_DATA: f64 = 0.5;
+
+/// EDM's smallest trained noise level (its sampler's default σ_min).
+pub const SIGMA_MIN: f64 = 0.002;
+/// EDM's largest noise level (its sampler's default σ_max).
+pub const SIGMA_MAX: f64 = 80.0;
+
+/// EDM's preconditioned denoiser (rfpp `EDMPrecond`) with fixed class labels, for
+/// [`slimflow_sampling::edm::sample`].
+#[derive(Debug, Clone, Copy)]
+pub struct EdmDenoiser<'a> {
+    net: &'a EdmVelocity,
+    class_labels: Option<&'a Tensor>,
+}
+
+impl slimflow_sampling::Denoiser for EdmDenoiser<'_> {
+    fn denoise(&self, x: &Tensor, sigma: &Tensor) -> Tensor {
+        self.net.denoise(x, sigma, self.class_labels)
+    }
+}
 
 /// rfpp's `EDMPrecondVel(SongUNet)`.
 #[derive(Debug)]
@@ -35,7 +62,64 @@ impl EdmVelocity {
         &self.unet
     }
 
-    /// rfpp's velocity v_r = (x − D)/t_r at rfpp time t_r ([B], t_r = 0 data). x: [B, C, R, R];
+    /// Where the wrapper is defined in our time: (0, 1), reached from t = 1/(1 + σ_max) and
+    /// t = 1/(1 + σ_min).
+    pub fn time_domain() -> Domain {
+        Domain::new(
+            Bound::Open {
+                at: 0.0,
+                near: t_from_edm_sigma(SIGMA_MAX),
+            },
+            Bound::Open {
+                at: 1.0,
+                near: t_from_edm_sigma(SIGMA_MIN),
+            },
+        )
+        .expect("EDM's noise range lies inside (0, 1)")
+    }
+
+    /// EDM's denoiser D(x, σ) = c_skip·x + c_out·F(c_in·x, ln(σ)/4) on the same network, as rfpp's
+    /// `EDMPrecond` computes it (evaluation mode): x [B, C, R, R] in σ-space (any float kind; cast
+    /// to float32 like EDM, so a float64 sampler state is fine), σ `[B]` > 0; the preconditioning in
+    /// float32, the network in its weights' dtype; returns float32. No augmentation labels
+    /// (EDMPrecond passes none); class_labels: [B, label_dim] one-hot, zeros when absent on a
+    /// conditional network (as EDMPrecond).
+    pub fn denoise(&self, x: &Tensor, sigma: &Tensor, class_labels: Option<&Tensor>) -> Tensor {
+        let x = x.to_kind(Kind::Float);
+        let sigma = sigma.to_kind(Kind::Float).reshape([-1, 1, 1, 1]);
+        let label_dim = self.unet.config().label_dim;
+        let labels = (label_dim > 0).then(|| match class_labels {
+            Some(y) => y.to_kind(Kind::Float).reshape([-1, label_dim]),
+            None => Tensor::zeros([x.size()[0], label_dim], (Kind::Float, x.device())),
+        });
+        let sd2 = SIGMA_DATA * SIGMA_DATA;
+        let c_skip = sd2 / (sigma.square() + sd2);
+        let c_out = &sigma * SIGMA_DATA / (sigma.square() + sd2).sqrt();
+        let c_in: Tensor = 1.0 / (sigma.square() + sd2).sqrt();
+        let c_noise = sigma.log() / 4.0;
+        let f = self
+            .unet
+            .forward_t(
+                &(&c_in * &x).to_kind(self.unet.kind()),
+                &c_noise.flatten(0, -1),
+                labels.as_ref(),
+                None,
+                false,
+            )
+            .to_kind(Kind::Float);
+        c_skip * x + c_out * f
+    }
+
+    /// This network as EDM's denoiser with fixed `class_labels` ([B, label_dim] one-hot), for
+    /// [`slimflow_sampling::edm::sample`].
+    pub fn denoiser<'a>(&'a self, class_labels: Option<&'a Tensor>) -> EdmDenoiser<'a> {
+        EdmDenoiser {
+            net: self,
+            class_labels,
+        }
+    }
+
+    /// rfpp's velocity v_r = (x − D)/t_r at rfpp time t_r (`[B]`, t_r = 0 data). x: [B, C, R, R];
     /// class_labels: [B, label_dim] one-hot when conditional.
     pub fn forward_rfpp(
         &self,
@@ -84,7 +168,7 @@ impl EdmVelocity {
     }
 }
 
-/// As a velocity field: our time t, class labels as indices [B] (one-hot encoded here).
+/// As a velocity field: our time t, class labels as indices `[B]` (one-hot encoded here).
 impl crate::VelocityField for EdmVelocity {
     fn forward_t(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
         let label_dim = self.unet.config().label_dim;
@@ -92,6 +176,23 @@ impl crate::VelocityField for EdmVelocity {
             .filter(|_| label_dim > 0)
             .map(|y| y.one_hot(label_dim).to_kind(Kind::Float));
         self.forward(x, t, one_hot.as_ref(), train)
+    }
+
+    fn domain(&self) -> Domain {
+        EdmVelocity::time_domain()
+    }
+
+    fn denoise(&self, x: &Tensor, sigma: &Tensor, labels: Option<&Tensor>) -> Option<Tensor> {
+        let label_dim = self.unet.config().label_dim;
+        let one_hot = labels
+            .filter(|_| label_dim > 0)
+            .map(|y| y.one_hot(label_dim).to_kind(Kind::Float));
+        Some(EdmVelocity::denoise(self, x, sigma, one_hot.as_ref()))
+    }
+
+    /// EDMPrecond's: every σ > 0.
+    fn sigma_range(&self) -> (f64, f64) {
+        (0.0, f64::INFINITY)
     }
 
     fn config(&self) -> &crate::ArchConfig {

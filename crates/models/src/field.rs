@@ -14,12 +14,32 @@ use crate::registry::ArchConfig;
 /// Implementations take t in [0, 1] (t = 0 noise) and turn it into their own noise-label input (an
 /// MLP's sinusoidal features of 1000·t, SlimFlow's NCSN++ 999·t, …); callers never pre-scale t.
 pub trait VelocityField: std::fmt::Debug + Send {
-    /// x: [B, …] (the architecture's data shape), t: [B], labels: [B] class indices (i64) when the
+    /// x: [B, …] (the architecture's data shape), t: `[B]`, labels: `[B]` class indices (i64) when the
     /// architecture is class-conditional; `train` enables dropout.
     fn forward_t(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor;
 
     /// The architecture config this network was built from.
     fn config(&self) -> &ArchConfig;
+
+    /// Where the network may be evaluated (see [`slimflow_sampling::Domain`]): the closed [0, 1]
+    /// unless its time parameterisation breaks down at an end, as the EDM wrapper's does.
+    fn domain(&self) -> slimflow_sampling::Domain {
+        slimflow_sampling::Domain::UNIT
+    }
+
+    /// EDM's denoiser D(x_σ, σ) (x in σ-space, σ: `[B]`, labels as in [`VelocityField::forward_t`]),
+    /// evaluation mode, for networks that are EDM-parameterised; `None` for the others, which EDM's
+    /// sampler then drives through their velocity ([`slimflow_sampling::edm::denoise_with_velocity`]).
+    fn denoise(&self, _x: &Tensor, _sigma: &Tensor, _labels: Option<&Tensor>) -> Option<Tensor> {
+        None
+    }
+
+    /// The noise levels EDM's sampler may use on this network (it clips its σ range to them):
+    /// by default those of the domain ([`slimflow_sampling::edm::sigma_range_of`]); a network with
+    /// its own [`VelocityField::denoise`] states its denoiser's range.
+    fn sigma_range(&self) -> (f64, f64) {
+        slimflow_sampling::edm::sigma_range_of(&self.domain())
+    }
 }
 
 /// A network together with its parameters; what stages build, train, save and load.
@@ -156,6 +176,16 @@ pub struct EvalField<'a> {
 }
 
 impl slimflow_sampling::Velocity for EvalField<'_> {
+    fn domain(&self) -> slimflow_sampling::Domain {
+        self.net.domain()
+    }
+
+    /// Always itself: [`slimflow_sampling::Denoiser`] for an `EvalField` uses the network's own
+    /// denoiser when it has one and the conversion through our time otherwise.
+    fn denoiser(&self) -> Option<&dyn slimflow_sampling::Denoiser> {
+        Some(self)
+    }
+
     fn velocity(&self, x: &Tensor, t: &Tensor) -> Tensor {
         if x.kind() == self.kind {
             return self.net.forward_t(x, t, self.labels, false);
@@ -168,5 +198,18 @@ impl slimflow_sampling::Velocity for EvalField<'_> {
                 false,
             )
             .to_kind(x.kind())
+    }
+}
+
+impl slimflow_sampling::Denoiser for EvalField<'_> {
+    fn denoise(&self, x: &Tensor, sigma: &Tensor) -> Tensor {
+        match self.net.denoise(x, sigma, self.labels) {
+            Some(d) => d,
+            None => slimflow_sampling::edm::denoise_with_velocity(self, x, sigma),
+        }
+    }
+
+    fn sigma_range(&self) -> (f64, f64) {
+        self.net.sigma_range()
     }
 }

@@ -109,7 +109,7 @@ impl Mlp {
         }
     }
 
-    /// Sinusoidal features of 1000·t: [B] → [B, time_embed_dim].
+    /// Sinusoidal features of 1000·t: `[B]` → [B, time_embed_dim].
     fn time_features(&self, t: &Tensor) -> Tensor {
         let half = self.cfg.time_embed_dim / 2;
         let freqs = (Tensor::arange(half, (Kind::Float, t.device()))

@@ -191,7 +191,7 @@ impl ArchConfig {
         }
     }
 
-    /// Checks a batch (x: [B, …data_shape], t: [B], labels: [B] i64 when conditional).
+    /// Checks a batch (x: [B, …data_shape], t: `[B]`, labels: `[B]` i64 when conditional).
     pub fn check_input(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<()> {
         let shape = self.data_shape();
         let xs = x.size();

@@ -29,6 +29,25 @@ pub enum Error {
         /// Time at which it was detected.
         at: f64,
     },
+    /// A solve would evaluate the field at a time where it is not defined.
+    #[error("the field cannot be evaluated at t = {t}: its domain is {domain}")]
+    OutsideDomain {
+        /// The offending time.
+        t: f64,
+        /// Where the field is defined.
+        domain: crate::Domain,
+    },
+    /// A solve would start at an excluded (open) end of the field's domain.
+    #[error(
+        "cannot start a solve at t = {t}: the field is undefined there (its domain is {domain}); \
+         start inside the domain"
+    )]
+    ExcludedStart {
+        /// The requested start time.
+        t: f64,
+        /// Where the field is defined.
+        domain: crate::Domain,
+    },
     /// A trajectory given to [`crate::straightness`] is unusable.
     #[error("trajectory: {0}")]
     Trajectory(String),

@@ -2,16 +2,18 @@
 
 use tch::Tensor;
 
+use crate::error::Result;
 use crate::solver::{Solution, Trace};
-use crate::velocity::{time_tensor, Velocity};
+use crate::velocity::Field;
 
-pub(crate) fn solve(v: &dyn Velocity, x: &Tensor, grid: &[f64], capture: bool) -> Solution {
+/// Never evaluates at the last grid point, so it needs no special case for an excluded end.
+pub(crate) fn solve(f: &Field, x: &Tensor, grid: &[f64], capture: bool) -> Result<Solution> {
     let mut trace = Trace::new(capture, grid[0], x);
     let mut x = x.shallow_clone();
     for w in grid.windows(2) {
         let (t, t_next) = (w[0], w[1]);
-        x = &x + v.velocity(&x, &time_tensor(&x, t)) * (t_next - t);
+        x = &x + f.at(&x, t)? * (t_next - t);
         trace.push(t_next, &x);
     }
-    trace.finish(x, grid.len() - 1)
+    Ok(trace.finish(x, f.nfe()))
 }

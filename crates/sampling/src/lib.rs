@@ -5,17 +5,28 @@
 //! closed set of solvers is [`SolverConfig`]: each variant carries exactly its own settings, so an
 //! adaptive solver with a step count cannot be written. [`straightness`] measures how far a
 //! trajectory is from a straight line (Liu et al. 2023, eq. 4).
+//!
+//! A field declares where it may be evaluated ([`Velocity::domain`], a [`Domain`]); every solver
+//! stays inside it and reaches an excluded end with one Euler (prediction) step. The references'
+//! own samplers are here exactly: rfpp's ([`SolverConfig::Rfpp`], [`rfpp`]) and EDM's σ-space
+//! sampler for EDM-parameterised networks ([`edm::sample`], [`SolverConfig::Edm`]).
 
+mod domain;
+pub mod edm;
 mod error;
 mod euler;
 mod heun;
+pub mod rfpp;
 mod rk45;
 mod solver;
 mod straightness;
 mod velocity;
 mod x_pred;
 
+pub use domain::{Bound, Domain};
+pub use edm::{Denoiser, EdmSamplerConfig, VelocityDenoiser};
 pub use error::{Error, Result};
+pub use rfpp::{RfppMethod, RfppSampler};
 pub use solver::{solve, Solution, SolverConfig};
-pub use straightness::straightness;
-pub use velocity::{time_tensor, Velocity};
+pub use straightness::{straightness, straightness_rfpp, straightness_slimflow};
+pub use velocity::{evaluate, time_tensor, Velocity, WithDomain};

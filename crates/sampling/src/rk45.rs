@@ -1,12 +1,16 @@
 //! Adaptive Dormand–Prince 5(4) (Dormand & Prince 1980) with scipy's step-size control, so that
 //! tolerances mean what they mean in RectifiedFlow's `scipy.integrate.solve_ivp(method='RK45')`:
 //! the whole batch is one system; error norm RMS(err / (atol + rtol·max(|y|, |y_new|))).
+//!
+//! Ending at an excluded end of the field's domain (the EDM wrapper at t = 1), it integrates to the
+//! end's nearest evaluation time and finishes with one Euler step, the field's prediction of the
+//! endpoint; one more NFE.
 
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::solver::{Solution, Trace};
-use crate::velocity::{time_tensor, Velocity};
+use crate::velocity::Field;
 
 const C: [f64; 6] = [0.0, 1.0 / 5.0, 3.0 / 10.0, 4.0 / 5.0, 8.0 / 9.0, 1.0];
 const A: [[f64; 5]; 6] = [
@@ -62,7 +66,7 @@ fn rms(x: &Tensor) -> f64 {
 }
 
 pub(crate) fn solve(
-    v: &dyn Velocity,
+    field: &Field,
     x: &Tensor,
     from: f64,
     to: f64,
@@ -72,14 +76,43 @@ pub(crate) fn solve(
 ) -> Result<Solution> {
     let dir = (to - from).signum();
     let mut trace = Trace::new(capture, from, x);
+    let (y, t) = match field.domain().excluded_end(to) {
+        Some(end) => {
+            let near = end.last_evaluation();
+            // Already closer to the end than its nearest evaluation: only the final Euler step.
+            let (y, t) = if dir * (near - from) > 0.0 {
+                integrate(field, x, from, near, rtol, atol, &mut trace)?
+            } else {
+                (x.shallow_clone(), from)
+            };
+            let y = &y + field.at(&y, t)? * (to - t);
+            trace.push(to, &y);
+            (y, to)
+        }
+        None => integrate(field, x, from, to, rtol, atol, &mut trace)?,
+    };
+    debug_assert_eq!(t, to);
+    Ok(trace.finish(y, field.nfe()))
+}
+
+/// Dormand–Prince from `from` to `to`, every evaluation inside [from, to]; returns (y(to), to).
+fn integrate(
+    field: &Field,
+    x: &Tensor,
+    from: f64,
+    to: f64,
+    rtol: f64,
+    atol: f64,
+    trace: &mut Trace,
+) -> Result<(Tensor, f64)> {
+    let dir = (to - from).signum();
+    let (lo, hi) = (from.min(to), from.max(to));
     let mut y = x.shallow_clone();
     let mut t = from;
-    let mut nfe = 0usize;
-    let f = |y: &Tensor, t: f64, nfe: &mut usize| {
-        *nfe += 1;
-        v.velocity(y, &time_tensor(y, t))
-    };
-    let mut k0 = f(&y, t, &mut nfe);
+    // Stage times are clamped to the span: t + c·h may round past `to` by an ulp, and the field
+    // may not be defined there.
+    let f = |y: &Tensor, t: f64| field.at(y, t.clamp(lo, hi));
+    let mut k0 = f(&y, t)?;
 
     // Initial step (Hairer, Nørsett & Wanner, II.4; scipy `select_initial_step`).
     let scale = y.abs() * rtol + atol;
@@ -90,8 +123,10 @@ pub(crate) fn solve(
     } else {
         0.01 * d0 / d1
     };
+    // As scipy ≥ 1.11: the trial step stays inside the interval (the field may end there).
+    let h0 = h0.min((to - from).abs());
     let y1 = &y + &k0 * (dir * h0);
-    let k1 = f(&y1, t + dir * h0, &mut nfe);
+    let k1 = f(&y1, t + dir * h0)?;
     let d2 = rms(&((&k1 - &k0) / &scale)) / h0;
     let h1 = if d1.max(d2) <= 1e-15 {
         (h0 * 1e-3).max(1e-6)
@@ -131,7 +166,7 @@ pub(crate) fn solve(
                     dy += kj * A[s][j];
                 }
             }
-            k.push(f(&(&y + dy * hs), t + C[s] * hs, &mut nfe));
+            k.push(f(&(&y + dy * hs), t + C[s] * hs)?);
         }
         let mut dy = k[0].zeros_like();
         for (s, ks) in k.iter().enumerate() {
@@ -145,7 +180,7 @@ pub(crate) fn solve(
         } else {
             t + hs
         };
-        let k_new = f(&y_new, t_new, &mut nfe);
+        let k_new = f(&y_new, t_new)?;
         k.push(k_new.shallow_clone());
         let mut err = k[0].zeros_like();
         for (s, ks) in k.iter().enumerate() {
@@ -173,5 +208,5 @@ pub(crate) fn solve(
             h *= (SAFETY * err_norm.powf(-0.2)).max(MIN_FACTOR);
         }
     }
-    Ok(trace.finish(y, nfe))
+    Ok((y, t))
 }

@@ -5,16 +5,19 @@
 use slimflow_schedules::x1_from_velocity;
 use tch::Tensor;
 
+use crate::error::Result;
 use crate::solver::{Solution, Trace};
-use crate::velocity::{time_tensor, Velocity};
+use crate::velocity::{time_tensor, Field};
 
-pub(crate) fn solve(v: &dyn Velocity, z: &Tensor, grid: &[f64], capture: bool) -> Solution {
+/// Uniform grid from the solve's start; the start state is also the noise used to re-noise. Never
+/// evaluates at the last grid point. (rfpp's own grid and start are [`crate::SolverConfig::Rfpp`].)
+pub(crate) fn solve(f: &Field, z: &Tensor, grid: &[f64], capture: bool) -> Result<Solution> {
     let mut trace = Trace::new(capture, grid[0], z);
     let mut x = z.shallow_clone();
     for w in grid.windows(2) {
         let (t, t_next) = (w[0], w[1]);
         let tt = time_tensor(&x, t);
-        let x1_hat = x1_from_velocity(&x, &tt, &v.velocity(&x, &tt));
+        let x1_hat = x1_from_velocity(&x, &tt, &f.at(&x, t)?);
         x = if t_next >= 1.0 {
             x1_hat
         } else {
@@ -22,5 +25,5 @@ pub(crate) fn solve(v: &dyn Velocity, z: &Tensor, grid: &[f64], capture: bool) -
         };
         trace.push(t_next, &x);
     }
-    trace.finish(x, grid.len() - 1)
+    Ok(trace.finish(x, f.nfe()))
 }

@@ -2,7 +2,7 @@
 
 use std::cell::Cell;
 
-use slimflow_sampling::{solve, straightness, SolverConfig};
+use slimflow_sampling::{solve, straightness, Domain, SolverConfig, WithDomain};
 use tch::{Kind, Tensor};
 
 fn scalar_batch(values: &[f64]) -> Tensor {
@@ -75,9 +75,12 @@ fn rk45_reaches_exp_minus_one_on_decay() {
 
 #[test]
 fn rk45_meets_its_tolerance_on_a_nonautonomous_field() {
-    // dx/dt = cos(t)·x ⇒ x(T) = x0·exp(sin T).
+    // dx/dt = cos(t)·x ⇒ x(T) = x0·exp(sin T); defined for all t, so declared on [0, 3].
     let x0 = scalar_batch(&[1.0, 2.0, -0.5]);
-    let v = |x: &Tensor, t: &Tensor| t.cos().reshape([-1, 1]) * x;
+    let v = WithDomain {
+        field: |x: &Tensor, t: &Tensor| t.cos().reshape([-1, 1]) * x,
+        domain: Domain::closed(0.0, 3.0).unwrap(),
+    };
     for tol in [1e-4, 1e-6, 1e-8] {
         let sol = solve(
             &SolverConfig::Rk45 {

@@ -70,8 +70,13 @@ impl Anneal {
     /// Coefficients (sqrt(1 − β²), β) applied to (z, ε).
     pub fn mix(&self, k: u64, total: u64) -> (f64, f64) {
         let b = self.beta(k, total);
-        ((1.0 - b * b).max(0.0).sqrt(), b)
+        (noise_keep(b), b)
     }
+}
+
+/// The weight sqrt(1 − β²) of the pair noise beside β·ε, which keeps z' standard normal.
+pub fn noise_keep(beta: f64) -> f64 {
+    (1.0 - beta * beta).max(0.0).sqrt()
 }
 
 #[cfg(test)]

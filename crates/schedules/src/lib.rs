@@ -16,7 +16,7 @@ pub mod grid;
 mod path;
 mod time_dist;
 
-pub use anneal::Anneal;
+pub use anneal::{noise_keep, Anneal};
 pub use error::{Error, Result};
 pub use path::{expand_t, x1_from_velocity, PathSample, RectifiedPath};
 pub use time_dist::{Density, TimeDist, TimeDistribution};

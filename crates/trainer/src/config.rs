@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use slimflow_data::Toy;
+pub use slimflow_losses::DistillForm;
+
+mod fidelity;
+pub use fidelity::{is_gaussian, is_standard};
 use slimflow_losses::PremetricConfig;
 use slimflow_models::ArchConfig;
 use slimflow_sampling::SolverConfig;
@@ -118,6 +122,42 @@ pub struct OptimConfig {
     pub accumulate: usize,
     /// Mixed precision on CUDA (libtorch autocast, float16, with dynamic loss scaling); ignored on CPU.
     pub autocast: bool,
+    /// EMA decay warm-up min(ema_decay, (1 + n)/(10 + n)) over the n-th update of the stage
+    /// (SlimFlow / score_sde); off: the fixed decay from the first update (rfpp).
+    pub ema_warmup: bool,
+    /// How the learning rate ramps up over `warmup_steps` (see [`WarmupRule`]).
+    pub warmup_rule: WarmupRule,
+    /// Order of the gradient-norm clip and the non-finite guard (see [`GradGuard`]).
+    pub grad_guard: GradGuard,
+}
+
+/// The learning rate of update k (0-based) during the warm-up of W steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmupRule {
+    /// lr·min(1, (k + 1)/W): every update moves the weights.
+    #[default]
+    FromFirst,
+    /// lr·min(1, k/W): the first update runs at lr 0 (score_sde's `optimization_manager`, used by
+    /// SlimFlow's every stage).
+    FromZero,
+}
+
+/// What happens to a gradient with non-finite entries, and in which order with the norm clip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GradGuard {
+    /// Zero NaN/±inf entries, then clip the norm of what is left: one bad entry costs only itself.
+    #[default]
+    ZeroThenClip,
+    /// Clip first (a non-finite norm turns every entry into NaN), then replace NaN by 0 and ±inf by
+    /// ±1e5 (the order of SlimFlow's `optimization_manager`): one bad entry zeroes the whole update.
+    /// (The reference's replacement loop sees an exhausted parameter generator and does nothing, so
+    /// there a non-finite gradient reaches Adam; with finite gradients both are the same.)
+    ClipThenReplace,
+    /// Skip the whole update (no Adam step, no EMA update) when any entry is non-finite, else clip
+    /// (rfpp's `train.py`, which checks every gradient before `optimizer.step()`).
+    SkipStep,
 }
 
 impl Default for OptimConfig {
@@ -133,6 +173,9 @@ impl Default for OptimConfig {
             use_ema: true,
             accumulate: 1,
             autocast: false,
+            ema_warmup: false,
+            warmup_rule: WarmupRule::FromFirst,
+            grad_guard: GradGuard::ZeroThenClip,
         }
     }
 }
@@ -169,8 +212,10 @@ impl Default for CheckpointConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Source (noise) distribution of toy runs; standard Gaussian by default. Image runs always use
-    /// N(0, I).
+    /// Source (noise) distribution of toy runs; standard Gaussian by default. Every stage draws from
+    /// it (training, pairs, eval, sampling, the flow-guided term's fresh noise). Image runs use
+    /// N(0, I): another source with a dataset is an error, as is Annealing Reflow or flipping with
+    /// a non-Gaussian source.
     #[serde(default = "default_source")]
     pub source: Toy,
     /// Toy target distribution (exclusive with `dataset`).
@@ -338,6 +383,34 @@ pub struct PairsConfig {
     /// `z.npy`, `z1.npy` [, `label.npy`].
     #[serde(default)]
     pub import: Option<PathBuf>,
+    /// Class labels of a class-conditional teacher's pairs: `random` (uniform over the classes,
+    /// drawn per pair from its seed, as rfpp's `generate_edm.py` does; the default for `from_noise`)
+    /// or `dataset` (the label of the pair's data sample; `from_data` only, and its default).
+    /// Unconditional teachers take no labels, so setting it for one is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<PairLabels>,
+}
+
+/// Where the class labels of generated pairs come from (see [`PairsConfig::labels`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairLabels {
+    /// Uniform over the classes, per pair from its seed.
+    Random,
+    /// The label of the pair's data sample (`direction = "from_data"`).
+    Dataset,
+}
+
+impl PairsConfig {
+    /// The effective label source for a teacher with `classes` classes (`None`: unconditional).
+    pub fn label_source(&self, classes: i64) -> Option<PairLabels> {
+        (classes > 0).then(|| {
+            self.labels.unwrap_or(match self.direction {
+                PairDirection::FromNoise => PairLabels::Random,
+                PairDirection::FromData => PairLabels::Dataset,
+            })
+        })
+    }
 }
 
 /// Which end of the teacher's ODE a pair starts from.
@@ -396,7 +469,8 @@ pub struct ReflowConfig {
     /// Velocity premetric (rfpp: `pseudo_huber`).
     #[serde(default)]
     pub premetric: PremetricConfig,
-    /// rfpp's LPIPS-Huber loss instead of the premetric (images; needs the VGG LPIPS weights).
+    /// rfpp's LPIPS-Huber loss (images; needs the VGG LPIPS weights); its velocity term is the
+    /// pseudo-Huber `premetric`, which must then say so.
     #[serde(default)]
     pub lpips_huber: Option<LpipsHuberConfig>,
     /// SlimFlow's Annealing Reflow schedule β_k (default: fixed β = 0, plain reflow).
@@ -405,15 +479,53 @@ pub struct ReflowConfig {
     /// Steps K over which β anneals.
     #[serde(default)]
     pub anneal_steps: u64,
-    /// Flip (z', x1) together with probability ½ (images: horizontally; 2-D: the first coordinate).
+    /// Flip (z', x1) together with probability ½ (images: horizontally; 2-D: the first coordinate):
+    /// `false`/`"none"`, `true`/`"per_sample"` (one coin per pair) or `"per_batch"` (one coin for the
+    /// whole batch, as SlimFlow's `train_step` does).
     #[serde(default)]
-    pub hflip: bool,
+    pub hflip: PairFlip,
     /// Optimizer.
     #[serde(default)]
     pub optim: OptimConfig,
     /// Checkpoints and logging.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+}
+
+/// How reflow flips its pairs (see [`ReflowConfig::hflip`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairFlip {
+    /// No flips.
+    #[default]
+    None,
+    /// An independent coin per pair.
+    PerSample,
+    /// One coin per batch: the whole batch is flipped or not (SlimFlow `reflow/reflow.py`).
+    PerBatch,
+}
+
+impl<'de> Deserialize<'de> for PairFlip {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(false) => Ok(PairFlip::None),
+            Raw::Bool(true) => Ok(PairFlip::PerSample),
+            Raw::Name(n) => match n.as_str() {
+                "none" => Ok(PairFlip::None),
+                "per_sample" => Ok(PairFlip::PerSample),
+                "per_batch" => Ok(PairFlip::PerBatch),
+                other => Err(serde::de::Error::custom(format!(
+                    "unknown flip `{other}`: use false, true, \"none\", \"per_sample\" or \"per_batch\""
+                ))),
+            },
+        }
+    }
 }
 
 /// Stage `distill`: one-step distillation of the 2-RF.
@@ -427,6 +539,9 @@ pub struct DistillConfig {
     /// Start time of the one-step generator.
     #[serde(default = "default_eps")]
     pub eps: f64,
+    /// The prediction trained: `euler` (our sampler's one step) or `slimflow` (the reference's).
+    #[serde(default)]
+    pub form: DistillForm,
     /// Distance between prediction and pair endpoint (weighted by `premetric_weight`).
     #[serde(default)]
     pub premetric: PremetricConfig,
@@ -583,14 +698,7 @@ impl PipelineConfig {
             }
             Err(e) => p.push(format!("data: {e}")),
         }
-        for (key, arch) in [
-            ("model", &self.model),
-            ("reflow.model", self.student_arch()),
-        ] {
-            let ok = arch.label_dim() == 0;
-            let msg = "the pipeline trains unconditional models; use label_dim = 0";
-            note(&mut p, key, require(ok, msg));
-        }
+        p.extend(self.fidelity_problems());
         if let Some(t) = &self.teacher {
             let ok = t
                 .from
@@ -605,6 +713,34 @@ impl PipelineConfig {
         note(&mut p, "train.time", self.train.time.validate());
         note(&mut p, "reflow.time", self.reflow.time.validate());
         note(&mut p, "reflow.anneal", self.reflow.anneal.validate());
+        let annealed = !matches!(self.reflow.anneal, Anneal::Fixed { .. });
+        note(
+            &mut p,
+            "reflow.anneal_steps",
+            require(
+                !annealed || self.reflow.anneal_steps > 0,
+                "an annealing schedule needs anneal_steps > 0 (with 0, β stays 0: plain reflow)",
+            ),
+        );
+        note(
+            &mut p,
+            "reflow.anneal_steps",
+            require(
+                annealed || self.reflow.anneal_steps == 0,
+                "anneal_steps is set but reflow.anneal is a fixed β; set reflow.anneal's kind",
+            ),
+        );
+        if self.reflow.lpips_huber.is_some() {
+            note(
+                &mut p,
+                "reflow.premetric",
+                require(
+                    self.reflow.premetric == PremetricConfig::PseudoHuber {},
+                    "lpips_huber's velocity term is rfpp's pseudo-Huber; set reflow.premetric = \
+                     { kind = \"pseudo_huber\" } (any other premetric would not be used)",
+                ),
+            );
+        }
         note(&mut p, "pairs.solver", self.pairs.solver.validate());
         note(&mut p, "eval.solver", self.eval.solver.validate());
         for (key, bs) in [
@@ -634,6 +770,12 @@ impl PipelineConfig {
                 && unit.contains(&o.ema_decay);
             let msg = "need lr > 0, β in [0, 1), eps > 0, grad_clip ≥ 0, ema_decay in [0, 1)";
             note(&mut p, key, require(ok, msg));
+            let ok = o.warmup_steps > 0 || o.warmup_rule == WarmupRule::default();
+            let msg = "warmup_rule is set but warmup_steps = 0";
+            note(&mut p, &format!("{key}.warmup_rule"), require(ok, msg));
+            let ok = o.use_ema || !o.ema_warmup;
+            let msg = "ema_warmup is set but use_ema = false (the EMA is not saved)";
+            note(&mut p, &format!("{key}.ema_warmup"), require(ok, msg));
         }
         let same_arch = self.reflow.model.as_ref().is_none_or(|m| m == &self.model);
         let msg = "`teacher` needs the student to share the teacher's architecture; use init = \"random\"";
@@ -927,12 +1069,74 @@ samples = 16
     }
 
     #[test]
+    fn values_that_would_be_ignored_are_refused() {
+        let err = |sets: &[&str]| parse(MINIMAL, sets).unwrap_err().to_string();
+        // An annealing schedule over 0 steps is β = 0 throughout: plain reflow.
+        let e = err(&["reflow.anneal={ kind = \"linear\" }"]);
+        assert!(
+            e.contains("reflow.anneal_steps") && e.contains("β stays 0"),
+            "{e}"
+        );
+        // anneal_steps with a fixed β does nothing.
+        let e = err(&["reflow.anneal_steps=100"]);
+        assert!(e.contains("reflow.anneal_steps"), "{e}");
+        // LPIPS-Huber's velocity term is pseudo-Huber; another premetric would be unused.
+        let e = err(&["reflow.lpips_huber={ lpips = \"rfpp\" }"]);
+        assert!(
+            e.contains("reflow.premetric") && e.contains("pseudo_huber"),
+            "{e}"
+        );
+        assert!(parse(
+            MINIMAL,
+            &[
+                "reflow.lpips_huber={ lpips = \"rfpp\" }",
+                "reflow.premetric={ kind = \"pseudo_huber\" }"
+            ]
+        )
+        .is_ok());
+        // A warm-up rule without warm-up steps, an EMA warm-up of an unsaved EMA.
+        let e = err(&[
+            "distill.optim.warmup_steps=0",
+            "distill.optim.warmup_rule=\"from_zero\"",
+        ]);
+        assert!(e.contains("distill.optim.warmup_rule"), "{e}");
+        let e = err(&["train.optim.use_ema=false", "train.optim.ema_warmup=true"]);
+        assert!(e.contains("train.optim.ema_warmup"), "{e}");
+    }
+
+    #[test]
+    fn reflow_flips_take_booleans_and_names() {
+        let flip =
+            |v: &str| parse(MINIMAL, &[&format!("reflow.hflip={v}")]).map(|c| c.reflow.hflip);
+        assert_eq!(flip("true").unwrap(), PairFlip::PerSample);
+        assert_eq!(flip("false").unwrap(), PairFlip::None);
+        assert_eq!(flip("\"per_batch\"").unwrap(), PairFlip::PerBatch);
+        assert_eq!(flip("\"none\"").unwrap(), PairFlip::None);
+        let e = flip("\"sometimes\"").unwrap_err().to_string();
+        assert!(e.contains("per_batch") && e.contains("sometimes"), "{e}");
+        // The SlimFlow semantics parse by name.
+        let c = parse(
+            MINIMAL,
+            &[
+                "reflow.optim={ warmup_steps = 10, warmup_rule = \"from_zero\", ema_warmup = true, grad_guard = \"clip_then_replace\" }",
+                "distill.form=\"slimflow\"",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.reflow.optim.warmup_rule, WarmupRule::FromZero);
+        assert_eq!(c.reflow.optim.grad_guard, GradGuard::ClipThenReplace);
+        assert!(c.reflow.optim.ema_warmup);
+        assert_eq!(c.distill.form, DistillForm::Slimflow);
+    }
+
+    #[test]
     fn overrides_edit_the_tree_and_are_checked() {
         let c = parse(
             MINIMAL,
             &[
                 "train.optim.lr=0.01",
                 "reflow.anneal={ kind = \"linear\" }",
+                "reflow.anneal_steps=50",
                 "name=other",
             ],
         )

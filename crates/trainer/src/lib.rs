@@ -13,7 +13,7 @@
 
 pub mod checkpointing;
 pub mod config;
-mod ema;
+pub mod ema;
 mod error;
 pub mod interrupt;
 pub mod optim;

@@ -6,7 +6,8 @@
 
 use tch::Tensor;
 
-use crate::config::OptimConfig;
+use crate::config::{GradGuard, OptimConfig, WarmupRule};
+use crate::ema::Ema;
 
 /// Adam state over an ordered list of parameters.
 #[derive(Debug)]
@@ -61,43 +62,99 @@ impl Adam {
     }
 }
 
-/// Learning rate at `step` (0-based) with linear warm-up over `warmup` steps: lr·min(1, (step+1)/warmup).
-pub fn warmup_lr(lr: f64, step: u64, warmup: u64) -> f64 {
+/// Learning rate of update `step` (0-based) with linear warm-up over `warmup` steps:
+/// lr·min(1, (step + 1)/warmup) ([`WarmupRule::FromFirst`]) or lr·min(1, step/warmup)
+/// ([`WarmupRule::FromZero`], score_sde's rule: the first update runs at lr 0).
+pub fn warmup_lr(lr: f64, step: u64, warmup: u64, rule: WarmupRule) -> f64 {
     if warmup == 0 {
-        lr
-    } else {
-        lr * ((step + 1) as f64 / warmup as f64).min(1.0)
+        return lr;
     }
+    let k = match rule {
+        WarmupRule::FromFirst => step + 1,
+        WarmupRule::FromZero => step,
+    };
+    lr * (k as f64 / warmup as f64).min(1.0)
 }
 
-/// Replaces NaN/±inf gradient entries by 0, then clips the global gradient norm to `max_norm`
-/// (torch's `clip_grad_norm_`: scale by max_norm / (norm + 1e-6) when below 1). Returns the norm
-/// before clipping (after zeroing).
-pub fn sanitize_and_clip(params: &[Tensor], max_norm: f64) -> f64 {
+/// Applies `guard` and the norm clip at `max_norm` (0: no clip) to the gradients; returns the
+/// gradient norm before clipping (after zeroing for [`GradGuard::ZeroThenClip`]; possibly
+/// non-finite for [`GradGuard::ClipThenReplace`]).
+///
+/// The clip is torch's `clip_grad_norm_`: coefficient min(1, max_norm/(norm + 1e-6)).
+pub fn guard_and_clip(params: &[Tensor], max_norm: f64, guard: GradGuard) -> f64 {
     tch::no_grad(|| {
-        let mut sq = 0.0;
         let grads: Vec<Tensor> = params
             .iter()
             .map(|p| p.grad())
             .filter(|g| g.defined())
             .collect();
+        if guard == GradGuard::ZeroThenClip {
+            for g in &grads {
+                let _ = g.shallow_clone().nan_to_num_(0.0, 0.0, 0.0);
+            }
+        }
+        let mut sq = 0.0;
         for g in &grads {
-            let mut g = g.shallow_clone();
-            let _ = g.nan_to_num_(0.0, 0.0, 0.0);
             sq += g.square().sum(tch::Kind::Double).double_value(&[]);
         }
         let norm = sq.sqrt();
+        if guard == GradGuard::SkipStep && !norm.is_finite() {
+            return norm;
+        }
         if max_norm > 0.0 {
+            // NaN stays NaN here (as in torch): with ClipThenReplace the replacement below then
+            // zeroes every entry.
             let coef = max_norm / (norm + 1e-6);
-            if coef < 1.0 {
+            if coef < 1.0 || coef.is_nan() {
                 for g in &grads {
-                    let mut g = g.shallow_clone();
-                    let _ = g.g_mul_scalar_(coef);
+                    let _ = g.shallow_clone().g_mul_scalar_(coef);
                 }
+            }
+        }
+        if guard == GradGuard::ClipThenReplace {
+            for g in &grads {
+                let _ = g.shallow_clone().nan_to_num_(0.0, 1e5, -1e5);
             }
         }
         norm
     })
+}
+
+/// Replaces NaN/±inf gradient entries by 0, then clips the global gradient norm to `max_norm`;
+/// returns the norm before clipping (after zeroing). [`guard_and_clip`] with
+/// [`GradGuard::ZeroThenClip`].
+pub fn sanitize_and_clip(params: &[Tensor], max_norm: f64) -> f64 {
+    guard_and_clip(params, max_norm, GradGuard::ZeroThenClip)
+}
+
+/// What one optimizer update did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateInfo {
+    /// The learning rate used.
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// The update of training step `step` (0-based) once its gradients are in place, in the order every
+/// stage uses: warm-up lr, guard and clip, then (when `apply`, i.e. not skipped by the fp16 loss
+/// scale, and not skipped by [`GradGuard::SkipStep`]) Adam and the EMA.
+pub fn update(
+    params: &[Tensor],
+    adam: &mut Adam,
+    ema: &mut Ema,
+    cfg: &OptimConfig,
+    step: u64,
+    apply: bool,
+) -> UpdateInfo {
+    let grad_norm = guard_and_clip(params, cfg.grad_clip, cfg.grad_guard);
+    let lr = warmup_lr(cfg.lr, step, cfg.warmup_steps, cfg.warmup_rule);
+    let skip = cfg.grad_guard == GradGuard::SkipStep && !grad_norm.is_finite();
+    if apply && !skip {
+        adam.step(params, lr);
+        ema.update(params);
+    }
+    UpdateInfo { lr, grad_norm }
 }
 
 /// Zeroes every defined gradient.
@@ -156,9 +213,87 @@ mod tests {
 
     #[test]
     fn warmup_is_linear_then_flat() {
-        assert_eq!(warmup_lr(1.0, 0, 4), 0.25);
-        assert_eq!(warmup_lr(1.0, 3, 4), 1.0);
-        assert_eq!(warmup_lr(1.0, 100, 4), 1.0);
-        assert_eq!(warmup_lr(0.5, 0, 0), 0.5);
+        assert_eq!(warmup_lr(1.0, 0, 4, WarmupRule::FromFirst), 0.25);
+        assert_eq!(warmup_lr(1.0, 3, 4, WarmupRule::FromFirst), 1.0);
+        assert_eq!(warmup_lr(1.0, 100, 4, WarmupRule::FromFirst), 1.0);
+        assert_eq!(warmup_lr(0.5, 0, 0, WarmupRule::FromFirst), 0.5);
+        // score_sde: lr·min(step/warmup, 1), 0 at the first update; 2e-4·30/40 at step 30.
+        assert_eq!(warmup_lr(1.0, 0, 4, WarmupRule::FromZero), 0.0);
+        assert_eq!(warmup_lr(1.0, 3, 4, WarmupRule::FromZero), 0.75);
+        assert_eq!(warmup_lr(1.0, 4, 4, WarmupRule::FromZero), 1.0);
+        assert!((warmup_lr(2e-4, 30, 40, WarmupRule::FromZero) - 1.5e-4).abs() < 1e-18);
+    }
+
+    #[test]
+    fn clip_then_replace_lets_one_bad_entry_zero_the_update() {
+        let p = Tensor::from_slice(&[1.0f32, 1.0, 1.0]).set_requires_grad(true);
+        (&p * Tensor::from_slice(&[f32::NAN, 3.0, 4.0]))
+            .sum(Kind::Float)
+            .backward();
+        let norm = guard_and_clip(std::slice::from_ref(&p), 1.0, GradGuard::ClipThenReplace);
+        assert!(norm.is_nan());
+        assert_eq!(Vec::<f32>::try_from(&p.grad()).unwrap(), vec![0.0; 3]);
+        // +inf alone: the coefficient is 0, inf·0 = NaN → 0; the finite entries become 0 too.
+        let q = Tensor::from_slice(&[1.0f32, 1.0]).set_requires_grad(true);
+        (&q * Tensor::from_slice(&[f32::INFINITY, 2.0]))
+            .sum(Kind::Float)
+            .backward();
+        guard_and_clip(std::slice::from_ref(&q), 1.0, GradGuard::ClipThenReplace);
+        assert_eq!(Vec::<f32>::try_from(&q.grad()).unwrap(), vec![0.0; 2]);
+        // Without a clip, ±inf is replaced by ±1e5 and finite entries stay.
+        let r = Tensor::from_slice(&[1.0f32, 1.0, 1.0]).set_requires_grad(true);
+        (&r * Tensor::from_slice(&[f32::NEG_INFINITY, 2.0, f32::NAN]))
+            .sum(Kind::Float)
+            .backward();
+        guard_and_clip(std::slice::from_ref(&r), 0.0, GradGuard::ClipThenReplace);
+        assert_eq!(
+            Vec::<f32>::try_from(&r.grad()).unwrap(),
+            vec![-1e5, 2.0, 0.0]
+        );
+        // Finite gradients: every guard clips alike.
+        for guard in [
+            GradGuard::ZeroThenClip,
+            GradGuard::ClipThenReplace,
+            GradGuard::SkipStep,
+        ] {
+            let p = Tensor::from_slice(&[1.0f32, 1.0]).set_requires_grad(true);
+            (&p * Tensor::from_slice(&[3.0f32, 4.0]))
+                .sum(Kind::Float)
+                .backward();
+            let n = guard_and_clip(std::slice::from_ref(&p), 1.0, guard);
+            assert!((n - 5.0).abs() < 1e-6);
+            let g = Vec::<f32>::try_from(&p.grad()).unwrap();
+            assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn skip_step_leaves_weights_moments_and_ema_untouched() {
+        let p = Tensor::from_slice(&[1.0f32, 1.0]).set_requires_grad(true);
+        let params = [p.shallow_clone()];
+        let cfg = OptimConfig {
+            warmup_steps: 0,
+            grad_clip: 0.0,
+            grad_guard: GradGuard::SkipStep,
+            ..OptimConfig::default()
+        };
+        let mut adam = Adam::new(&cfg, &params);
+        let mut ema = Ema::new(0.5, false, &params);
+        (&p * Tensor::from_slice(&[f32::NAN, 2.0]))
+            .sum(Kind::Float)
+            .backward();
+        let info = update(&params, &mut adam, &mut ema, &cfg, 0, true);
+        assert!(info.grad_norm.is_nan());
+        assert_eq!(adam.t, 0);
+        assert_eq!(ema.num_updates, 0);
+        assert_eq!(Vec::<f32>::try_from(&p.detach()).unwrap(), vec![1.0, 1.0]);
+        // A finite gradient then steps.
+        zero_grad(&params);
+        (&p * Tensor::from_slice(&[1.0f32, 2.0]))
+            .sum(Kind::Float)
+            .backward();
+        update(&params, &mut adam, &mut ema, &cfg, 1, true);
+        assert_eq!((adam.t, ema.num_updates), (1, 1));
+        assert!(p.double_value(&[0]) < 1.0);
     }
 }

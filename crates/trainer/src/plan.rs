@@ -22,8 +22,10 @@ pub struct PlanRow {
 fn solver_nfe(s: &SolverConfig) -> String {
     match *s {
         SolverConfig::Euler { steps } | SolverConfig::XPred { steps } => steps.to_string(),
-        SolverConfig::Heun { steps } => (2 * steps - 1).to_string(),
+        SolverConfig::Heun { steps } => format!("{}–{}", 2 * steps - 1, 2 * steps),
         SolverConfig::Rk45 { .. } => "adaptive (RK45)".into(),
+        SolverConfig::Rfpp { nfe, .. } => nfe.to_string(),
+        SolverConfig::Edm(e) => e.nfe().to_string(),
     }
 }
 
@@ -127,7 +129,13 @@ pub fn preflight(ctx: &StageCtx) -> Vec<String> {
     match cfg.data.resolve() {
         Err(e) => problems.push(format!("data: {e}")),
         Ok(Target::Images(spec)) if needs_data => {
-            if let Err(e) = spec.load() {
+            let loaded = spec.load();
+            if let Ok(set) = &loaded {
+                if let Err(e) = crate::stage::check_dataset_labels(set, cfg.model.label_dim()) {
+                    problems.push(e.to_string());
+                }
+            }
+            if let Err(e) = loaded {
                 let e = e.to_string();
                 let hint = if spec.kind == "cifar10" && !e.contains("data fetch cifar10") {
                     "; `slimflow data fetch cifar10` downloads it (then pass --data DIR or set \

@@ -2,8 +2,8 @@
 //!
 //! Per step: reseed libtorch's generator from (seed, step) (it only drives dropout), draw the batch and
 //! the objective's randomness from the loop's ChaCha20 generator, split it into `accumulate`
-//! micro-batches whose gradients add up, stop on a non-finite loss, zero non-finite gradients, clip,
-//! Adam with linear warm-up, EMA. With `autocast` on CUDA the forward passes run in float16 under
+//! micro-batches whose gradients add up, stop on a non-finite loss, then [`crate::optim::update`]:
+//! warm-up lr, the non-finite guard and the clip in the configured order, Adam, EMA. With `autocast` on CUDA the forward passes run in float16 under
 //! libtorch's autocast with a dynamic loss scale (halved and the step skipped on overflow, doubled
 //! after 2000 clean steps). Checkpoints follow the keep-last-N policy; an interrupt request saves a
 //! state and returns. Image models can write a sample grid every `sample_every` steps.
@@ -21,7 +21,7 @@ use crate::checkpointing::{self, Action, TrainState};
 use crate::config::{CheckpointConfig, OptimConfig};
 use crate::ema::Ema;
 use crate::error::{Error, Result};
-use crate::optim::{sanitize_and_clip, warmup_lr, zero_grad, Adam};
+use crate::optim::{update, zero_grad, Adam, UpdateInfo};
 use crate::progress::Progress;
 use crate::sink::{JsonlSink, MetricSink};
 
@@ -73,7 +73,7 @@ pub fn train(
     let (names, params) = sorted_variables(model);
     let arch = model.config().clone();
     let mut adam = Adam::new(settings.optim, &params);
-    let mut ema = Ema::new(settings.optim.ema_decay, &params);
+    let mut ema = Ema::new(settings.optim.ema_decay, settings.optim.ema_warmup, &params);
     let mut rng = ChaCha20Rng::seed_from_u64(settings.seed);
     let mut start = 0u64;
     if let Some(state) = checkpointing::latest_state(&ckpt_dir, &names) {
@@ -94,6 +94,8 @@ pub fn train(
             Ok(())
         })?;
         adam.t = state.adam_t;
+        // Adam and the EMA advance together (a step skipped by the loss scale skips both).
+        ema.num_updates = state.adam_t;
         rng = state.rng;
         start = state.step;
         tracing::info!("{}: resumed at step {start}", settings.label);
@@ -161,12 +163,8 @@ pub fn train(
             }
         }
         let stepped = scale.unscale(&params);
-        let grad_norm = sanitize_and_clip(&params, settings.optim.grad_clip);
-        let lr = warmup_lr(settings.optim.lr, step, settings.optim.warmup_steps);
-        if stepped {
-            adam.step(&params, lr);
-            ema.update(&params);
-        }
+        let UpdateInfo { lr, grad_norm } =
+            update(&params, &mut adam, &mut ema, settings.optim, step, stepped);
         let done = step + 1;
         let every = settings.checkpoint.log_every.max(1);
         if done % every == 0 || done == settings.steps {
@@ -292,7 +290,8 @@ impl LossScale {
     }
 }
 
-/// Euler samples of the current weights from fixed noise, as `samples/step-N.png` (image models).
+/// Euler samples of the current weights from fixed noise (and fixed labels for class-conditional
+/// models), as `samples/step-N.png` (image models).
 fn sample_grid(stage_dir: &Path, model: &Model, step: u64, steps: usize) -> Result<()> {
     let shape = model.config().data_shape();
     if shape.len() != 3 {
@@ -300,7 +299,13 @@ fn sample_grid(stage_dir: &Path, model: &Model, step: u64, steps: usize) -> Resu
     }
     let seeds: Vec<u64> = (0..64u64).map(|i| (1 << 50) + i).collect();
     let z = slimflow_data::seeded_normal(&seeds, &shape, model.vs.device());
-    let field = model.eval_field(None);
+    // Class-conditional models: row r of the 8×8 grid shows classes 8r … 8r + 7 (mod the classes).
+    let classes = model.config().label_dim();
+    let labels = (classes > 0).then(|| {
+        let l: Vec<i64> = (0..seeds.len() as i64).map(|i| i % classes).collect();
+        Tensor::from_slice(&l).to_device(model.vs.device())
+    });
+    let field = model.eval_field(labels.as_ref());
     let solver = slimflow_sampling::SolverConfig::Euler {
         steps: steps.max(1),
     };

@@ -10,7 +10,8 @@
 //! - `shapes:SIZE` — built-in procedural coloured shapes, deterministic by seed: no download ever.
 //!
 //! Options follow after commas: `split=train|test`, `size=N` (resize, centre-crop), `pad=N`
-//! (zero-pad each side, e.g. 28 → 32), `count=N` and `seed=N` (shapes), `labels=FILE` (idx).
+//! (zero-pad each side, e.g. 28 → 32), `count=N` (shapes: how many to draw; other sources: the
+//! first N images), `seed=N` (shapes), `labels=FILE` (idx).
 
 mod cifar;
 pub(crate) mod folder;
@@ -111,6 +112,21 @@ impl ImageSet {
             .to_kind(Kind::Float)
             / 127.5
             - 1.0
+    }
+
+    /// The first `n` images (all of them when there are fewer); `n` must be positive.
+    pub fn first(mut self, n: usize) -> Result<ImageSet> {
+        if n == 0 {
+            return Err(Error::Invalid(
+                "dataset option count must be positive".into(),
+            ));
+        }
+        let n = n.min(self.len());
+        self.pixels.truncate(n * self.image_bytes());
+        if let Some(l) = self.labels.as_mut() {
+            l.truncate(n);
+        }
+        Ok(self)
     }
 
     /// Zero-pads (black in [0, 255], i.e. −1 after scaling) `p` pixels on every side.
@@ -322,6 +338,11 @@ impl DatasetSpec {
             }
             _ => unreachable!("kinds are checked when parsing"),
         };
+        if self.kind != "shapes" {
+            if let Some(n) = self.number("count")? {
+                set = set.first(n)?;
+            }
+        }
         if let Some(size) = self.number("size")? {
             if size == 0 {
                 return Err(Error::Invalid(

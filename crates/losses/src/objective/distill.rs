@@ -1,8 +1,13 @@
 //! One-step distillation (Liu et al. 2023, §2.3; SlimFlow §4.2): from pairs (z, x1), predict data in one
-//! step x̂1 = z + (1 − eps)·v_θ(z, eps) — exactly one Euler step of our sampler from eps to 1 — and
-//! minimise d(x̂1, x1). Optionally adds SlimFlow's flow-guided term λ·FGD.
+//! step and minimise d(x̂1, x1). Optionally adds SlimFlow's flow-guided term λ·FGD.
+//!
+//! Two forms of the prediction ([`DistillForm`]): `euler`, x̂1 = z + (1 − eps)·v_θ(z, eps), exactly
+//! the one Euler step of our sampler from eps to 1; and `slimflow`, the reference's
+//! `teacher_loss_new`: the network sees the pair's point at t = eps, x_eps = eps·x1 + (1 − eps)·z,
+//! and x̂1 = z + v_θ(x_eps, eps). They differ by O(eps) (1e-3); the recipe follows the reference.
 
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 use slimflow_models::Model;
 use slimflow_schedules::x1_from_velocity;
 use tch::{Kind, Tensor};
@@ -11,11 +16,24 @@ use crate::error::Result;
 use crate::objective::{check_batch, Batch, FlowGuided, LossTerms, Objective};
 use crate::premetric::Premetric;
 
+/// Which one-step prediction distillation (and the flow-guided term) trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistillForm {
+    /// x̂1 = z + (1 − eps)·v(z, eps): the sampler's one step.
+    #[default]
+    Euler,
+    /// SlimFlow's: x̂1 = z + v(eps·x1 + (1 − eps)·z, eps); flow-guided x' = ε + t'·v_s.
+    Slimflow,
+}
+
 /// One-step distillation on pairs, with an optional flow-guided regulariser.
 #[derive(Debug)]
 pub struct Distill<'a> {
     /// Start time of the one-step generator.
     pub eps: f64,
+    /// The prediction's form.
+    pub form: DistillForm,
     /// Distance between predicted and stored data.
     pub premetric: &'a dyn Premetric,
     /// SlimFlow's flow-guided term and its weight λ.
@@ -35,14 +53,26 @@ pub fn one_step(
     x1_from_velocity(z, &t, &v)
 }
 
+impl Distill<'_> {
+    /// The distillation term alone (batch mean, with graph to the student).
+    pub fn distill_term(&self, student: &Model, batch: &Batch) -> Result<Tensor> {
+        check_batch(batch)?;
+        let (z, x1, labels) = (&batch.x0, &batch.x1, batch.labels.as_ref());
+        let x1_hat = match self.form {
+            DistillForm::Euler => one_step(student, z, self.eps, labels, true),
+            DistillForm::Slimflow => {
+                let t = Tensor::full([z.size()[0]], self.eps, (z.kind(), z.device()));
+                let x_eps = x1 * self.eps + z * (1.0 - self.eps);
+                z + student.net().forward_t(&x_eps, &t, labels, true)
+            }
+        };
+        Ok(self.premetric.distance(&x1_hat, x1)?.mean(Kind::Float))
+    }
+}
+
 impl Objective for Distill<'_> {
     fn loss(&self, student: &Model, batch: &Batch, rng: &mut dyn RngCore) -> Result<LossTerms> {
-        check_batch(batch)?;
-        let x1_hat = one_step(student, &batch.x0, self.eps, batch.labels.as_ref(), true);
-        let distill = self
-            .premetric
-            .distance(&x1_hat, &batch.x1)?
-            .mean(Kind::Float);
+        let distill = self.distill_term(student, batch)?;
         let mut parts = vec![("distill", distill.double_value(&[]))];
         let total = match &self.guide {
             Some((guide, weight)) => {
@@ -72,6 +102,7 @@ mod tests {
         let x1 = Tensor::randn([6, 2], (Kind::Float, Device::Cpu));
         let obj = Distill {
             eps: 1e-3,
+            form: DistillForm::Euler,
             premetric: &PremetricConfig::L2Squared {},
             guide: None,
         };

@@ -12,11 +12,11 @@ use slimflow_models::Model;
 use slimflow_schedules::x1_from_velocity;
 use tch::{Kind, Tensor};
 
-use crate::distill_one_step;
 use crate::error::{Error, Result};
 use crate::objective::Batch;
+use crate::objective::DistillForm;
 use crate::premetric::Premetric;
-use crate::random::{normal_tensor, uniform_tensor};
+use crate::random::{uniform_tensor, NoiseSource};
 
 /// The flow-guided term with its frozen 2-RF teacher.
 #[derive(Debug)]
@@ -29,38 +29,70 @@ pub struct FlowGuided<'a> {
     pub t_range: (f64, f64),
     /// Distance between the two predictions.
     pub premetric: &'a dyn Premetric,
+    /// `euler`: the student's prediction ε + (1 − eps)·v_s and x' = ε + (t' − eps)·v_s (points of our
+    /// one-step sampler's line); `slimflow`: ε + v_s and x' = ε + t'·v_s (the reference).
+    pub form: DistillForm,
+    /// The flow's source distribution, from which ε is drawn ([`crate::StandardGaussian`]: N(0, I)).
+    pub source: &'a dyn NoiseSource,
 }
 
 impl FlowGuided<'_> {
-    /// The term's batch mean (with graph to the student).
+    /// The term's batch mean (with graph to the student), drawing ε from the source, t' ~ U(lo, hi)
+    /// and, for a class-conditional student, ε's labels uniformly over its classes (ε is fresh noise,
+    /// not a pair, so it has no label of its own; student and teacher see the same labels).
     pub fn term(&self, student: &Model, batch: &Batch, rng: &mut dyn RngCore) -> Result<Tensor> {
+        self.check_range()?;
+        let x1 = &batch.x1;
+        let b = x1.size()[0] as usize;
+        let noise = self
+            .source
+            .sample(rng, &x1.size(), x1.device())?
+            .to_kind(x1.kind());
+        let raw: Vec<f64> = (0..b).map(|_| rng.gen::<f64>()).collect();
+        let t_raw = uniform_tensor(&raw, x1.device()).to_kind(x1.kind());
+        let classes = student.config().label_dim();
+        let labels = (classes > 0).then(|| {
+            let l: Vec<i64> = (0..b).map(|_| rng.gen_range(0..classes)).collect();
+            Tensor::from_slice(&l).to_device(x1.device())
+        });
+        self.term_with(student, &noise, &t_raw, labels.as_ref())
+    }
+
+    /// The term for given draws: `noise` ε [B, …] and `t_raw` [B] uniform on [0, 1), mapped to
+    /// t' = lo + (hi − lo)·t_raw.
+    pub fn term_with(
+        &self,
+        student: &Model,
+        noise: &Tensor,
+        t_raw: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.check_range()?;
+        let (lo, hi) = self.t_range;
+        let t = t_raw * (hi - lo) + lo;
+        let eps_t = Tensor::full([noise.size()[0]], self.eps, (noise.kind(), noise.device()));
+        let v_s = student.net().forward_t(noise, &eps_t, labels, true);
+        let (pred, start) = match self.form {
+            DistillForm::Euler => (noise + &v_s * (1.0 - self.eps), self.eps),
+            DistillForm::Slimflow => (noise + &v_s, 0.0),
+        };
+        let target = tch::no_grad(|| {
+            let v = v_s.detach();
+            let x_mid = noise + slimflow_schedules::expand_t(&(&t - start), &v) * &v;
+            let v_t = self.teacher.net().forward_t(&x_mid, &t, labels, false);
+            x1_from_velocity(&x_mid, &t, &v_t)
+        });
+        Ok(self.premetric.distance(&pred, &target)?.mean(Kind::Float))
+    }
+
+    fn check_range(&self) -> Result<()> {
         let (lo, hi) = self.t_range;
         if !(self.eps <= lo && lo < hi && hi <= 1.0) {
             return Err(Error::Invalid(format!(
                 "flow-guided t range ({lo}, {hi}) must satisfy eps ≤ lo < hi ≤ 1"
             )));
         }
-        let x1 = &batch.x1;
-        let b = x1.size()[0] as usize;
-        let eps_noise = normal_tensor(rng, &x1.size(), x1.device()).to_kind(x1.kind());
-        let x1_student =
-            distill_one_step(student, &eps_noise, self.eps, batch.labels.as_ref(), true);
-        let ts: Vec<f64> = (0..b).map(|_| rng.gen_range(lo..hi)).collect();
-        let t = uniform_tensor(&ts, x1.device()).to_kind(x1.kind());
-        let target = tch::no_grad(|| {
-            // v_s from the student's prediction: x̂1_s = ε + (1 − eps)·v_s.
-            let v_s = (x1_student.detach() - &eps_noise) / (1.0 - self.eps);
-            let x_mid = &eps_noise + slimflow_schedules::expand_t(&(&t - self.eps), &v_s) * &v_s;
-            let v_t = self
-                .teacher
-                .net()
-                .forward_t(&x_mid, &t, batch.labels.as_ref(), false);
-            x1_from_velocity(&x_mid, &t, &v_t)
-        });
-        Ok(self
-            .premetric
-            .distance(&x1_student, &target)?
-            .mean(Kind::Float))
+        Ok(())
     }
 }
 
@@ -83,6 +115,8 @@ mod tests {
             eps: 1e-3,
             t_range: (0.2, 0.8),
             premetric: &PremetricConfig::L2Squared {},
+            form: DistillForm::Euler,
+            source: &crate::StandardGaussian,
         };
         let batch = Batch {
             x0: Tensor::zeros([16, 2], (Kind::Float, Device::Cpu)),
@@ -126,6 +160,8 @@ mod tests {
             eps: 1e-3,
             t_range: (0.2, 0.8),
             premetric: &PremetricConfig::L2Squared {},
+            form: DistillForm::Euler,
+            source: &crate::StandardGaussian,
         };
         let batch = Batch {
             x0: Tensor::zeros([8, 2], (Kind::Float, Device::Cpu)),

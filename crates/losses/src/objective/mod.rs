@@ -7,7 +7,10 @@ pub(crate) mod distill;
 mod fgd;
 mod rf;
 
-pub use distill::{one_step, Distill};
+#[cfg(test)]
+mod conditioning_tests;
+
+pub use distill::{one_step, Distill, DistillForm};
 pub use fgd::FlowGuided;
 pub use rf::Rf;
 
@@ -52,4 +55,21 @@ pub(crate) fn check_batch(batch: &Batch) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// One training time per sample of `batch` from `time` (validated), as a [B] tensor of x1's kind
+/// and device.
+pub(crate) fn draw_times(
+    time: &slimflow_schedules::TimeDist,
+    batch: &Batch,
+    rng: &mut dyn RngCore,
+) -> Result<Tensor> {
+    use slimflow_schedules::TimeDistribution;
+    check_batch(batch)?;
+    time.validate()?;
+    let b = batch.x1.size()[0] as usize;
+    Ok(
+        crate::random::uniform_tensor(&time.sample(rng, b), batch.x1.device())
+            .to_kind(batch.x1.kind()),
+    )
 }

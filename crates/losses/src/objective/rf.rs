@@ -4,13 +4,12 @@
 
 use rand::RngCore;
 use slimflow_models::Model;
-use slimflow_schedules::{RectifiedPath, TimeDist, TimeDistribution};
-use tch::Kind;
+use slimflow_schedules::{RectifiedPath, TimeDist};
+use tch::{Kind, Tensor};
 
 use crate::error::Result;
-use crate::objective::{check_batch, Batch, LossTerms, Objective};
+use crate::objective::{check_batch, draw_times, Batch, LossTerms, Objective};
 use crate::premetric::{Premetric, PremetricConfig};
-use crate::random::uniform_tensor;
 
 /// Rectified-flow regression on paired endpoints.
 #[derive(Debug, Clone)]
@@ -21,17 +20,15 @@ pub struct Rf {
     pub premetric: PremetricConfig,
 }
 
-impl Objective for Rf {
-    fn loss(&self, student: &Model, batch: &Batch, rng: &mut dyn RngCore) -> Result<LossTerms> {
+impl Rf {
+    /// The loss at given times t: [B] (the draws of [`Objective::loss`], made explicit so a
+    /// reference step can be replayed).
+    pub fn loss_at(&self, student: &Model, batch: &Batch, t: &Tensor) -> Result<LossTerms> {
         check_batch(batch)?;
-        self.time.validate()?;
-        let b = batch.x1.size()[0] as usize;
-        let t =
-            uniform_tensor(&self.time.sample(rng, b), batch.x1.device()).to_kind(batch.x1.kind());
-        let path = RectifiedPath.sample(&batch.x0, &batch.x1, &t);
+        let path = RectifiedPath.sample(&batch.x0, &batch.x1, t);
         let v_hat = student
             .net()
-            .forward_t(&path.x_t, &t, batch.labels.as_ref(), true);
+            .forward_t(&path.x_t, t, batch.labels.as_ref(), true);
         let per_sample = self.premetric.distance(&v_hat, &path.v)?;
         let total = per_sample.mean(Kind::Float);
         let value = total.double_value(&[]);
@@ -42,13 +39,22 @@ impl Objective for Rf {
     }
 }
 
+impl Objective for Rf {
+    fn loss(&self, student: &Model, batch: &Batch, rng: &mut dyn RngCore) -> Result<LossTerms> {
+        let t = draw_times(&self.time, batch, rng)?;
+        self.loss_at(student, batch, &t)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::random::uniform_tensor;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
     use slimflow_models::ArchConfig;
-    use tch::{Device, Tensor};
+    use slimflow_schedules::TimeDistribution;
+    use tch::Device;
 
     #[test]
     fn rf_loss_matches_a_manual_computation_and_reaches_every_parameter() {

@@ -426,7 +426,7 @@ impl Ncsnpp {
         &self.cfg
     }
 
-    /// The network on x [B, C, R, R] with `time_cond` [B] (SlimFlow passes 999·t).
+    /// The network on x [B, C, R, R] with `time_cond` `[B]` (SlimFlow passes 999·t).
     pub fn forward_t(&self, x: &Tensor, time_cond: &Tensor, train: bool) -> Tensor {
         let (drop, rescale) = (self.cfg.dropout, self.cfg.skip_rescale);
         // get_timestep_embedding: [sin, cos] of time_cond · exp(−k·ln(10000)/(half − 1)).

@@ -404,7 +404,7 @@ impl SongUnet {
         self.map_layer0.weight.kind()
     }
 
-    /// Timestep embedding of `noise_labels` [B], halves swapped to [sin, cos] as SongUNet does.
+    /// Timestep embedding of `noise_labels` `[B]`, halves swapped to [sin, cos] as SongUNet does.
     fn embed(&self, noise_labels: &Tensor) -> Tensor {
         let c = self.cfg.model_channels * self.cfg.channel_mult_noise;
         let x = noise_labels.to_kind(Kind::Float);
@@ -423,7 +423,7 @@ impl SongUnet {
         Tensor::cat(&[args.sin(), args.cos()], 1)
     }
 
-    /// F(x, noise_labels): x [B, in_channels, R, R]; noise_labels [B]; class_labels [B, label_dim]
+    /// F(x, noise_labels): x [B, in_channels, R, R]; noise_labels `[B]`; class_labels [B, label_dim]
     /// (one-hot, float) when conditional; augment_labels [B, augment_dim] or none (= zeros).
     pub fn forward_t(
         &self,

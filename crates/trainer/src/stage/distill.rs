@@ -9,7 +9,7 @@ use slimflow_models::Model;
 use crate::error::Result;
 use crate::run_dir::{run_stage, StageCtx, StageOutcome};
 use crate::run_loop::{self, LoopSettings};
-use crate::stage::{input, lpips, stage_seed, training_outcome, PairSource};
+use crate::stage::{input, lpips, stage_seed, training_outcome, PairSource, SourceNoise};
 
 /// Runs (or resumes, or skips) the stage.
 pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
@@ -29,12 +29,17 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         "the 2-RF model",
         "model.safetensors",
     )?;
-    let hash = json!({"seed": cfg.seed, "distill": dc, "reflow": rf2_sha, "pairs": pairs_sha});
+    let mut hash = json!({"seed": cfg.seed, "distill": dc, "reflow": rf2_sha, "pairs": pairs_sha});
+    // the flow-guided term's fresh noise follows the source; N(0, I) runs keep their hash
+    if !crate::config::is_standard(&cfg.data.source) {
+        hash["source"] = json!(cfg.data.source);
+    }
     run_stage(ctx, "distill", hash, |dir| {
         let mut student = Model::load(&rf2_path, ctx.device)?;
         let mut teacher = Model::load(&rf2_path, ctx.device)?;
         teacher.vs.freeze();
-        let pairs = PairSource::open(&pairs_json, ctx.device)?;
+        let pairs = PairSource::open(&pairs_json, ctx.device, student.config())?;
+        let source = SourceNoise(&cfg.data.source);
         let perceptual = dc.lpips.map(|l| lpips(l.preset, ctx.device)).transpose()?;
         let mut distance = Weighted::default();
         if dc.premetric_weight > 0.0 {
@@ -50,12 +55,15 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
                     eps: dc.eps,
                     t_range: (dc.flow_guided_t[0], dc.flow_guided_t[1]),
                     premetric: &distance,
+                    form: dc.form,
+                    source: &source,
                 },
                 dc.flow_guided_weight,
             )
         });
         let objective = Distill {
             eps: dc.eps,
+            form: dc.form,
             premetric: &distance,
             guide,
         };

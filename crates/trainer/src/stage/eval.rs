@@ -1,7 +1,10 @@
 //! Stage `eval`: every available model (1-RF, 2-RF, distilled) against the data.
 //!
-//! From the same seeded noise: one Euler step, the many-step solver, and an Euler trajectory for
-//! straightness. Reported per model: the distance to the data at one step and many steps, straightness,
+//! From the same seeded noise (drawn per sample from the run's source, `data.source`): one Euler
+//! step, the many-step solver, and an Euler trajectory for straightness. Class-conditional models get
+//! one label per sample, uniform over their classes and drawn from the sample's seed; the distances
+//! are over all of them, and a per-class grid (one row per class, the same noise in each column)
+//! sits beside the sample grids. Reported per model: the distance to the data at one step and many steps, straightness,
 //! one-step vs ODE agreement (E‖x_1step − x_ODE‖², the direct measure of distillation quality) and NFE
 //! — in `report.json` (one object per model), `report.md`, and pictures. The distance is the sliced
 //! Wasserstein-2 (plus energy distance) for 2-D data; for images FID with the Inception weights, or
@@ -13,11 +16,13 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde_json::json;
 use slimflow_data::images::DatasetSpec;
-use slimflow_data::seeded_normal;
+use slimflow_data::{seeded_labels, seeded_source};
 use slimflow_metrics::features::{standin_for, FeatureNet};
 use slimflow_metrics::fid::{FeatureStats, GaussianStats};
 use slimflow_metrics::report::{self, ModelReport};
-use slimflow_metrics::{agreement, pictures, plot, straightness, toy};
+use slimflow_metrics::{
+    agreement, pictures, plot, straightness, straightness_rfpp, straightness_slimflow, toy,
+};
 use slimflow_models::Model;
 use slimflow_sampling::{solve, Solution, SolverConfig};
 use tch::Tensor;
@@ -88,6 +93,23 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     })
 }
 
+/// The evaluation inputs of `seeds` for `model`: noise from the run's source and, for a
+/// class-conditional model, uniform labels, each a function of its seed alone.
+fn inputs(ctx: &StageCtx, model: &Model, seeds: &[u64]) -> Result<(Tensor, Option<Tensor>)> {
+    let config = model.config();
+    let z = seeded_source(
+        &ctx.config.data.source,
+        seeds,
+        &config.data_shape(),
+        ctx.device,
+    )?;
+    let classes = config.label_dim();
+    let labels = (classes > 0)
+        .then(|| seeded_labels(seeds, classes as u32, ctx.device))
+        .transpose()?;
+    Ok((z, labels))
+}
+
 fn dir_note(dir: &StageDir) -> Option<String> {
     std::fs::read_to_string(dir.path.join("metric.txt")).ok()
 }
@@ -113,10 +135,20 @@ fn toy_rows(
     for f in found {
         let model = Model::load(&f.path, ctx.device)?;
         let shape = model.config().data_shape();
-        let z = seeded_normal(&seeds, &shape, ctx.device);
-        let field = model.eval_field(None);
+        let (z, labels) = inputs(ctx, &model, &seeds)?;
+        let field = model.eval_field(labels.as_ref());
         let (one, many) = one_and_many(&field, &z, ec)?;
         let path_points = trajectory(&field, &z, ec)?;
+        // the samples themselves, with the noise they started from
+        let file = format!("samples-{}.safetensors", slug(f.name));
+        let mut tensors = vec![
+            ("noise".to_string(), z.shallow_clone()),
+            ("samples_1step".to_string(), one.x.shallow_clone()),
+            ("samples_ode".to_string(), many.x.shallow_clone()),
+        ];
+        tensors.extend(labels.map(|l| ("labels".to_string(), l)));
+        slimflow_models::checkpoint::write(&dir.path.join(&file), &tensors, &Default::default())?;
+        dir.output(&format!("samples_{}", slug(f.name)), file);
         let flat = |x: &Tensor| x.flatten(1, -1);
         let sw = |x: &Tensor| {
             toy::sliced_wasserstein(&flat(x), &flat(&reference), ec.projections, proj_seed)
@@ -131,6 +163,8 @@ fn toy_rows(
             energy_1step: Some(toy::energy_distance(&flat(&one.x), &flat(&reference))?),
             energy_many: Some(toy::energy_distance(&flat(&many.x), &flat(&reference))?),
             straightness: straightness(&path_points)?,
+            straightness_rfpp: Some(straightness_rfpp(&path_points)?),
+            straightness_slimflow: Some(straightness_slimflow(&path_points)?),
             agreement: agreement::mean_squared_distance(&one.x, &many.x)?,
             nfe: many.nfe,
             solver: ec.solver.label(),
@@ -271,8 +305,6 @@ fn image_rows(
     let mut rows = Vec::new();
     for f in found {
         let model = Model::load(&f.path, device)?;
-        let shape = model.config().data_shape();
-        let field = model.eval_field(None);
         let mut one_stats = FeatureStats::new(net.dim());
         let mut many_stats = FeatureStats::new(net.dim());
         let (mut agree, mut nfe_total, mut batches) = (0.0, 0usize, 0usize);
@@ -280,7 +312,8 @@ fn image_rows(
         let mut done = 0usize;
         let s = slug(f.name);
         for chunk in seeds.chunks(ec.batch_size.max(1)) {
-            let z = seeded_normal(chunk, &shape, device);
+            let (z, labels) = inputs(ctx, &model, chunk)?;
+            let field = model.eval_field(labels.as_ref());
             let (one, many) = one_and_many(&field, &z, ec)?;
             one_stats.add(&net.features(&as_saved(&one.x))?)?;
             many_stats.add(&net.features(&as_saved(&many.x))?)?;
@@ -299,8 +332,14 @@ fn image_rows(
             progress.set(done as u64, || format!("NFE {}", many.nfe));
         }
         progress.finish();
+        let mut pictures = vec![
+            format!("samples-{s}-1step.png"),
+            format!("samples-{s}-ode.png"),
+        ];
+        pictures.extend(class_grids(ctx, dir, &model, &s, &seeds)?);
         let m = ec.straightness_samples.clamp(1, seeds.len());
-        let z = seeded_normal(&seeds[..m], &shape, device);
+        let (z, labels) = inputs(ctx, &model, &seeds[..m])?;
+        let field = model.eval_field(labels.as_ref());
         let path_points = trajectory(&field, &z, ec)?;
         let strip = format!("trajectory-{s}.png");
         let states: Vec<Tensor> = path_points.iter().map(|(_, x)| x.shallow_clone()).collect();
@@ -319,17 +358,53 @@ fn image_rows(
             energy_1step: None,
             energy_many: None,
             straightness: straightness(&path_points)?,
+            straightness_rfpp: Some(straightness_rfpp(&path_points)?),
+            straightness_slimflow: Some(straightness_slimflow(&path_points)?),
             agreement: agree / seeds.len() as f64,
             nfe: nfe_total.div_ceil(batches.max(1)),
             solver: ec.solver.label(),
-            pictures: vec![
-                format!("samples-{s}-1step.png"),
-                format!("samples-{s}-ode.png"),
-                strip,
-            ],
+            pictures: {
+                pictures.push(strip);
+                pictures
+            },
         };
         log_row(&row);
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// Columns of the per-class grids.
+const CLASS_GRID_COLUMNS: usize = 8;
+
+/// For a class-conditional image model: `samples-<model>-1step-classes.png` and
+/// `samples-<model>-ode-classes.png`, one row per class, column j starting from the noise of the
+/// j-th evaluation seed in every row (so a column shows what the label changes). Returns the
+/// pictures written (none for an unconditional model).
+fn class_grids(
+    ctx: &StageCtx,
+    dir: &mut StageDir,
+    model: &Model,
+    s: &str,
+    seeds: &[u64],
+) -> Result<Vec<String>> {
+    let classes = model.config().label_dim();
+    if classes <= 0 {
+        return Ok(Vec::new());
+    }
+    let cols = CLASS_GRID_COLUMNS.min(seeds.len());
+    let (z, _) = inputs(ctx, model, &seeds[..cols])?;
+    let z = z.repeat([classes, 1, 1, 1]);
+    let labels = Tensor::arange(classes, (tch::Kind::Int64, ctx.device))
+        .repeat_interleave_self_int(cols as i64, 0, None);
+    let field = model.eval_field(Some(&labels));
+    let (one, many) = one_and_many(&field, &z, &ctx.config.eval)?;
+    let mut written = Vec::new();
+    for (suffix, x) in [("1step", &one.x), ("ode", &many.x)] {
+        let file = format!("samples-{s}-{suffix}-classes.png");
+        pictures::grid_png(&dir.path.join(&file), x, cols)?;
+        dir.output(&format!("grid_{s}_{suffix}_classes"), file.clone());
+        written.push(file);
+    }
+    Ok(written)
 }

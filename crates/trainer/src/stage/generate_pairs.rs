@@ -1,19 +1,24 @@
-//! Stage `generate-pairs`: z ~ N(0, I) from per-pair seeds, x1 = ODE solve of the teacher from eps to 1
-//! (reference: RK45, rtol = atol = 1e-5), written shard by shard so that an interrupted or killed run
-//! resumes at the first missing shard. `from_data` integrates real samples backwards instead, and
-//! `import` takes reference pairs (SlimFlow's `z0.npy` / `z1.npy`) as they are.
+//! Stage `generate-pairs`: z from the source (`data.source`, N(0, I) by default) drawn per pair from
+//! its seed, x1 = ODE solve of the teacher from eps to 1 (reference: RK45, rtol = atol = 1e-5),
+//! written shard by shard so that an interrupted or killed run resumes at the first missing shard.
+//! `from_data` integrates real samples backwards instead, and `import` takes reference pairs
+//! (SlimFlow's `z0.npy` / `z1.npy`, rfpp's `z.zip` / `samples.zip`) as they are.
+//!
+//! A class-conditional teacher stores a label with each pair and solves with it: `pairs.labels =
+//! "random"` draws it uniformly from the pair's seed (its own stream, so the store is the same at
+//! any shard layout or writer count), `"dataset"` takes the label of the pair's data sample.
 
 use serde_json::json;
-use slimflow_data::{seeded_normal, PairStore, PairStoreManifest};
+use slimflow_data::{seeded_labels, seeded_source, PairStore, PairStoreManifest};
 use slimflow_models::Model;
 use slimflow_sampling::solve;
 use tch::Tensor;
 
-use crate::config::{PairDirection, Target};
+use crate::config::{PairDirection, PairLabels, Target};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::run_dir::{run_stage, sha256_file, StageCtx, StageOutcome};
-use crate::stage::{image_set, input};
+use crate::stage::{check_dataset_labels, check_pair_labels, image_set, input};
 
 /// One target sample per seed, each from its own generator (so pair j is the same at any batch or
 /// shard layout); images: image (seed − seed_base) mod N of the dataset.
@@ -41,6 +46,26 @@ fn seeded_data(data: &DataSource, seeds: &[u64], seed_base: u64, device: tch::De
         .to_device(device)
 }
 
+/// The dataset labels of the samples [`seeded_data`] picks for `seeds` ([n] int64).
+fn seeded_data_labels(
+    set: &slimflow_data::images::ImageSet,
+    seeds: &[u64],
+    seed_base: u64,
+    device: tch::Device,
+) -> Result<Tensor> {
+    let labels = set.labels.as_ref().ok_or_else(|| {
+        Error::Invalid(format!(
+            "pairs.labels = \"dataset\": data.dataset `{}` has no class labels",
+            set.name
+        ))
+    })?;
+    let picked: Vec<i64> = seeds
+        .iter()
+        .map(|s| i64::from(labels[(s.wrapping_sub(seed_base) % set.len() as u64) as usize]))
+        .collect();
+    Ok(Tensor::from_slice(&picked).to_device(device))
+}
+
 enum DataSource<'a> {
     Toy(&'a slimflow_data::Toy),
     Images(std::sync::Arc<slimflow_data::images::ImageSet>),
@@ -59,11 +84,18 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         "the teacher (1-RF) model",
         "model.safetensors",
     )?;
-    let hash = json!({"pairs": cfg, "teacher": teacher_sha});
+    let source = &ctx.config.data.source;
+    let mut hash = json!({"pairs": cfg, "teacher": teacher_sha});
+    // the noise follows the source; N(0, I) runs keep their hash
+    if !crate::config::is_standard(source) {
+        hash["source"] = json!(source);
+    }
     run_stage(ctx, "generate-pairs", hash, |dir| {
         let mut teacher = Model::load(&teacher_path, ctx.device)?;
         teacher.set_precision(cfg.precision);
         let shape = teacher.config().data_shape();
+        let classes = teacher.config().label_dim();
+        let label_source = cfg.label_source(classes);
         let manifest = PairStoreManifest::new(
             cfg.count,
             cfg.shard_size,
@@ -72,7 +104,9 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             teacher_sha.clone(),
             serde_json::to_string(&cfg.solver).expect("solver configs serialise"),
         )?;
-        let manifest = manifest.with_dtype(cfg.dtype);
+        let manifest = manifest
+            .with_dtype(cfg.dtype)
+            .with_classes(classes.max(0) as u32);
         let store = PairStore::create_or_resume(&dir.path.join("pairs"), manifest)?;
         let mine = store.shards_for(ctx.rank, ctx.world)?;
         let missing: Vec<usize> = store
@@ -86,7 +120,6 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             .sum();
         let mut progress = Progress::new("generate-pairs", done, cfg.count);
         let mut produced = done;
-        let field = teacher.eval_field(None);
         let data = match cfg.direction {
             PairDirection::FromNoise => None,
             PairDirection::FromData => {
@@ -96,18 +129,42 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
                 })
             }
         };
+        match (&data, label_source) {
+            (Some(DataSource::Images(set)), Some(PairLabels::Dataset)) => {
+                check_dataset_labels(set, classes)?
+            }
+            (_, Some(PairLabels::Dataset)) => {
+                return Err(Error::Invalid(
+                    "pairs.labels = \"dataset\" needs pairs.direction = \"from_data\" on a \
+                     labelled image dataset"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
         for shard in missing {
             if crate::interrupt::requested() {
                 progress.finish();
                 return Ok(StageOutcome::Interrupted);
             }
             let seeds = store.shard_seeds(shard);
-            let (mut zs, mut xs) = (Vec::new(), Vec::new());
+            let (mut zs, mut xs, mut ls) = (Vec::new(), Vec::new(), Vec::new());
             let mut nfe = 0;
             for chunk in seeds.chunks(cfg.batch_size) {
+                let labels = match (label_source, &data) {
+                    (None, _) => None,
+                    (Some(PairLabels::Random), _) => {
+                        Some(seeded_labels(chunk, classes as u32, ctx.device)?)
+                    }
+                    (Some(PairLabels::Dataset), Some(DataSource::Images(set))) => {
+                        Some(seeded_data_labels(set, chunk, cfg.seed_base, ctx.device)?)
+                    }
+                    (Some(PairLabels::Dataset), _) => unreachable!("checked above"),
+                };
+                let field = teacher.eval_field(labels.as_ref());
                 match cfg.direction {
                     PairDirection::FromNoise => {
-                        let z = seeded_normal(chunk, &shape, ctx.device);
+                        let z = seeded_source(source, chunk, &shape, ctx.device)?;
                         let sol = solve(&cfg.solver, &field, &z, cfg.eps, 1.0, false)?;
                         nfe = sol.nfe;
                         zs.push(z);
@@ -122,8 +179,15 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
                         xs.push(x1);
                     }
                 }
+                ls.extend(labels);
             }
-            store.write_shard(shard, &Tensor::cat(&zs, 0), &Tensor::cat(&xs, 0), None)?;
+            let labels = (!ls.is_empty()).then(|| Tensor::cat(&ls, 0));
+            store.write_shard(
+                shard,
+                &Tensor::cat(&zs, 0),
+                &Tensor::cat(&xs, 0),
+                labels.as_ref(),
+            )?;
             produced += seeds.len() as u64;
             progress.set(produced, || format!("shard {shard} (NFE {nfe})"));
         }
@@ -138,13 +202,18 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
 }
 
 /// The reference pairs in `src` as the stage's store, checked against the student's sample shape:
-/// SlimFlow's `z0.npy`, `z1.npy` [, `label.npy`], or rfpp's `samples.zip` + `z.zip`.
+/// SlimFlow's `z0.npy`, `z1.npy` [, `label.npy`], or rfpp's `samples.zip` + `z.zip` [+
+/// `images_labels.csv`]; labels must be there exactly when the student is class-conditional.
 fn import(ctx: &StageCtx, src: &std::path::Path) -> Result<StageOutcome> {
     let cfg = &ctx.config.pairs;
     let file = |name: &str| src.join(name);
     let rfpp = slimflow_data::rfpp::is_rfpp_dir(src);
     let (z0, z1, label) = if rfpp {
-        (file("z.zip"), file("samples.zip"), file("label.npy"))
+        (
+            file("z.zip"),
+            file("samples.zip"),
+            file(slimflow_data::rfpp::RFPP_LABELS),
+        )
     } else {
         (file("z0.npy"), file("z1.npy"), file("label.npy"))
     };
@@ -157,7 +226,8 @@ fn import(ctx: &StageCtx, src: &std::path::Path) -> Result<StageOutcome> {
             )));
         }
     }
-    let label = (!rfpp && label.is_file()).then_some(label);
+    // rfpp's labels are found by its importer beside samples.zip; hashed here all the same
+    let label = label.is_file().then_some(label);
     let mut shas = vec![sha256_file(&z0)?, sha256_file(&z1)?];
     if let Some(l) = &label {
         shas.push(sha256_file(l)?);
@@ -173,7 +243,10 @@ fn import(ctx: &StageCtx, src: &std::path::Path) -> Result<StageOutcome> {
         } else {
             PairStore::import_npy(&z0, &z1, label.as_deref(), &out, cfg.shard_size, cfg.dtype)?
         };
-        let want = ctx.config.student_arch().data_shape();
+        let student = ctx.config.student_arch();
+        check_pair_labels(store.manifest().num_classes, student.label_dim(), src)
+            .map_err(|e| Error::Invalid(format!("pairs.import: {e}")))?;
+        let want = student.data_shape();
         if store.manifest().sample_shape != want {
             return Err(Error::Invalid(format!(
                 "pairs.import: {} holds samples of shape {:?}, the student expects {:?}",

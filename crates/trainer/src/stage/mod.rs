@@ -91,14 +91,22 @@ pub(crate) enum PairSource {
 }
 
 impl PairSource {
-    /// Opens the store next to `pairs_json`, verifying sizes.
-    pub(crate) fn open(pairs_json: &std::path::Path, device: tch::Device) -> Result<Self> {
+    /// Opens the store next to `pairs_json`, verifying sizes, and checks that its labels fit the
+    /// `student` (labels exactly when it is class-conditional, within its classes).
+    pub(crate) fn open(
+        pairs_json: &std::path::Path,
+        device: tch::Device,
+        student: &slimflow_models::ArchConfig,
+    ) -> Result<Self> {
         let dir = pairs_json.parent().unwrap_or(std::path::Path::new("."));
         let store = PairStore::open(dir)?;
         let m = store.manifest();
+        check_pair_labels(m.num_classes, student.label_dim(), dir)?;
         let bytes = m.count * m.sample_numel() as u64 * 8;
         Ok(if bytes <= IN_MEMORY_PAIR_BYTES {
-            PairSource::Memory(store.load(device)?)
+            let mut pairs = store.load(device)?;
+            pairs.labels = pairs.labels.map(|l| l.to_device(device));
+            PairSource::Memory(pairs)
         } else {
             PairSource::Reader(store.reader()?, device)
         })
@@ -122,7 +130,7 @@ impl PairSource {
                 Batch {
                     x0: pairs.z.index_select(0, &idx),
                     x1: pairs.x1.index_select(0, &idx),
-                    labels: None,
+                    labels: pairs.labels.as_ref().map(|l| l.index_select(0, &idx)),
                 }
             }
             PairSource::Reader(reader, device) => {
@@ -130,10 +138,95 @@ impl PairSource {
                 Batch {
                     x0: p.z.to_device(*device),
                     x1: p.x1.to_device(*device),
-                    labels: None,
+                    labels: p.labels.map(|l| l.to_device(*device)),
                 }
             }
         })
+    }
+}
+
+/// A pair store with `classes` label classes (0: unlabelled) for a student with `label_dim`
+/// classes: labels must be there exactly when the student is class-conditional, and fit its
+/// classes. A labelled store is never fed to an unconditional student (its labels would be
+/// ignored).
+pub(crate) fn check_pair_labels(
+    classes: u32,
+    label_dim: i64,
+    store: &std::path::Path,
+) -> Result<()> {
+    let classes = i64::from(classes);
+    let problem = match (classes, label_dim) {
+        (0, 0) => return Ok(()),
+        (c, 0) => format!(
+            "the pairs in {} carry labels of {c} classes but the student is unconditional \
+             (label_dim = 0 in reflow.model, or model when it is absent); give it label_dim = {c} \
+             or use unlabelled pairs",
+            store.display()
+        ),
+        (0, d) => format!(
+            "the student is class-conditional (label_dim = {d}) but the pairs in {} carry no \
+             labels; generate them with a class-conditional teacher (model.label_dim) or import \
+             them with their labels (label.npy, rfpp's images_labels.csv)",
+            store.display()
+        ),
+        (c, d) if c > d => format!(
+            "the pairs in {} carry labels of {c} classes but the student has label_dim = {d}",
+            store.display()
+        ),
+        _ => return Ok(()),
+    };
+    Err(Error::Invalid(problem))
+}
+
+/// An image set's labels checked against a model with `label_dim` classes: a class-conditional
+/// model needs a labelled dataset with exactly its classes.
+pub(crate) fn check_dataset_labels(
+    set: &slimflow_data::images::ImageSet,
+    label_dim: i64,
+) -> Result<()> {
+    let classes = set.num_classes() as i64;
+    if label_dim == 0 || (set.labels.is_some() && classes == label_dim) {
+        return Ok(());
+    }
+    Err(Error::Invalid(if set.labels.is_none() {
+        format!(
+            "model.label_dim = {label_dim} (class-conditional) but data.dataset `{}` has no class \
+             labels (folders need one sub-folder per class; idx: labels=FILE); use a labelled \
+             dataset or label_dim = 0",
+            set.name
+        )
+    } else {
+        format!(
+            "model.label_dim = {label_dim} but data.dataset `{}` has {classes} classes; set \
+             label_dim = {classes}",
+            set.name
+        )
+    }))
+}
+
+/// The run's source distribution as fresh noise for the objectives (the flow-guided term's ε):
+/// N(0, std²·I) for any shape, the other 2-D distributions for [B, 2].
+#[derive(Debug)]
+pub(crate) struct SourceNoise<'a>(pub &'a slimflow_data::Toy);
+
+impl slimflow_losses::NoiseSource for SourceNoise<'_> {
+    fn sample(
+        &self,
+        rng: &mut dyn rand::RngCore,
+        shape: &[i64],
+        device: tch::Device,
+    ) -> slimflow_losses::Result<Tensor> {
+        use slimflow_data::Toy;
+        match *self.0 {
+            Toy::Gaussian { std: 1.0 } => Ok(slimflow_losses::normal_tensor(rng, shape, device)),
+            Toy::Gaussian { std } => Ok(slimflow_losses::normal_tensor(rng, shape, device) * std),
+            ref toy if shape.len() == 2 && shape[1] == 2 => {
+                Ok(toy.sample_tensor(rng, shape[0] as usize, device))
+            }
+            ref toy => Err(slimflow_losses::Error::Invalid(format!(
+                "the source {toy:?} is 2-D but noise of shape {shape:?} was asked for"
+            ))),
+        }
     }
 }
 
@@ -173,19 +266,37 @@ pub(crate) fn lpips(
     )?)
 }
 
-/// Mixes `beta`-scaled fresh noise into the pair noise: SlimFlow's annealed z'.
-pub(crate) fn anneal_noise(x0: &Tensor, keep: f64, beta: f64, rng: &mut ChaCha20Rng) -> Tensor {
+/// Mixes `beta`-scaled fresh noise into the pair noise: SlimFlow's annealed z' (no draw when β = 0).
+/// ε ~ N(0, source_std²·I), the (Gaussian) source's law, which the mix then keeps; non-Gaussian
+/// sources are refused with annealing by the config check.
+pub fn anneal_noise(
+    x0: &Tensor,
+    keep: f64,
+    beta: f64,
+    source_std: f64,
+    rng: &mut ChaCha20Rng,
+) -> Tensor {
     if beta > 0.0 {
         let eps = slimflow_losses::normal_tensor(rng, &x0.size(), x0.device());
-        x0 * keep + eps * beta
+        let eps = if source_std == 1.0 {
+            eps
+        } else {
+            eps * source_std
+        };
+        mix_noise(x0, &eps, keep, beta)
     } else {
         x0.shallow_clone()
     }
 }
 
+/// z' = keep·z + β·ε with keep = sqrt(1 − β²) ([`slimflow_schedules::Anneal::mix`]).
+pub fn mix_noise(z: &Tensor, eps: &Tensor, keep: f64, beta: f64) -> Tensor {
+    z * keep + eps.to_kind(z.kind()) * beta
+}
+
 /// Mirrors the samples where `flip` is set: images ([B, C, H, W]) horizontally, vectors ([B, D]) in
 /// their first coordinate.
-pub(crate) fn hflip(x: &Tensor, flip: &Tensor) -> Tensor {
+pub fn hflip(x: &Tensor, flip: &Tensor) -> Tensor {
     match x.dim() {
         4 => x.flip([3]).where_self(&flip.view([-1, 1, 1, 1]), x),
         _ => {
@@ -194,6 +305,12 @@ pub(crate) fn hflip(x: &Tensor, flip: &Tensor) -> Tensor {
             (x * sign).where_self(&flip.view([-1, 1]), x)
         }
     }
+}
+
+/// SlimFlow's per-batch flip decision from one uniform draw u ∈ [0, 1): flip when u > ½
+/// (`np.random.rand() > 0.5`).
+pub fn batch_coin(u: f64) -> bool {
+    u > 0.5
 }
 
 /// A [B] boolean mask with each entry set with probability ½ by `rng`.

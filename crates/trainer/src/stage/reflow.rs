@@ -3,18 +3,23 @@
 //! Options cover both papers: rfpp's U-shaped time distribution, pseudo-Huber or LPIPS-Huber loss and
 //! initialisation from the teacher, and SlimFlow's Annealing Reflow for a randomly initialised slim
 //! student — pair noise z' = sqrt(1 − β_k²)·z + β_k·ε with fresh ε, β_k from 1 to 0 over
-//! `anneal_steps`, and (z', x1) flipped together with probability ½.
+//! `anneal_steps`, and (z', x1) flipped together with probability ½ (per pair, or the whole batch at
+//! once as SlimFlow does).
 
 use serde_json::json;
 use slimflow_losses::{LpipsHuber, Objective, Rf};
 use slimflow_models::{checkpoint, Model};
 
-use crate::config::Init;
+use rand::Rng;
+use tch::{Kind, Tensor};
+
+use crate::config::{Init, PairFlip};
 use crate::error::Result;
 use crate::run_dir::{run_stage, StageCtx, StageOutcome};
 use crate::run_loop::{self, LoopSettings};
 use crate::stage::{
-    anneal_noise, coin_flips, hflip, input, lpips, stage_seed, training_outcome, PairSource,
+    anneal_noise, batch_coin, coin_flips, hflip, input, lpips, stage_seed, training_outcome,
+    PairSource,
 };
 
 /// Runs (or resumes, or skips) the stage.
@@ -39,10 +44,18 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         Init::Random => None,
     };
     let student_arch = cfg.student_arch().clone();
-    let hash = json!({
+    let mut hash = json!({
         "seed": cfg.seed, "reflow": rc, "student": student_arch, "pairs": pairs_sha,
         "teacher": teacher.as_ref().map(|t| t.1.clone()),
     });
+    // the annealing ε follows the source; N(0, I) runs keep their hash
+    if !crate::config::is_standard(&cfg.data.source) {
+        hash["source"] = json!(cfg.data.source);
+    }
+    let source_std = match cfg.data.source {
+        slimflow_data::Toy::Gaussian { std } => std,
+        _ => 1.0, // annealing is refused for other sources (config check)
+    };
     run_stage(ctx, "reflow", hash, |dir| {
         tch::manual_seed(stage_seed(cfg.seed, 2) as i64);
         let mut model = Model::new(&student_arch, ctx.device)?;
@@ -54,7 +67,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             model.num_params(),
             rc.init
         );
-        let pairs = PairSource::open(&pairs_json, ctx.device)?;
+        let pairs = PairSource::open(&pairs_json, ctx.device, &student_arch)?;
         let perceptual = rc
             .lpips_huber
             .map(|l| lpips(l.lpips, ctx.device))
@@ -79,9 +92,19 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         let mut batches = |rng: &mut rand_chacha::ChaCha20Rng, step: u64| {
             let mut batch = pairs.batch(rc.batch_size, rng)?;
             let (keep, beta) = rc.anneal.mix(step, rc.anneal_steps);
-            batch.x0 = anneal_noise(&batch.x0, keep, beta, rng);
-            if rc.hflip {
-                let flip = coin_flips(rng, rc.batch_size, device);
+            batch.x0 = anneal_noise(&batch.x0, keep, beta, source_std, rng);
+            let flip = match rc.hflip {
+                PairFlip::None => None,
+                PairFlip::PerSample => Some(coin_flips(rng, rc.batch_size, device)),
+                PairFlip::PerBatch => {
+                    let all = i64::from(batch_coin(rng.gen::<f64>()));
+                    Some(
+                        Tensor::full([rc.batch_size as i64], all, (Kind::Int64, device))
+                            .to_kind(Kind::Bool),
+                    )
+                }
+            };
+            if let Some(flip) = flip {
                 batch.x0 = hflip(&batch.x0, &flip);
                 batch.x1 = hflip(&batch.x1, &flip);
             }

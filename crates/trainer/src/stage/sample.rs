@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use slimflow_data::seeded_normal;
+use slimflow_data::{seeded_labels, seeded_source};
 use slimflow_metrics::plot;
 use slimflow_models::{checkpoint, Model};
 use slimflow_sampling::{solve, SolverConfig};
@@ -24,7 +24,11 @@ pub struct SampleRequest {
     pub solver: SolverConfig,
     /// First noise seed (sample i uses `seed + i`).
     pub seed: u64,
-    /// Output safetensors file (tensors `samples` and `noise`); a PNG beside it (a scatter plot for 2-D data, an 8×8 grid for images).
+    /// Class-conditional models: every sample of this class; `None` draws each sample's label
+    /// uniformly from its seed. An unconditional model takes no label (an error).
+    pub label: Option<i64>,
+    /// Output safetensors file (tensors `samples`, `noise` and, for class-conditional models,
+    /// `labels`); a PNG beside it (a scatter plot for 2-D data, an 8×8 grid for images).
     pub out: PathBuf,
 }
 
@@ -43,6 +47,21 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
     let model = Model::load(&path, ctx.device)?;
     let shape = model.config().data_shape();
     let classes = model.config().label_dim();
+    match (req.label, classes) {
+        (Some(k), 0) => {
+            return Err(Error::Invalid(format!(
+                "--label {k}: the model {} is unconditional (label_dim = 0)",
+                path.display()
+            )))
+        }
+        (Some(k), c) if !(0..c).contains(&k) => {
+            return Err(Error::Invalid(format!(
+                "--label {k}: the model has {c} classes (labels 0 to {})",
+                c - 1
+            )))
+        }
+        _ => {}
+    }
     let seeds: Vec<u64> = (0..req.count as u64).map(|i| req.seed + i).collect();
     // batches bound memory for large sample counts; noise is per-seed, so batching changes nothing
     let chunk = if shape.len() == 1 { 100_000 } else { 256 };
@@ -50,15 +69,18 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
     let mut nfe = 0;
     let mut progress = crate::progress::Progress::new("sample", 0, req.count as u64);
     for part in seeds.chunks(chunk) {
-        let z = seeded_normal(part, &shape, ctx.device);
-        // class-conditional models: classes cycle through the seeds
-        let labels = (classes > 0).then(|| {
-            let l: Vec<i64> = part
-                .iter()
-                .map(|&s| ((s - req.seed) as i64) % classes)
-                .collect();
-            Tensor::from_slice(&l).to_device(ctx.device)
-        });
+        // noise from the run's source, per seed
+        let z = seeded_source(&ctx.config.data.source, part, &shape, ctx.device)?;
+        // class-conditional models: the requested class, or uniform labels per seed
+        let labels = match (classes, req.label) {
+            (0, _) => None,
+            (_, Some(k)) => Some(Tensor::full(
+                [part.len() as i64],
+                k,
+                (tch::Kind::Int64, ctx.device),
+            )),
+            (c, None) => Some(seeded_labels(part, c as u32, ctx.device)?),
+        };
         let sol = solve(
             &req.solver,
             &model.eval_field(labels.as_ref()),

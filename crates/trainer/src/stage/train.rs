@@ -1,6 +1,7 @@
 //! Stage `train`: the teacher. Either a 1-rectified flow trained on independent (noise, data) pairs
-//! (Liu et al. 2023, Alg. 1), or a pretrained checkpoint imported from a reference implementation
-//! (`[teacher]`: EDM, rfpp, RectifiedFlow / SlimFlow).
+//! (Liu et al. 2023, Alg. 1; (noise, image, label) triples for a class-conditional model), or a
+//! pretrained checkpoint imported from a reference implementation (`[teacher]`: EDM, rfpp,
+//! RectifiedFlow / SlimFlow).
 
 use std::collections::BTreeMap;
 
@@ -14,7 +15,7 @@ use crate::config::{Target, TeacherConfig};
 use crate::error::{Error, Result};
 use crate::run_dir::{run_stage, sha256_file, StageCtx, StageDir, StageOutcome};
 use crate::run_loop::{self, LoopSettings};
-use crate::stage::{image_set, stage_seed, training_outcome};
+use crate::stage::{check_dataset_labels, image_set, stage_seed, training_outcome};
 
 /// Runs (or resumes, or skips) the stage.
 pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
@@ -34,9 +35,15 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         let (n, device) = (cfg.train.batch_size, ctx.device);
         let target = cfg.data.resolve().map_err(Error::Invalid)?;
         let images = match &target {
-            Target::Images(spec) => Some(image_set(spec, &cfg.model)?),
+            Target::Images(spec) => {
+                let set = image_set(spec, &cfg.model)?;
+                check_dataset_labels(&set, cfg.model.label_dim())?;
+                Some(set)
+            }
             Target::Toy(_) => None,
         };
+        // a class-conditional teacher trains on (noise, image, label)
+        let conditional = cfg.model.label_dim() > 0;
         let source = &cfg.data.source;
         let mut loader: Option<Loader> = None;
         let loader_cfg = LoaderConfig {
@@ -64,10 +71,14 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
                     }
                     let images = loader.as_mut().expect("created above").next_batch()?;
                     let x1 = images.x.to_device(device);
+                    let labels = match images.labels {
+                        Some(l) if conditional => Some(l.to_device(device)),
+                        _ => None,
+                    };
                     Batch {
                         x0: normal_tensor(rng, &x1.size(), device),
                         x1,
-                        labels: None,
+                        labels,
                     }
                 }
                 (Target::Images(_), None) => unreachable!("image sets are loaded for image runs"),

@@ -1,0 +1,203 @@
+//! Every parity case in the shared directory through the runner: all must run and pass (for
+//! `slimflow_step`, see [`noise_dominated_failures_only`]).
+
+#[path = "../../../tests/support/parity.rs"]
+mod support;
+
+use slimflow_parity::{run_dir, Status};
+
+#[test]
+fn implemented_parity_cases_pass() {
+    let Some(dir) = support::parity_dir() else {
+        return;
+    };
+    let results = run_dir(&dir).expect("cases found");
+    let mut passed = Vec::new();
+    for r in &results {
+        for k in &r.keys {
+            eprintln!(
+                "{:?} {} {}: max abs {:.3e}, max rel {:.3e} ({})",
+                r.status, r.case, k.key, k.max_abs, k.max_rel, k.rule
+            );
+        }
+        if r.case == "slimflow_step" && r.error.is_none() {
+            noise_dominated_failures_only(&dir, &r.keys);
+        } else {
+            assert!(
+                !matches!(r.status, Status::Fail),
+                "{} failed: {:?} {:?}",
+                r.case,
+                r.error,
+                r.keys
+            );
+        }
+        // The runner fails a known kind that compares nothing; a case counts once it compared.
+        if r.error.is_none() && !r.keys.is_empty() {
+            passed.push(r.case.as_str());
+        }
+    }
+    for case in [
+        "u_shaped_t",
+        "lpips_vgg",
+        "lpips_vgg_avgpool",
+        "frechet_distance",
+        "fid_inception",
+        "songunet_ddpmpp",
+        "songunet_ncsnpp_vel",
+        "ncsnpp_small",
+        "edm_sampler",
+        "slimflow_step",
+    ] {
+        assert!(
+            passed.contains(&case),
+            "{case} must run and pass; passed: {passed:?}"
+        );
+    }
+}
+
+/// Writes `json` as a case into a temporary directory, with its file references made absolute.
+fn altered_case(
+    dir: &std::path::Path,
+    case: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let mut json = support::case_json(dir, case);
+    for field in ["io_file", "weights_file"] {
+        if let Some(name) = json[field].as_str() {
+            json[field] = dir.join(name).to_string_lossy().into_owned().into();
+        }
+    }
+    edit(&mut json);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(format!("{case}.json"));
+    std::fs::write(&path, serde_json::to_string(&json).unwrap()).unwrap();
+    (tmp, path)
+}
+
+#[test]
+fn an_argument_the_runner_does_not_consume_fails_the_case_by_name() {
+    let Some(dir) = support::parity_dir() else {
+        return;
+    };
+    // The unmodified case passes through the same path…
+    let (_t, path) = altered_case(&dir, "songunet_ddpmpp", |_| {});
+    assert_eq!(slimflow_parity::run_case(&path).status, Status::Pass);
+    // …an extra argument fails it, naming the argument.
+    let (_t, path) = altered_case(&dir, "songunet_ddpmpp", |j| {
+        j["runs"][0]["args"]["sigma_scale"] = 2.0.into();
+    });
+    let r = slimflow_parity::run_case(&path);
+    assert_eq!(r.status, Status::Fail);
+    assert!(
+        r.error.as_deref().unwrap_or("").contains("`sigma_scale`"),
+        "{r:?}"
+    );
+    // Class labels for an unconditional network are refused, not dropped.
+    let (_t, path) = altered_case(&dir, "songunet_ddpmpp", |j| {
+        j["runs"][0]["args"]["class_labels"] = "input.x".into();
+    });
+    let r = slimflow_parity::run_case(&path);
+    assert_eq!(r.status, Status::Fail);
+    assert!(
+        r.error.as_deref().unwrap_or("").contains("class_labels"),
+        "{r:?}"
+    );
+    // An LPIPS input transform is honoured: a resize to the inputs' own 64×64 changes nothing,
+    // one to 96×96 changes the distance, so the stored (unresized) outputs no longer match; an
+    // unknown transform is refused by name.
+    let resized = |size: i64| {
+        altered_case(&dir, "lpips_vgg", |j| {
+            j["runs"][0]["args"]["input_transform"] =
+                serde_json::json!({"resize": size, "mode": "bilinear", "align_corners": true});
+        })
+    };
+    let (_t, path) = resized(64);
+    assert_eq!(slimflow_parity::run_case(&path).status, Status::Pass);
+    let (_t, path) = resized(96);
+    let r = slimflow_parity::run_case(&path);
+    assert_eq!(r.status, Status::Fail, "{r:?}");
+    assert!(r.error.is_none(), "the transform ran: {r:?}");
+    let (_t, path) = altered_case(&dir, "lpips_vgg", |j| {
+        j["runs"][0]["args"]["input_transform"] = "random_crop".into();
+    });
+    let r = slimflow_parity::run_case(&path);
+    assert_eq!(r.status, Status::Fail);
+    assert!(
+        r.error.as_deref().unwrap_or("").contains("input_transform"),
+        "{r:?}"
+    );
+    // A literal the step runner does not implement is refused, not ignored.
+    let (_t, path) = altered_case(&dir, "slimflow_step", |j| {
+        j["runs"][2]["args"]["student_mode"] = "eval".into();
+    });
+    let r = slimflow_parity::run_case(&path);
+    assert_eq!(r.status, Status::Fail);
+    assert!(
+        r.error.as_deref().unwrap_or("").contains("student_mode"),
+        "{r:?}"
+    );
+    // A kind without an implementation is listed, not failed.
+    let (_t, path) = altered_case(&dir, "u_shaped_t", |j| {
+        j["kind"] = "rfpp.SomethingNew".into();
+    });
+    assert_eq!(
+        slimflow_parity::run_case(&path).status,
+        Status::NotImplemented
+    );
+}
+
+/// The `slimflow_step` case compares parameters after Adam's first update, ≈ lr·g/(|g| + 1e-8). Where
+/// the gradient itself is near Adam's ε the update carries the recording machine's float32 summation
+/// noise at full scale (the reference's own PyTorch code on another CPU misses those elements by
+/// the same 5e-6, while every gradient of ours equals its gradient bit for bit on the same CPU). So
+/// every key must pass except the updated weights, and those may fail only at elements whose stored
+/// update is below 0.9·lr, i.e. |g| < 9·ε.
+fn noise_dominated_failures_only(dir: &std::path::Path, keys: &[slimflow_parity::KeyResult]) {
+    use slimflow_models::checkpoint;
+    let io = checkpoint::read(&dir.join("slimflow_step.io.safetensors")).unwrap();
+    let init = checkpoint::read(&dir.join("ncsnpp_small.weights.safetensors")).unwrap();
+    let lr = 2e-4 * 30.0 / 40.0;
+    assert_eq!(keys.len(), 9, "every output compared: {keys:?}");
+    for k in keys {
+        if k.pass {
+            continue;
+        }
+        let param = k
+            .key
+            .strip_prefix("output.after_step.")
+            .or_else(|| k.key.strip_prefix("output.ema."))
+            .unwrap_or_else(|| panic!("slimflow_step: {} failed: {k:?}", k.key));
+        assert!(
+            k.failing.len() < 64,
+            "{}: {} elements fail",
+            k.key,
+            k.failing.len()
+        );
+        let stored = io
+            .get(&format!("output.after_step.{param}"))
+            .unwrap()
+            .to_kind(tch::Kind::Double)
+            .flatten(0, -1);
+        let start = init
+            .get(param)
+            .unwrap()
+            .to_kind(tch::Kind::Double)
+            .flatten(0, -1);
+        for &i in &k.failing {
+            let ratio =
+                (stored.double_value(&[i as i64]) - start.double_value(&[i as i64])).abs() / lr;
+            assert!(
+                ratio < 0.9,
+                "{}[{i}] fails where the update is {ratio:.3}·lr: not rounding noise",
+                k.key
+            );
+        }
+        eprintln!(
+            "slimflow_step {}: {} element(s) at Adam's noise floor differ (max abs {:.3e}): {:?}",
+            k.key,
+            k.failing.len(),
+            k.max_abs,
+            k.failing
+        );
+    }
+}
