@@ -2,9 +2,7 @@
 //! Euler on the Karras σ grid, through [`slimflow_sampling::edm::sample`] with the network's own
 //! preconditioned denoiser.
 
-use slimflow_models::checkpoint;
 use slimflow_models::edm_velocity::EdmVelocity;
-use slimflow_models::song_unet::SongUnetConfig;
 use slimflow_sampling::edm::{sample, EdmSamplerConfig};
 use tch::Device;
 
@@ -13,17 +11,10 @@ use crate::{each_run, Case, KeyResult};
 
 /// Runs the case.
 pub fn run(case: &Case<'_>) -> Result<Vec<KeyResult>> {
-    let cfg: SongUnetConfig = serde_json::from_value(case.json["constructor_kwargs"].clone())
-        .map_err(|e| case.bad(format!("constructor_kwargs: {e}")))?;
-    let problems = cfg.problems();
-    if !problems.is_empty() {
-        return Err(case.bad(problems.join("; ")));
-    }
+    let cfg = crate::networks::song_config(case)?;
     let mut vs = tch::nn::VarStore::new(Device::Cpu);
     let net = EdmVelocity::new(&vs.root(), &cfg);
-    let file =
-        checkpoint::read(&case.file("weights_file")?).map_err(|e| case.bad(e.to_string()))?;
-    checkpoint::load_strict(&mut vs, &file, &[]).map_err(|e| case.bad(e.to_string()))?;
+    crate::networks::load(case, &mut vs, &[])?;
     each_run(case, |run, args| {
         let z = args.tensor(case, "z")?;
         let sampler = EdmSamplerConfig {

@@ -133,7 +133,8 @@ impl<'a> Case<'a> {
         compare::by_entry(self, key, &compare::values(actual)?)
     }
 
-    /// [`Case::compare`] for every output of `run` named in `names`, with its computed value.
+    /// [`Case::compare`] for every output `run` lists, with the value `computed` gives for its name;
+    /// an output the runner does not compute is an error.
     pub fn compare_outputs(
         &self,
         run: &Value,

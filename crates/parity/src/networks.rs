@@ -13,14 +13,14 @@ use crate::error::Result;
 use crate::{each_run, Case, KeyResult};
 
 /// The case's weights loaded strictly into `vs`.
-fn load(case: &Case<'_>, vs: &mut tch::nn::VarStore, ignorable: &[&str]) -> Result<()> {
+pub(crate) fn load(case: &Case<'_>, vs: &mut tch::nn::VarStore, ignorable: &[&str]) -> Result<()> {
     let file =
         checkpoint::read(&case.file("weights_file")?).map_err(|e| case.bad(e.to_string()))?;
     checkpoint::load_strict(vs, &file, ignorable).map_err(|e| case.bad(e.to_string()))
 }
 
 /// The SongUNet config of `constructor_kwargs`, checked.
-fn song_config(case: &Case<'_>) -> Result<SongUnetConfig> {
+pub(crate) fn song_config(case: &Case<'_>) -> Result<SongUnetConfig> {
     let cfg: SongUnetConfig = serde_json::from_value(case.json["constructor_kwargs"].clone())
         .map_err(|e| case.bad(format!("constructor_kwargs: {e}")))?;
     let problems = cfg.problems();

@@ -19,7 +19,8 @@ use slimflow_schedules::{noise_keep, RectifiedPath, TimeDist, TimeDistribution};
 use slimflow_trainer::config::{GradGuard, OptimConfig, WarmupRule};
 use slimflow_trainer::ema::Ema;
 use slimflow_trainer::optim::{update, zero_grad, Adam};
-use slimflow_trainer::stage::{batch_coin, hflip, mix_noise};
+use slimflow_trainer::run_loop::sorted_variables;
+use slimflow_trainer::stage::{batch_flips, hflip, mix_noise};
 use tch::{Device, Kind, Tensor};
 
 use crate::args::RunArgs;
@@ -180,12 +181,6 @@ pub fn run(case: &Case<'_>) -> Result<Vec<KeyResult>> {
     })
 }
 
-fn sorted_params(model: &Model) -> (Vec<String>, Vec<Tensor>) {
-    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars.into_iter().unzip()
-}
-
 fn reflow_step(case: &Case<'_>, run: &Value, args: &RunArgs<'_>) -> Result<Vec<KeyResult>> {
     let model = network(case)?;
     let x1 = args.tensor(case, "x1")?;
@@ -219,13 +214,7 @@ fn reflow_step(case: &Case<'_>, run: &Value, args: &RunArgs<'_>) -> Result<Vec<K
     }
 
     let noise = mix_noise(&z, &eps, noise_keep(beta), beta);
-    let b = x1.size()[0];
-    let all = Tensor::full(
-        [b],
-        i64::from(batch_coin(flip_u)),
-        (Kind::Int64, Device::Cpu),
-    )
-    .to_kind(Kind::Bool);
+    let all = batch_flips(flip_u, x1.size()[0] as usize, Device::Cpu);
     let (x0, x1) = (hflip(&noise, &all), hflip(&x1, &all));
     let time = TimeDist::Uniform {
         eps: RECIPE.time_eps,
@@ -245,7 +234,7 @@ fn reflow_step(case: &Case<'_>, run: &Value, args: &RunArgs<'_>) -> Result<Vec<K
         time,
         premetric: PremetricConfig::L2Squared {},
     };
-    let (names, params) = sorted_params(&model);
+    let (names, params) = sorted_variables(&model);
     zero_grad(&params);
     let terms = rf.loss_at(&model, &batch, &t)?;
     terms.total.backward();

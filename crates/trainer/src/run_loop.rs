@@ -53,7 +53,9 @@ pub enum LoopEnd {
 pub type BatchFn<'a> =
     dyn FnMut(&mut ChaCha20Rng, u64) -> Result<(Batch, Vec<(&'static str, f64)>)> + 'a;
 
-fn sorted_variables(model: &Model) -> (Vec<String>, Vec<Tensor>) {
+/// The model's variables sorted by name: the order of the optimizer's and the EMA's lists and of
+/// saved training states.
+pub fn sorted_variables(model: &Model) -> (Vec<String>, Vec<Tensor>) {
     let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars.into_iter().unzip()

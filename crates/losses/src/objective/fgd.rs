@@ -41,7 +41,6 @@ impl FlowGuided<'_> {
     /// and, for a class-conditional student, ε's labels uniformly over its classes (ε is fresh noise,
     /// not a pair, so it has no label of its own; student and teacher see the same labels).
     pub fn term(&self, student: &Model, batch: &Batch, rng: &mut dyn RngCore) -> Result<Tensor> {
-        self.check_range()?;
         let x1 = &batch.x1;
         let b = x1.size()[0] as usize;
         let noise = self

@@ -307,10 +307,10 @@ pub fn hflip(x: &Tensor, flip: &Tensor) -> Tensor {
     }
 }
 
-/// SlimFlow's per-batch flip decision from one uniform draw u ∈ [0, 1): flip when u > ½
-/// (`np.random.rand() > 0.5`).
-pub fn batch_coin(u: f64) -> bool {
-    u > 0.5
+/// SlimFlow's per-batch flip from one uniform draw u ∈ [0, 1): a [n] boolean mask, all set when
+/// u > ½ (`np.random.rand() > 0.5`), none otherwise.
+pub fn batch_flips(u: f64, n: usize, device: tch::Device) -> Tensor {
+    Tensor::full([n as i64], i64::from(u > 0.5), (Kind::Int64, device)).to_kind(Kind::Bool)
 }
 
 /// A [B] boolean mask with each entry set with probability ½ by `rng`.

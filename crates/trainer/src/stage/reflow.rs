@@ -11,14 +11,13 @@ use slimflow_losses::{LpipsHuber, Objective, Rf};
 use slimflow_models::{checkpoint, Model};
 
 use rand::Rng;
-use tch::{Kind, Tensor};
 
 use crate::config::{Init, PairFlip};
 use crate::error::Result;
 use crate::run_dir::{run_stage, StageCtx, StageOutcome};
 use crate::run_loop::{self, LoopSettings};
 use crate::stage::{
-    anneal_noise, batch_coin, coin_flips, hflip, input, lpips, stage_seed, training_outcome,
+    anneal_noise, batch_flips, coin_flips, hflip, input, lpips, stage_seed, training_outcome,
     PairSource,
 };
 
@@ -96,13 +95,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             let flip = match rc.hflip {
                 PairFlip::None => None,
                 PairFlip::PerSample => Some(coin_flips(rng, rc.batch_size, device)),
-                PairFlip::PerBatch => {
-                    let all = i64::from(batch_coin(rng.gen::<f64>()));
-                    Some(
-                        Tensor::full([rc.batch_size as i64], all, (Kind::Int64, device))
-                            .to_kind(Kind::Bool),
-                    )
-                }
+                PairFlip::PerBatch => Some(batch_flips(rng.gen::<f64>(), rc.batch_size, device)),
             };
             if let Some(flip) = flip {
                 batch.x0 = hflip(&batch.x0, &flip);
