@@ -24,6 +24,13 @@ pub fn check(config: &ArchConfig, expected_params: Option<i64>) {
     if let Some(n) = expected_params {
         assert_eq!(model.num_params(), n, "{name}: parameter count");
     }
+    // Wiring, not initialisation, is checked: exactly zero-initialised layers (ADM's output
+    // convolution) would hide every path behind them, so all parameters are nudged first.
+    tch::no_grad(|| {
+        for mut v in model.vs.trainable_variables() {
+            let _ = v.g_add_(&(v.randn_like() * 0.01));
+        }
+    });
     let mut shape = vec![2i64];
     shape.extend(config.data_shape());
     let x = Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu));

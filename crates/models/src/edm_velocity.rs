@@ -1,5 +1,6 @@
 //! EDM denoiser exposed as a velocity field: 2-rectified flow++'s `EDMPrecondVel` (rfpp
-//! `network_edm.py`), which lets a 2-RF start from a pretrained EDM teacher.
+//! `network_edm.py`), which lets a 2-RF start from a pretrained EDM teacher. The wrapped network is
+//! EDM's SongUNet (CIFAR-10, FFHQ, AFHQv2) or DhariwalUNet (ImageNet 64, ADM).
 //!
 //! With rfpp's time t_r = 1 − t (t_r = 0 data) and σ = t_r / (1 − t_r): evaluate
 //! D = c_skip·x̃ + c_out·F(c_in·x̃, c_noise) on x̃ = x / (1 − t_r) with EDM's coefficients (Table 1,
@@ -18,6 +19,7 @@ use slimflow_sampling::{Bound, Domain};
 use slimflow_schedules::convert::t_from_edm_sigma;
 use tch::{nn, Kind, Tensor};
 
+use crate::dhariwal_unet::{DhariwalUnet, DhariwalUnetConfig};
 use crate::song_unet::{SongUnet, SongUnetConfig};
 
 const SIGMA_DATA: f64 = 0.5;
@@ -41,25 +43,72 @@ impl slimflow_sampling::Denoiser for EdmDenoiser<'_> {
     }
 }
 
-/// rfpp's `EDMPrecondVel(SongUNet)`.
+/// The network inside the wrapper.
+#[derive(Debug)]
+enum Inner {
+    Song(Box<SongUnet>),
+    Adm(Box<DhariwalUnet>),
+}
+
+impl Inner {
+    fn kind(&self) -> Kind {
+        match self {
+            Inner::Song(n) => n.kind(),
+            Inner::Adm(n) => n.kind(),
+        }
+    }
+
+    fn label_dim(&self) -> i64 {
+        match self {
+            Inner::Song(n) => n.config().label_dim,
+            Inner::Adm(n) => n.config().label_dim,
+        }
+    }
+
+    fn augment_dim(&self) -> i64 {
+        match self {
+            Inner::Song(n) => n.config().augment_dim,
+            Inner::Adm(n) => n.config().augment_dim,
+        }
+    }
+
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        noise_labels: &Tensor,
+        class_labels: Option<&Tensor>,
+        augment_labels: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        match self {
+            Inner::Song(n) => n.forward_t(x, noise_labels, class_labels, augment_labels, train),
+            Inner::Adm(n) => n.forward_t(x, noise_labels, class_labels, augment_labels, train),
+        }
+    }
+}
+
+/// rfpp's `EDMPrecondVel(SongUNet)` or `EDMPrecondVel(DhariwalUNet)`.
 #[derive(Debug)]
 pub struct EdmVelocity {
-    unet: SongUnet,
+    unet: Inner,
     arch: crate::ArchConfig,
 }
 
 impl EdmVelocity {
-    /// Builds the wrapped network under `p / "model"`.
+    /// Builds the wrapped SongUNet under `p / "model"`.
     pub fn new(p: &nn::Path, cfg: &SongUnetConfig) -> Self {
         EdmVelocity {
-            unet: SongUnet::new(&(p / "model"), cfg),
+            unet: Inner::Song(Box::new(SongUnet::new(&(p / "model"), cfg))),
             arch: crate::ArchConfig::EdmVelocity(cfg.clone()),
         }
     }
 
-    /// The inner network.
-    pub fn unet(&self) -> &SongUnet {
-        &self.unet
+    /// Builds the wrapped DhariwalUNet (ADM) under `p / "model"`.
+    pub fn adm(p: &nn::Path, cfg: &DhariwalUnetConfig) -> Self {
+        EdmVelocity {
+            unet: Inner::Adm(Box::new(DhariwalUnet::new(&(p / "model"), cfg))),
+            arch: crate::ArchConfig::EdmVelocityAdm(cfg.clone()),
+        }
     }
 
     /// Where the wrapper is defined in our time: (0, 1), reached from t = 1/(1 + σ_max) and
@@ -87,7 +136,7 @@ impl EdmVelocity {
     pub fn denoise(&self, x: &Tensor, sigma: &Tensor, class_labels: Option<&Tensor>) -> Tensor {
         let x = x.to_kind(Kind::Float);
         let sigma = sigma.to_kind(Kind::Float).reshape([-1, 1, 1, 1]);
-        let label_dim = self.unet.config().label_dim;
+        let label_dim = self.unet.label_dim();
         let labels = (label_dim > 0).then(|| match class_labels {
             Some(y) => y.to_kind(Kind::Float).reshape([-1, label_dim]),
             None => Tensor::zeros([x.size()[0], label_dim], (Kind::Float, x.device())),
@@ -138,7 +187,7 @@ impl EdmVelocity {
         let c_in = 1.0 / (sigma.square() + sd2).sqrt();
         let c_noise = sigma.log() / 4.0;
         let b = x.size()[0];
-        let aug_dim = self.unet.config().augment_dim;
+        let aug_dim = self.unet.augment_dim();
         let augment = (aug_dim > 0).then(|| Tensor::zeros([b, aug_dim], (Kind::Float, x.device())));
         // Preconditioning in float32, the network in its weights' dtype (as EDM does with fp16).
         let f = self
@@ -171,7 +220,7 @@ impl EdmVelocity {
 /// As a velocity field: our time t, class labels as indices `[B]` (one-hot encoded here).
 impl crate::VelocityField for EdmVelocity {
     fn forward_t(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
-        let label_dim = self.unet.config().label_dim;
+        let label_dim = self.unet.label_dim();
         let one_hot = labels
             .filter(|_| label_dim > 0)
             .map(|y| y.one_hot(label_dim).to_kind(Kind::Float));
@@ -183,7 +232,7 @@ impl crate::VelocityField for EdmVelocity {
     }
 
     fn denoise(&self, x: &Tensor, sigma: &Tensor, labels: Option<&Tensor>) -> Option<Tensor> {
-        let label_dim = self.unet.config().label_dim;
+        let label_dim = self.unet.label_dim();
         let one_hot = labels
             .filter(|_| label_dim > 0)
             .map(|y| y.one_hot(label_dim).to_kind(Kind::Float));

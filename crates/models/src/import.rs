@@ -5,9 +5,12 @@
 //!   network; a `training-state-*.pt` → `net`. Names `model.<SongUNet path>` match [`EdmVelocity`].
 //! - `rfpp`: `flow_model_*_ema.pth` (a flat `EDMPrecondVel` state dict) or `training_state_*.pth` →
 //!   `model_state_dict`.
-//! - `ncsnpp`: a score_sde-style checkpoint `{model, ema, optimizer, step}` → the EMA weights. Its
-//!   `ema` holds `shadow_params`, an unnamed list in `model.parameters()` order; the names come from
-//!   the file's own `model` state dict (buffers such as `sigmas` removed).
+//! - `ncsnpp`: a score_sde-style checkpoint `{model, ema, optimizer, step}` (RectifiedFlow's and
+//!   SlimFlow's NCSN++, SlimFlow's ImageNet DhariwalUNet) → the EMA weights. Its `ema` holds
+//!   `shadow_params`, an unnamed list in `model.parameters()` order; the names come from the file's
+//!   own `model` state dict (buffers such as `sigmas` or `resample_filter` removed, then taken from
+//!   `model` as they are).
+//! - ADM (`edm-imagenet-64x64-cond-adm.pkl`) loads with `edm` into `edm_velocity_adm` by EDM's names.
 //!
 //! DataParallel's `module.` prefix is stripped; a bare SongUNet state dict gains the `model.` prefix.
 //! Files are read with [`slimflow_torchfile`], which never executes pickled code, or as safetensors.
@@ -74,8 +77,11 @@ impl ImportSource {
             (self, arch),
             (
                 ImportSource::Edm | ImportSource::Rfpp,
-                ArchConfig::EdmVelocity(_)
-            ) | (ImportSource::Ncsnpp, ArchConfig::Ncsnpp(_))
+                ArchConfig::EdmVelocity(_) | ArchConfig::EdmVelocityAdm(_)
+            ) | (
+                ImportSource::Ncsnpp,
+                ArchConfig::Ncsnpp(_) | ArchConfig::DhariwalUnet(_)
+            )
         )
     }
 }
@@ -209,8 +215,8 @@ pub fn import(path: &Path, opts: &ImportOptions, device: Device) -> Result<Impor
             "--from {:?} checkpoints load into {} architectures, not `{}`",
             opts.source,
             match opts.source {
-                ImportSource::Ncsnpp => "ncsnpp",
-                _ => "edm_velocity",
+                ImportSource::Ncsnpp => "ncsnpp or dhariwal_unet",
+                _ => "edm_velocity or edm_velocity_adm",
             },
             opts.arch.name()
         )
@@ -218,6 +224,12 @@ pub fn import(path: &Path, opts: &ImportOptions, device: Device) -> Result<Impor
     }
     let ignorable: &[&str] = match opts.arch {
         ArchConfig::Ncsnpp(_) => crate::ncsnpp::IGNORED_KEYS,
+        _ => &[],
+    };
+    // Buffers of the file's `model` state dict that an EMA's `shadow_params` does not hold.
+    let buffers: &[&str] = match opts.arch {
+        ArchConfig::Ncsnpp(_) => crate::ncsnpp::IGNORED_KEYS,
+        ArchConfig::DhariwalUnet(_) => &["resample_filter"],
         _ => &[],
     };
     let is_pytorch = path.extension().is_none_or(|e| e != "safetensors");
@@ -246,11 +258,13 @@ pub fn import(path: &Path, opts: &ImportOptions, device: Device) -> Result<Impor
             .iter()
             .all(|(n, _)| n.starts_with("shadow_params."));
     if from_shadow_params {
-        name_shadow_params(path, &key, &mut file, ignorable)?;
+        name_shadow_params(path, &key, &mut file, buffers)?;
     }
     strip_module_prefix(&mut file.tensors);
-    if matches!(opts.arch, ArchConfig::EdmVelocity(_))
-        && !file.tensors.iter().any(|(n, _)| n.starts_with("model."))
+    if matches!(
+        opts.arch,
+        ArchConfig::EdmVelocity(_) | ArchConfig::EdmVelocityAdm(_)
+    ) && !file.tensors.iter().any(|(n, _)| n.starts_with("model."))
     {
         for (n, _) in file.tensors.iter_mut() {
             *n = format!("model.{n}");
@@ -277,12 +291,13 @@ pub fn import(path: &Path, opts: &ImportOptions, device: Device) -> Result<Impor
     })
 }
 
-/// Pairs an EMA's unnamed `shadow_params` with the parameter names of the file's `model` state dict.
+/// Pairs an EMA's unnamed `shadow_params` with the parameter names of the file's `model` state dict;
+/// the model's `buffers` (not trained, so not in the EMA) are taken from `model` as they are.
 fn name_shadow_params(
     path: &Path,
     key: &str,
     file: &mut TensorFile,
-    ignorable: &[&str],
+    buffers: &[&str],
 ) -> Result<()> {
     let model = read_tensors(path, Some("model")).map_err(|e| Error::Corrupt {
         path: path.to_path_buf(),
@@ -294,7 +309,7 @@ fn name_shadow_params(
         .tensors
         .iter()
         .map(|(n, _)| n.clone())
-        .filter(|n| !ignorable.iter().any(|i| n.ends_with(i)))
+        .filter(|n| !buffers.iter().any(|i| n.ends_with(i)))
         .collect();
     if names.len() != file.tensors.len() {
         return Err(Error::Corrupt {
@@ -334,6 +349,11 @@ fn name_shadow_params(
             });
         }
         file.tensors.push((name, t));
+    }
+    for (name, t) in &model.tensors {
+        if buffers.iter().any(|b| name.ends_with(b)) {
+            file.tensors.push((name.clone(), t.shallow_clone()));
+        }
     }
     Ok(())
 }

@@ -5,8 +5,8 @@
 //! - [`ArchConfig`]: the registry of architectures, keyed by the `arch` field of a config; validated
 //!   before any layer is built (tch's constructors panic on bad shapes).
 //! - [`song_unet`]: port of EDM's `SongUNet` (DDPM++ / NCSN++) with EDM's parameter names, and
-//!   [`edm_velocity`]: rfpp's EDM-denoiser-as-velocity wrapper; [`ncsnpp`]: SlimFlow's NCSN++ with its
-//!   `all_modules.<i>` parameter names.
+//!   [`dhariwal_unet`]: EDM's `DhariwalUNet` (ADM); [`edm_velocity`]: rfpp's EDM-denoiser-as-velocity
+//!   wrapper around either; [`ncsnpp`]: SlimFlow's NCSN++ with its `all_modules.<i>` parameter names.
 //! - [`checkpoint`]: self-describing safetensors checkpoints (architecture config in the metadata),
 //!   written atomically and loaded strictly — every missing key, unexpected key and shape mismatch is
 //!   reported, and values are cast to the model's dtype rather than the file's.
@@ -15,6 +15,8 @@
 
 pub mod checkpoint;
 pub mod conformance;
+pub mod dhariwal_unet;
+mod edm_layers;
 pub mod edm_velocity;
 mod error;
 mod field;

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
+use crate::dhariwal_unet::{DhariwalUnet, DhariwalUnetConfig};
 use crate::edm_velocity::EdmVelocity;
 use crate::error::{Error, Result};
 use crate::field::VelocityField;
@@ -23,6 +24,11 @@ pub enum ArchConfig {
     Ncsnpp(NcsnppConfig),
     /// EDM's SongUNet behind rfpp's EDM-velocity wrapper ([`EdmVelocity`]).
     EdmVelocity(SongUnetConfig),
+    /// EDM's DhariwalUNet (ADM) used directly ([`DhariwalUnet`]); receives 999·t (SlimFlow's
+    /// ImageNet students).
+    DhariwalUnet(DhariwalUnetConfig),
+    /// EDM's DhariwalUNet (ADM) behind rfpp's EDM-velocity wrapper ([`EdmVelocity::adm`]).
+    EdmVelocityAdm(DhariwalUnetConfig),
 }
 
 /// SlimFlow's students (paper Table 1 / §5): NCSN++ with the given nf, ch_mult, num_res_blocks, on
@@ -54,6 +60,51 @@ fn edm_cifar10(ncsnpp: bool) -> ArchConfig {
     } else {
         base
     })
+}
+
+/// rfpp's 64×64 SongUNets (`configs_unet/ffhq64_ve_aug.json`, identical to `afhq64_ve_aug.json`):
+/// NCSN++ VE, 128 channels, mult [1, 2, 2, 2], 4 blocks, attention at 16, dropout 0.25, augment 9.
+fn rfpp_ncsnpp_64() -> ArchConfig {
+    ArchConfig::EdmVelocity(SongUnetConfig {
+        img_resolution: 64,
+        augment_dim: 9,
+        model_channels: 128,
+        channel_mult: vec![1, 2, 2, 2],
+        num_blocks: 4,
+        attn_resolutions: vec![16],
+        dropout: 0.25,
+        embedding_type: EmbeddingType::Fourier,
+        channel_mult_noise: 2,
+        encoder_type: EncoderType::Residual,
+        decoder_type: DecoderType::Standard,
+        resample_filter: vec![1.0, 3.0, 3.0, 1.0],
+        ..SongUnetConfig::default()
+    })
+}
+
+/// SlimFlow's ImageNet 64 students (README "Model Configurations"; `models/utils.py::
+/// create_model_edm`: dropout 0.13): DhariwalUNet nf 128, 2 blocks, attention at 32 and 16.
+fn slimflow_imagenet64(channel_mult: [i64; 4]) -> ArchConfig {
+    ArchConfig::DhariwalUnet(DhariwalUnetConfig {
+        label_dim: 1000,
+        model_channels: 128,
+        channel_mult: channel_mult.to_vec(),
+        num_blocks: 2,
+        attn_resolutions: vec![32, 16],
+        dropout: 0.13,
+        ..DhariwalUnetConfig::default()
+    })
+}
+
+/// SlimFlow's FFHQ 64 students: its CIFAR-10 NCSN++ students at `image_size` 64 (README).
+fn slimflow_ffhq64(nf: i64, ch_mult: [i64; 3], num_res_blocks: i64) -> ArchConfig {
+    match slimflow_student(nf, ch_mult, num_res_blocks) {
+        ArchConfig::Ncsnpp(c) => ArchConfig::Ncsnpp(NcsnppConfig {
+            image_size: 64,
+            ..c
+        }),
+        other => other,
+    }
 }
 
 /// A named architecture config.
@@ -123,6 +174,60 @@ pub const PRESETS: &[Preset] = &[
             "EDM NCSN++ CIFAR-10 (SongUNet) as a velocity field, rfpp's teacher family, 56.4M",
         config: || edm_cifar10(true),
     },
+    Preset {
+        name: "edm-adm-imagenet64",
+        description: "EDM ImageNet 64 class-conditional ADM (DhariwalUNet) as a velocity field, \
+                      rfpp's ImageNet teacher and student, 295.9M",
+        config: || {
+            ArchConfig::EdmVelocityAdm(DhariwalUnetConfig {
+                label_dim: 1000,
+                ..DhariwalUnetConfig::default()
+            })
+        },
+    },
+    Preset {
+        name: "edm-ncsnpp-ffhq64",
+        description: "rfpp FFHQ 64 (ffhq64_ve_aug.json): EDM NCSN++ VE as a velocity field, 62.8M",
+        config: rfpp_ncsnpp_64,
+    },
+    Preset {
+        name: "edm-ncsnpp-afhqv2-64",
+        description:
+            "rfpp AFHQv2 64 (afhq64_ve_aug.json): EDM NCSN++ VE as a velocity field, 62.8M",
+        config: rfpp_ncsnpp_64,
+    },
+    Preset {
+        name: "slimflow-imagenet64-80.7m",
+        description: "SlimFlow ImageNet 64 student: DhariwalUNet nf 128, (1,2,2,4), 2 blocks",
+        config: || slimflow_imagenet64([1, 2, 2, 4]),
+    },
+    Preset {
+        name: "slimflow-imagenet64-44.7m",
+        description: "SlimFlow ImageNet 64 student: DhariwalUNet nf 128, (1,2,2,2), 2 blocks",
+        config: || slimflow_imagenet64([1, 2, 2, 2]),
+    },
+    Preset {
+        name: "slimflow-ffhq64-27.9m",
+        description: "SlimFlow FFHQ 64 student: NCSN++ nf 128, ch_mult (1,2,2), 2 blocks",
+        config: || slimflow_ffhq64(128, [1, 2, 2], 2),
+    },
+    Preset {
+        name: "slimflow-ffhq64-15.7m",
+        description: "SlimFlow FFHQ 64 student: NCSN++ nf 96, ch_mult (1,2,2), 2 blocks",
+        config: || slimflow_ffhq64(96, [1, 2, 2], 2),
+    },
+    Preset {
+        name: "slimflow-ffhq64-7.0m",
+        description: "SlimFlow FFHQ 64 student: NCSN++ nf 64, ch_mult (1,2,2), 2 blocks",
+        config: || slimflow_ffhq64(64, [1, 2, 2], 2),
+    },
+    Preset {
+        name: "slimflow-ffhq64-3.4m",
+        description: "SlimFlow FFHQ 64 student: NCSN++ nf 64, ch_mult (1,1,2), 1 block; 3.54M \
+                      (SlimFlow's README says 3.4M, its CIFAR-10 count: at 64×64 the 16×16 \
+                      attention falls on the 2× level)",
+        config: || slimflow_ffhq64(64, [1, 1, 2], 1),
+    },
 ];
 
 impl ArchConfig {
@@ -132,6 +237,8 @@ impl ArchConfig {
             ArchConfig::Mlp(_) => "mlp",
             ArchConfig::Ncsnpp(_) => "ncsnpp",
             ArchConfig::EdmVelocity(_) => "edm_velocity",
+            ArchConfig::DhariwalUnet(_) => "dhariwal_unet",
+            ArchConfig::EdmVelocityAdm(_) => "edm_velocity_adm",
         }
     }
 
@@ -156,6 +263,7 @@ impl ArchConfig {
             ArchConfig::Mlp(c) => c.problems(),
             ArchConfig::Ncsnpp(c) => c.problems(),
             ArchConfig::EdmVelocity(c) => c.problems(),
+            ArchConfig::DhariwalUnet(c) | ArchConfig::EdmVelocityAdm(c) => c.problems(),
         };
         if problems.is_empty() {
             Ok(())
@@ -170,6 +278,8 @@ impl ArchConfig {
             ArchConfig::Mlp(c) => Box::new(Mlp::new(p, c)),
             ArchConfig::Ncsnpp(c) => Box::new(Ncsnpp::new(p, c)),
             ArchConfig::EdmVelocity(c) => Box::new(EdmVelocity::new(p, c)),
+            ArchConfig::DhariwalUnet(c) => Box::new(DhariwalUnet::new(p, c)),
+            ArchConfig::EdmVelocityAdm(c) => Box::new(EdmVelocity::adm(p, c)),
         }
     }
 
@@ -179,6 +289,9 @@ impl ArchConfig {
             ArchConfig::Mlp(c) => vec![c.data_dim],
             ArchConfig::Ncsnpp(c) => vec![c.num_channels, c.image_size, c.image_size],
             ArchConfig::EdmVelocity(c) => vec![c.in_channels, c.img_resolution, c.img_resolution],
+            ArchConfig::DhariwalUnet(c) | ArchConfig::EdmVelocityAdm(c) => {
+                vec![c.in_channels, c.img_resolution, c.img_resolution]
+            }
         }
     }
 
@@ -188,6 +301,7 @@ impl ArchConfig {
             ArchConfig::Mlp(c) => c.label_dim,
             ArchConfig::Ncsnpp(_) => 0,
             ArchConfig::EdmVelocity(c) => c.label_dim,
+            ArchConfig::DhariwalUnet(c) | ArchConfig::EdmVelocityAdm(c) => c.label_dim,
         }
     }
 
@@ -287,6 +401,19 @@ mod tests {
             ("edm-ddpmpp-cifar10", 55.7),
             ("edm-ncsnpp-cifar10", 56.4),
             ("rf-ncsnpp-cifar10", 61.8),
+            // EDM Table 7: ADM ImageNet 64, 295.9M. SlimFlow README: ImageNet64 80.7M / 44.7M, FFHQ64
+            // 27.9M / 15.7M / 7.0M (its 3.4M is the CIFAR-10 count; see the preset).
+            ("edm-adm-imagenet64", 295.9),
+            ("slimflow-imagenet64-80.7m", 80.7),
+            ("slimflow-imagenet64-44.7m", 44.7),
+            ("slimflow-ffhq64-27.9m", 27.9),
+            ("slimflow-ffhq64-15.7m", 15.7),
+            ("slimflow-ffhq64-7.0m", 7.0),
+            ("slimflow-ffhq64-3.4m", 3.54),
+            // rfpp's ffhq64_ve_aug.json / afhq64_ve_aug.json built as written (their `num_params`
+            // field, 61.804419, is the CIFAR-10 RectifiedFlow teacher's count, not this config's).
+            ("edm-ncsnpp-ffhq64", 62.76),
+            ("edm-ncsnpp-afhqv2-64", 62.76),
         ] {
             let m = Model::new(&ArchConfig::preset(name).unwrap(), Device::Cpu).unwrap();
             let got = m.num_params() as f64 / 1e6;
@@ -370,6 +497,22 @@ mod tests {
             }),
             None,
         );
+    }
+
+    #[test]
+    fn adm_architectures_conform() {
+        let small = DhariwalUnetConfig {
+            img_resolution: 16,
+            model_channels: 32,
+            channel_mult: vec![1, 2],
+            num_blocks: 1,
+            attn_resolutions: vec![8],
+            label_dim: 5,
+            ..DhariwalUnetConfig::default()
+        };
+        // The parity cases' config (828 771 parameters with 10 classes) minus 5 · 128 label weights.
+        crate::conformance::check(&ArchConfig::DhariwalUnet(small.clone()), Some(828_131));
+        crate::conformance::check(&ArchConfig::EdmVelocityAdm(small), Some(828_131));
     }
 
     #[test]

@@ -301,3 +301,108 @@ fn wrong_source_for_the_architecture_unknown_keys_and_garbage_are_clear_errors()
     .to_string();
     assert!(err.contains("g.pth") && err.contains("offset"), "{err}");
 }
+
+fn adm(label_dim: i64) -> slimflow_models::dhariwal_unet::DhariwalUnetConfig {
+    slimflow_models::dhariwal_unet::DhariwalUnetConfig {
+        img_resolution: 16,
+        model_channels: 32,
+        channel_mult: vec![1, 2],
+        num_blocks: 1,
+        attn_resolutions: vec![8],
+        label_dim,
+        dropout: 0.0,
+        ..Default::default()
+    }
+}
+
+fn labelled_output(m: &Model) -> Tensor {
+    let x = (Tensor::arange(2 * 3 * 16 * 16, (Kind::Float, Device::Cpu)) * 0.37)
+        .sin()
+        .reshape([2, 3, 16, 16]);
+    let t = Tensor::from_slice(&[0.3f32, 0.8]);
+    m.net()
+        .forward_t(&x, &t, Some(&Tensor::from_slice(&[2i64, 7])), false)
+}
+
+#[test]
+fn adm_checkpoints_import_from_edm_and_score_sde_files() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // EDM snapshot-style `ema` entry of EDMPrecond(DhariwalUNet), EDM's names under `model.`.
+    let arch = ArchConfig::EdmVelocityAdm(adm(10));
+    let src = seeded(&arch, 7);
+    let ema: Vec<(String, Node)> = ordered(&src)
+        .into_iter()
+        .map(|(k, v)| (k, Node::Tensor(raw(&v, Kind::Float))))
+        .collect();
+    let pkl = dir.path().join("edm-imagenet-64x64-cond-adm.pt");
+    save(
+        &pkl,
+        &Node::Dict(vec![
+            ("ema".into(), Node::Dict(ema)),
+            ("augment_pipe".into(), Node::Dict(vec![])),
+        ]),
+    )
+    .unwrap();
+    let got = import(&pkl, &opts(ImportSource::Edm, &arch, None), Device::Cpu).unwrap();
+    assert_eq!(got.key, "ema");
+    assert!(got.report.missing.is_empty() && got.report.unexpected.is_empty());
+    assert_same(&got.model, &src);
+    assert!(labelled_output(&got.model).equal(&labelled_output(&src)));
+    // The labels reach the output.
+    assert!(!labelled_output(&src).equal(&output(&src)));
+
+    // SlimFlow's ImageNet student: a score_sde checkpoint whose EMA `shadow_params` hold the
+    // parameters only; the resampling filters come from `model`.
+    let arch = ArchConfig::DhariwalUnet(adm(10));
+    let model = seeded(&arch, 8);
+    let ema = seeded(&arch, 9);
+    // Buffers are constants in a real run: the same in `model` and the EMA's network.
+    tch::no_grad(|| {
+        let from = model.vs.variables();
+        for (k, mut v) in ema.vs.variables() {
+            if k.ends_with("resample_filter") {
+                v.copy_(&from[&k]);
+            }
+        }
+    });
+    let ema_vars = named_variables(&ema.vs);
+    let mut entries = Vec::new();
+    let mut shadow = Vec::new();
+    for (k, v) in ordered(&model) {
+        entries.push((format!("module.{k}"), Node::Tensor(raw(&v, Kind::Float))));
+        if !k.ends_with("resample_filter") {
+            let t = &ema_vars.iter().find(|(n, _)| *n == k).unwrap().1;
+            shadow.push(Node::Tensor(raw(t, Kind::Float)));
+        }
+    }
+    let ckpt = dir.path().join("checkpoint_16.pth");
+    save(
+        &ckpt,
+        &Node::Dict(vec![
+            ("model".into(), Node::Dict(entries)),
+            (
+                "ema".into(),
+                Node::Dict(vec![
+                    ("decay".into(), Node::Float(0.9999)),
+                    ("shadow_params".into(), Node::List(shadow)),
+                ]),
+            ),
+            ("step".into(), Node::Int(16)),
+        ]),
+    )
+    .unwrap();
+    let got = import(&ckpt, &opts(ImportSource::Ncsnpp, &arch, None), Device::Cpu).unwrap();
+    assert!(got.from_shadow_params);
+    assert_same(&got.model, &ema);
+
+    // ADM weights into a SongUNet architecture are refused with the keys named.
+    let err = import(
+        &pkl,
+        &opts(ImportSource::Edm, &songunet(), None),
+        Device::Cpu,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("map_label.weight"), "{err}");
+}

@@ -2,6 +2,7 @@
 //! solver variant and over its whole time domain ([`slimflow_models::conformance::check_sampling`]).
 
 use slimflow_models::conformance::{check_sampling, solver_variants};
+use slimflow_models::dhariwal_unet::DhariwalUnetConfig;
 use slimflow_models::edm_velocity::EdmVelocity;
 use slimflow_models::ncsnpp::NcsnppConfig;
 use slimflow_models::song_unet::SongUnetConfig;
@@ -29,6 +30,20 @@ fn shrink(cfg: ArchConfig) -> ArchConfig {
             dropout: 0.0,
             ..c
         }),
+        // 32 base channels: ADM attends only with ≥ 64 channels (the 8×8 level here).
+        ArchConfig::DhariwalUnet(c) => ArchConfig::DhariwalUnet(shrink_adm(c)),
+        ArchConfig::EdmVelocityAdm(c) => ArchConfig::EdmVelocityAdm(shrink_adm(c)),
+    }
+}
+
+fn shrink_adm(c: DhariwalUnetConfig) -> DhariwalUnetConfig {
+    DhariwalUnetConfig {
+        img_resolution: 16,
+        model_channels: 32,
+        attn_resolutions: vec![8],
+        label_dim: c.label_dim.min(10),
+        dropout: 0.0,
+        ..c
     }
 }
 
@@ -75,7 +90,13 @@ fn every_preset_samples_with_every_solver() {
     }
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
-        vec!["edm_velocity", "mlp", "ncsnpp"],
+        vec![
+            "dhariwal_unet",
+            "edm_velocity",
+            "edm_velocity_adm",
+            "mlp",
+            "ncsnpp"
+        ],
         "every architecture kind is covered"
     );
     assert_eq!(solver_variants().len(), 11);

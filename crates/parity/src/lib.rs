@@ -175,6 +175,8 @@ fn runner(kind: &str) -> Option<Runner> {
         "pytorch_fid.InceptionV3(pool3)" => fid::run_inception,
         "rfpp.SongUNet" => networks::run_song_unet,
         "rfpp.EDMPrecondVel(SongUNet)" => networks::run_edm_velocity,
+        "rfpp.DhariwalUNet" => networks::run_dhariwal_unet,
+        "rfpp.EDMPrecondVel(DhariwalUNet)" => networks::run_edm_velocity_adm,
         "slimflow.NCSNpp" => networks::run_ncsnpp,
         "rfpp.edm_sampler(EDMPrecond(SongUNet))" => edm_sampler::run,
         "slimflow.RectifiedFlow.train_step" => slimflow_step::run,

@@ -1,8 +1,10 @@
-//! Network cases: rfpp's `SongUNet` (direct call), `EDMPrecondVel(SongUNet)` and SlimFlow's `NCSNpp`,
-//! each built from the case's own config and loaded strictly from its weights.
+//! Network cases: rfpp's `SongUNet` and `DhariwalUNet` (direct calls), `EDMPrecondVel` around each,
+//! and SlimFlow's `NCSNpp`, each built from the case's own config and loaded strictly from its
+//! weights.
 
 use serde_json::Value;
 use slimflow_models::checkpoint;
+use slimflow_models::dhariwal_unet::{DhariwalUnet, DhariwalUnetConfig};
 use slimflow_models::edm_velocity::EdmVelocity;
 use slimflow_models::ncsnpp::{Ncsnpp, NcsnppConfig, IGNORED_KEYS};
 use slimflow_models::song_unet::{SongUnet, SongUnetConfig};
@@ -22,6 +24,17 @@ pub(crate) fn load(case: &Case<'_>, vs: &mut tch::nn::VarStore, ignorable: &[&st
 /// The SongUNet config of `constructor_kwargs`, checked.
 pub(crate) fn song_config(case: &Case<'_>) -> Result<SongUnetConfig> {
     let cfg: SongUnetConfig = serde_json::from_value(case.json["constructor_kwargs"].clone())
+        .map_err(|e| case.bad(format!("constructor_kwargs: {e}")))?;
+    let problems = cfg.problems();
+    if !problems.is_empty() {
+        return Err(case.bad(problems.join("; ")));
+    }
+    Ok(cfg)
+}
+
+/// The DhariwalUNet config of `constructor_kwargs`, checked.
+pub(crate) fn adm_config(case: &Case<'_>) -> Result<DhariwalUnetConfig> {
+    let cfg: DhariwalUnetConfig = serde_json::from_value(case.json["constructor_kwargs"].clone())
         .map_err(|e| case.bad(format!("constructor_kwargs: {e}")))?;
     let problems = cfg.problems();
     if !problems.is_empty() {
@@ -96,11 +109,45 @@ pub fn run_song_unet(case: &Case<'_>) -> Result<Vec<KeyResult>> {
     })
 }
 
+/// `rfpp.DhariwalUNet` called directly: F(x, noise_labels[, class_labels]).
+pub fn run_dhariwal_unet(case: &Case<'_>) -> Result<Vec<KeyResult>> {
+    let cfg = adm_config(case)?;
+    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let net = DhariwalUnet::new(&vs.root(), &cfg);
+    load(case, &mut vs, &[])?;
+    each_run(case, |run, args| {
+        let x = args.tensor(case, "x")?;
+        let noise = args.tensor(case, "noise_labels")?;
+        let labels = class_labels(case, args, cfg.label_dim, x.size()[0])?;
+        let augment = args.opt_tensor(case, "augment_labels")?;
+        let y =
+            tch::no_grad(|| net.forward_t(&x, &noise, labels.as_ref(), augment.as_ref(), false));
+        case.compare_outputs(run, &|name| Ok((name == "y").then(|| y.shallow_clone())))
+    })
+}
+
 /// `rfpp.EDMPrecondVel(SongUNet)` at rfpp's time t_r.
 pub fn run_edm_velocity(case: &Case<'_>) -> Result<Vec<KeyResult>> {
     let cfg = song_config(case)?;
-    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
     let net = EdmVelocity::new(&vs.root(), &cfg);
+    run_wrapped(case, vs, &net, cfg.label_dim)
+}
+
+/// `rfpp.EDMPrecondVel(DhariwalUNet)` at rfpp's time t_r.
+pub fn run_edm_velocity_adm(case: &Case<'_>) -> Result<Vec<KeyResult>> {
+    let cfg = adm_config(case)?;
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let net = EdmVelocity::adm(&vs.root(), &cfg);
+    run_wrapped(case, vs, &net, cfg.label_dim)
+}
+
+fn run_wrapped(
+    case: &Case<'_>,
+    mut vs: tch::nn::VarStore,
+    net: &EdmVelocity,
+    label_dim: i64,
+) -> Result<Vec<KeyResult>> {
     load(case, &mut vs, &[])?;
     each_run(case, |run, args| {
         let x = if args.has("x_t") {
@@ -109,7 +156,7 @@ pub fn run_edm_velocity(case: &Case<'_>) -> Result<Vec<KeyResult>> {
             args.tensor(case, "x")?
         };
         let t = args.tensor(case, "t")?;
-        let labels = class_labels(case, args, cfg.label_dim, x.size()[0])?;
+        let labels = class_labels(case, args, label_dim, x.size()[0])?;
         let v = tch::no_grad(|| net.forward_rfpp(&x, &t, labels.as_ref(), false));
         case.compare_outputs(run, &|name| {
             Ok(matches!(name, "v" | "y").then(|| v.shallow_clone()))

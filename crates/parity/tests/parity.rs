@@ -45,6 +45,8 @@ fn implemented_parity_cases_pass() {
         "songunet_ddpmpp",
         "songunet_ncsnpp_vel",
         "ncsnpp_small",
+        "dhariwal_unet",
+        "dhariwal_vel",
         "edm_sampler",
         "slimflow_step",
     ] {

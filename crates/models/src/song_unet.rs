@@ -4,12 +4,12 @@
 //! `dec.32x32_aux_conv.bias`, …), computed by EDM's naming rule, so official checkpoints load as they
 //! are. The network takes EDM's noise labels; time conventions live in the wrappers.
 
-mod layers;
-
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use layers::{BlockCfg, Conv2d, GroupNorm, Linear, Resample, UNetBlock};
+use crate::edm_layers::{
+    self as layers, BlockCfg, BlockStyle, Conv2d, GroupNorm, Linear, Resample, UNetBlock,
+};
 
 /// Timestep embedding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +193,7 @@ impl SongUnet {
             emb_channels,
             dropout: cfg.dropout,
             filter: cfg.resample_filter.clone(),
+            style: BlockStyle::Song,
         };
         let f = &cfg.resample_filter;
         let freqs = (cfg.embedding_type == EmbeddingType::Fourier).then(|| {
@@ -410,15 +411,7 @@ impl SongUnet {
         let x = noise_labels.to_kind(Kind::Float);
         let args = match &self.freqs {
             Some(freqs) => x.outer(&(freqs * (2.0 * std::f64::consts::PI))),
-            None => {
-                // (1/10000)^(i/(C/2 − 1)), endpoint = true.
-                let half = c / 2;
-                let i = Tensor::arange(half, (Kind::Float, x.device())) / (half - 1) as f64;
-                let freqs = Tensor::from(1.0f32 / 10_000.0)
-                    .to_device(x.device())
-                    .pow(&i);
-                x.outer(&freqs)
-            }
+            None => layers::positional_args(&x, c, true),
         };
         Tensor::cat(&[args.sin(), args.cos()], 1)
     }
