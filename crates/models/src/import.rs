@@ -63,6 +63,30 @@ impl ImportSource {
         }
     }
 
+    /// The preset for a file when no architecture is given: EDM's published snapshots by their
+    /// names (`edm-imagenet-64x64-cond-adm.pkl` → `edm-adm-imagenet64`, `edm-ffhq-64x64-uncond-ve.pkl`
+    /// → `edm-ncsnpp-ffhq64`, …), otherwise [`ImportSource::default_preset`].
+    pub fn preset_for_file(self, path: &Path) -> &'static str {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        let known: &[(&str, &str)] = &[
+            ("imagenet-64x64-cond-adm", "edm-adm-imagenet64"),
+            ("ffhq-64x64-uncond-ve", "edm-ncsnpp-ffhq64"),
+            ("afhqv2-64x64-uncond-ve", "edm-ncsnpp-afhqv2-64"),
+            ("cifar10-32x32-uncond-ve", "edm-ncsnpp-cifar10"),
+            ("cifar10-32x32-uncond-vp", "edm-ddpmpp-cifar10"),
+        ];
+        match self {
+            ImportSource::Edm | ImportSource::Rfpp => known
+                .iter()
+                .find(|(pat, _)| name.contains(pat))
+                .map_or(self.default_preset(), |(_, preset)| preset),
+            ImportSource::Ncsnpp => self.default_preset(),
+        }
+    }
+
     /// Sub-trees tried in order when no key is given (the root is the fallback).
     fn default_keys(self) -> &'static [&'static str] {
         match self {

@@ -118,6 +118,20 @@ fn labels_change_the_output_and_dropout_only_acts_in_training() {
     assert!(by_dropout > 1e-6, "dropout inactive in training");
 }
 
+/// A small class-conditional ADM with one attention head at 8×8.
+fn adm() -> slimflow_models::dhariwal_unet::DhariwalUnetConfig {
+    slimflow_models::dhariwal_unet::DhariwalUnetConfig {
+        img_resolution: 16,
+        model_channels: 32,
+        channel_mult: vec![1, 2],
+        num_blocks: 1,
+        attn_resolutions: vec![8],
+        label_dim: 6,
+        dropout: 0.0,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn bf16_inference_tracks_float32() {
     use slimflow_models::Precision;
@@ -133,6 +147,8 @@ fn bf16_inference_tracks_float32() {
             dropout: 0.0,
             ..Default::default()
         }),
+        ArchConfig::DhariwalUnet(adm()),
+        ArchConfig::EdmVelocityAdm(adm()),
     ] {
         let mut m = Model::new(&cfg, Device::Cpu).unwrap();
         tch::no_grad(|| {

@@ -396,6 +396,21 @@ fn adm_checkpoints_import_from_edm_and_score_sde_files() {
     assert!(got.from_shadow_params);
     assert_same(&got.model, &ema);
 
+    // EDM's published snapshot names pick their preset when no architecture is given.
+    for (file, preset) in [
+        ("edm-imagenet-64x64-cond-adm.pkl", "edm-adm-imagenet64"),
+        ("edm-ffhq-64x64-uncond-ve.pkl", "edm-ncsnpp-ffhq64"),
+        ("edm-afhqv2-64x64-uncond-ve.pkl", "edm-ncsnpp-afhqv2-64"),
+        ("edm-cifar10-32x32-uncond-ve.pkl", "edm-ncsnpp-cifar10"),
+        ("network-snapshot-001000.pkl", "edm-ddpmpp-cifar10"),
+    ] {
+        assert_eq!(ImportSource::Edm.preset_for_file(Path::new(file)), preset);
+    }
+    assert_eq!(
+        ImportSource::Ncsnpp.preset_for_file(Path::new("edm-imagenet-64x64-cond-adm.pkl")),
+        "rf-ncsnpp-cifar10"
+    );
+
     // ADM weights into a SongUNet architecture are refused with the keys named.
     let err = import(
         &pkl,

@@ -31,8 +31,9 @@ pub struct ImportArgs {
     /// Where to write the slimflow checkpoint (.safetensors).
     #[arg(long, required_unless_present = "list")]
     out: Option<PathBuf>,
-    /// Architecture preset (see `slimflow models`); default edm-ddpmpp-cifar10 for edm/rfpp,
-    /// rf-ncsnpp-cifar10 for ncsnpp.
+    /// Architecture preset (see `slimflow models`); by default the preset of an EDM snapshot's
+    /// published name (e.g. edm-imagenet-64x64-cond-adm.pkl → edm-adm-imagenet64), else
+    /// edm-ddpmpp-cifar10 for edm/rfpp and rf-ncsnpp-cifar10 for ncsnpp.
     #[arg(long, conflicts_with = "arch_json")]
     arch: Option<String>,
     /// Architecture config as JSON (the `slimflow.arch` format, e.g. from `slimflow models --json`
@@ -102,7 +103,9 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
             (cfg, path.display().to_string())
         }
         (name, None) => {
-            let name = name.as_deref().unwrap_or(source.default_preset());
+            let name = name
+                .as_deref()
+                .unwrap_or(source.preset_for_file(&args.file));
             (ArchConfig::preset(name)?, name.to_string())
         }
     };
