@@ -1,5 +1,6 @@
 //! Recipe fidelity through the binary: class labels travel from the dataset through every stage
-//! (Fashion-MNIST, a tiny class-conditional SongUNet), and a non-Gaussian 2-D source is the noise of
+//! (Fashion-MNIST, a tiny class-conditional SongUNet) and into class-conditional sampling (`--class`,
+//! `--classes all`) and eval (`eval.class_labels`), and a non-Gaussian 2-D source is the noise of
 //! every stage (pairs, eval, sample), not only of the teacher's training.
 
 mod common;
@@ -177,12 +178,85 @@ fn class_labels_reach_every_stage_of_a_fashion_mnist_pipeline() {
     let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
     assert!(last["flow_guided"].as_f64().unwrap() > 0.0, "{last}");
 
-    // sample: one class on request, seeded uniform labels otherwise
+    // eval draws each sample's class from its seed (EDM's protocol) and says so
+    for row in &report {
+        assert_eq!(row["class_labels"], "random", "{row}");
+    }
+    let md = std::fs::read_to_string(run.join("eval/report.md")).unwrap();
+    assert!(md.contains("Class labels: random"), "{md}");
+
+    // sample: one class on request (--class, or its alias --label), seeded uniform labels otherwise
     let out = dir.path().join("three.safetensors");
     let mut c = stage_cmd("sample", &config, &run, &[]);
-    c.args(["--n", "8", "--label", "3", "--out"]).arg(&out);
+    c.args(["--n", "8", "--class", "3", "--out"]).arg(&out);
     ok(c);
     assert_eq!(i64s(&tensor(&out, "labels").2), vec![3; 8]);
+    let three_noise = tensor(&out, "noise").2;
+    let alias = dir.path().join("alias.safetensors");
+    let mut c = stage_cmd("sample", &config, &run, &[]);
+    c.args(["--n", "8", "--label", "3", "--out"]).arg(&alias);
+    ok(c);
+    assert_eq!(tensor(&alias, "samples"), tensor(&out, "samples"));
+
+    // --classes all: N per class from the same seeds, ordered by class, one grid row per class
+    let all = dir.path().join("all.safetensors");
+    let mut c = stage_cmd("sample", &config, &run, &[]);
+    c.args(["--n", "4", "--classes", "all", "--out"]).arg(&all);
+    ok(c);
+    let labels = i64s(&tensor(&all, "labels").2);
+    let expected: Vec<i64> = (0..10).flat_map(|k| [k; 4]).collect();
+    assert_eq!(labels, expected);
+    let (_, shape, samples) = tensor(&all, "samples");
+    assert_eq!(shape, vec![40, 1, 8, 8]);
+    let noise = tensor(&all, "noise").2;
+    let block = noise.len() / 10;
+    for k in 1..10 {
+        assert_eq!(
+            noise[k * block..(k + 1) * block],
+            noise[..block],
+            "class {k}"
+        );
+    }
+    // class 3's block is what --class 3 draws from the same seeds
+    assert_eq!(&noise[3 * block..4 * block], &three_noise[..block]);
+    let single = tensor(&out, "samples").2;
+    let per = samples.len() / 40;
+    assert_eq!(&samples[12 * per..16 * per], &single[..4 * per]);
+    assert_eq!(png_size(&all.with_extension("png")), (42, 102));
+    let mut c = stage_cmd("sample", &config, &run, &[]);
+    c.args(["--n", "4", "--classes", "all", "--class", "1", "--out"])
+        .arg(&all);
+    assert!(
+        !output(c).status.success(),
+        "--class conflicts with --classes"
+    );
+
+    // balanced eval labels: sample i of class i mod 10, recorded in the report
+    let mut c = stage_cmd(
+        "eval",
+        &config,
+        &run,
+        &["eval.class_labels=\"balanced\"", "eval.samples=60"],
+    );
+    c.arg("--force").env("SLIMFLOW_WEIGHTS_DIR", &weights);
+    ok(c);
+    let report: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(run.join("eval/report.json")).unwrap()).unwrap();
+    assert!(
+        report.iter().all(|r| r["class_labels"] == "balanced"),
+        "{report:?}"
+    );
+    let out_bad = output(stage_cmd(
+        "eval",
+        &config,
+        &run,
+        &["eval.class_labels=\"balanced\"", "eval.samples=65"],
+    ));
+    let err = String::from_utf8_lossy(&out_bad.stderr);
+    assert!(
+        !out_bad.status.success() && err.contains("eval.class_labels"),
+        "{err}"
+    );
     let out = dir.path().join("mixed.safetensors");
     let mut c = stage_cmd("sample", &config, &run, &[]);
     c.args(["--n", "32", "--out"]).arg(&out);
@@ -190,10 +264,10 @@ fn class_labels_reach_every_stage_of_a_fashion_mnist_pipeline() {
     let drawn = i64s(&tensor(&out, "labels").2);
     assert!(drawn.iter().any(|&l| l != drawn[0]), "{drawn:?}");
     let mut c = stage_cmd("sample", &config, &run, &[]);
-    c.args(["--n", "8", "--label", "10", "--out"]).arg(&out);
+    c.args(["--n", "8", "--class", "10", "--out"]).arg(&out);
     let out = output(c);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--label 10"), "{err}");
+    assert!(!out.status.success() && err.contains("--class 10"), "{err}");
 
     // a class-conditional model on an unlabelled dataset is refused, naming the keys
     let unlabelled = format!(

@@ -1,9 +1,10 @@
-//! `cargo xtask`: setup of libtorch, the demo, the test suite and pipelines.
+//! `cargo xtask`: setup of libtorch, the demo, the papers' recipes, the test suite and pipelines.
 //!
 //! xtask does not link libtorch: it installs it, then drives `cargo` and the `slimflow` binary, and
 //! reads the manifests and reports those write. It never reimplements a stage.
 
 mod pipeline;
+mod recipes;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -37,32 +38,24 @@ enum Cmd {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
-    /// Train on CIFAR-10 with a paper's recipe (configs/cifar10/<recipe>.toml): teacher, pairs,
-    /// reflow, distillation, FID. Complete stages are skipped and a partial one resumes.
+    /// Train with a paper's recipe, configs/<DATASET>/<RECIPE>.toml (e.g. imagenet64/rfpp,
+    /// ffhq64/slimflow): teacher, pairs, reflow, distillation, FID. Complete stages are skipped and a
+    /// partial one resumes, so the same command continues a run.
+    Train {
+        /// DATASET/RECIPE; an unknown name lists the available ones.
+        #[arg(long)]
+        recipe: String,
+        #[command(flatten)]
+        flags: RecipeFlags,
+    },
+    /// `train --recipe cifar10/<RECIPE>`: a paper's CIFAR-10 recipe.
     TrainCifar {
         /// `slimflow` (Annealing Reflow + Flow-Guided Distillation, a slim student) or `rfpp`
         /// (2-rectified flow++ from an EDM teacher).
         #[arg(long, default_value = "slimflow", value_parser = ["slimflow", "rfpp"])]
         recipe: String,
-        /// SlimFlow student size: 27.9M, 15.7M, 7.0M or 3.4M (slimflow recipe).
-        #[arg(long)]
-        student: Option<String>,
-        /// Pretrained teacher: a RectifiedFlow / SlimFlow 1-RF checkpoint (slimflow) or an EDM
-        /// CIFAR-10 snapshot `.pkl` (rfpp).
-        #[arg(long)]
-        teacher: Option<PathBuf>,
-        /// CIFAR-10 binary folder (`cifar-10-batches-bin`; `slimflow data fetch cifar10`).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Run name: the run directory is runs/<NAME> (default: the config's name).
-        #[arg(long)]
-        run: Option<String>,
-        /// Print the plan (stages, their state, the work left) and any problem, then exit.
-        #[arg(long)]
-        dry_run: bool,
-        /// Further config overrides (`key=value`).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
+        #[command(flatten)]
+        flags: RecipeFlags,
     },
     /// Run the whole test suite (after setup), plus formatting and lint checks with --lint.
     Test {
@@ -91,6 +84,33 @@ enum Cmd {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+}
+
+/// The flags of `train` and `train-cifar`; each becomes a `--set` override of the recipe.
+#[derive(Debug, clap::Args)]
+struct RecipeFlags {
+    /// SlimFlow student size (slimflow recipes): 27.9M, 15.7M, 7.0M or 3.4M (CIFAR-10, FFHQ 64),
+    /// 80.7M or 44.7M (ImageNet 64).
+    #[arg(long)]
+    student: Option<String>,
+    /// Pretrained teacher checkpoint, in the recipe's format: an EDM snapshot `.pkl` (rfpp recipes,
+    /// SlimFlow at 64×64) or a RectifiedFlow / SlimFlow 1-RF checkpoint (SlimFlow on CIFAR-10).
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// The dataset: CIFAR-10's binary archive or folder; an EDM dataset zip or folder; for ImageNet
+    /// also a folder of downsampled-ImageNet `.npz` batches.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Run name: the run directory is runs/<NAME> (default: the config's name).
+    #[arg(long)]
+    run: Option<String>,
+    /// Print the plan (stages, their state, the work left) and every problem that would stop the
+    /// run, each with the command that fixes it; then exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// Further config overrides (`key=value`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
 }
 
 /// The workspace root.
@@ -166,36 +186,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             pipeline::run_all(&bin, &config, &run_dir, &overrides)?;
             pipeline::print_report(&run_dir)
         }
-        Cmd::TrainCifar {
-            recipe,
-            student,
-            teacher,
-            data,
-            run,
-            dry_run,
-            overrides,
-        } => {
-            let config = root()
-                .join("configs/cifar10")
-                .join(format!("{recipe}.toml"));
-            let mut sets = pipeline::cifar_overrides(
-                &recipe,
-                student.as_deref(),
-                teacher.as_deref(),
-                data.as_deref(),
-            )?;
-            sets.extend(overrides);
-            setup::ensure()?;
-            let bin = build_cli()?;
-            let run_dir = root()
-                .join("runs")
-                .join(run.unwrap_or(pipeline::config_name(&config)?));
-            if dry_run {
-                return pipeline::dry_run(&bin, &config, &run_dir, &sets);
-            }
-            pipeline::run_all(&bin, &config, &run_dir, &sets)?;
-            pipeline::print_report(&run_dir)
-        }
+        Cmd::Train { recipe, flags } => train(&recipe, flags),
+        Cmd::TrainCifar { recipe, flags } => train(&format!("cifar10/{recipe}"), flags),
         Cmd::Test { lint, args } => {
             setup::ensure()?;
             if lint {
@@ -232,4 +224,32 @@ fn dispatch(cli: Cli) -> Result<()> {
             pipeline::print_report(&run_dir)
         }
     }
+}
+
+/// Runs (or with `--dry-run` plans) recipe `id` with its flags.
+fn train(id: &str, flags: RecipeFlags) -> Result<()> {
+    let recipe = recipes::find(&root().join("configs"), id)?;
+    let facts = recipes::Facts::read(&recipe.path)?;
+    let mut sets = recipes::overrides(
+        &recipe,
+        &facts,
+        recipes::Flags {
+            student: flags.student.as_deref(),
+            teacher: flags.teacher.as_deref(),
+            data: flags.data.as_deref(),
+        },
+    )?;
+    sets.extend(flags.overrides);
+    setup::ensure()?;
+    let bin = build_cli()?;
+    let name = match flags.run {
+        Some(name) => name,
+        None => pipeline::config_name(&recipe.path)?,
+    };
+    let run_dir = root().join("runs").join(name);
+    if flags.dry_run {
+        return pipeline::dry_run(&bin, &recipe.path, &run_dir, &sets);
+    }
+    pipeline::run_all(&bin, &recipe.path, &run_dir, &sets)?;
+    pipeline::print_report(&run_dir)
 }

@@ -28,49 +28,6 @@ struct Manifest {
     status: String,
 }
 
-/// The `--set` overrides of `train-cifar`'s flags.
-pub fn cifar_overrides(
-    recipe: &str,
-    student: Option<&str>,
-    teacher: Option<&Path>,
-    data: Option<&Path>,
-) -> Result<Vec<String>> {
-    let mut sets = Vec::new();
-    if let Some(s) = student {
-        if recipe != "slimflow" {
-            bail!("--student picks a SlimFlow student; the rfpp recipe trains the teacher's architecture");
-        }
-        let known = ["27.9m", "15.7m", "7.0m", "3.4m"];
-        let s = s.to_lowercase();
-        if !known.contains(&s.as_str()) {
-            bail!("--student {s}: use one of 27.9M, 15.7M, 7.0M, 3.4M");
-        }
-        sets.push(format!("reflow.model=\"slimflow-{s}\""));
-    }
-    if let Some(t) = teacher {
-        let t = std::path::absolute(t).with_context(|| format!("{}", t.display()))?;
-        let from = if recipe == "rfpp" { "edm" } else { "ncsnpp" };
-        sets.push(format!("teacher.from=\"{from}\""));
-        sets.push(format!(
-            "teacher.file={}",
-            toml_string(&t.display().to_string())
-        ));
-    }
-    if let Some(d) = data {
-        let d = std::path::absolute(d).with_context(|| format!("{}", d.display()))?;
-        sets.push(format!(
-            "data.dataset={}",
-            toml_string(&format!("cifar10:{}", d.display()))
-        ));
-    }
-    Ok(sets)
-}
-
-/// A TOML basic string.
-fn toml_string(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
 fn stage_command(
     bin: &Path,
     stage: &str,

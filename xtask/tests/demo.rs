@@ -1,7 +1,7 @@
 //! The SlimFlow image pipeline end to end through `cargo xtask demo` on the built-in procedural
 //! images, shrunk to fit a test: every stage writes its outputs, and the distilled one-step
 //! student beats the 1-RF teacher sampled in one step. Also: `train-cifar --dry-run` without data
-//! says how to get it.
+//! says how to get it, and `train --recipe` plans every recipe (train-cifar is its CIFAR-10 case).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -158,4 +158,64 @@ fn train_cifar_without_data_says_how_to_get_it() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--student"));
+}
+
+#[test]
+fn train_takes_every_recipe_and_train_cifar_is_its_cifar10_case() {
+    let out = xtask()
+        .args(["train", "--recipe", "imagenet64/nope", "--dry-run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for id in [
+        "imagenet64/rfpp",
+        "ffhq64/slimflow",
+        "afhq64/rfpp",
+        "cifar10/slimflow",
+    ] {
+        assert!(err.contains(id), "{id} listed: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |args: &[&str], data: &Path| {
+        let out = xtask()
+            .args(args)
+            .args(["--dry-run", "--run"])
+            .arg(dir.path().join("run"))
+            .arg("--data")
+            .arg(data)
+            .env("SLIMFLOW_WEIGHTS_DIR", dir.path().join("weights"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "problems make the dry run fail");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let missing = dir.path().join("missing");
+    let cifar = plan(&["train", "--recipe", "cifar10/rfpp"], &missing);
+    assert_eq!(cifar, plan(&["train-cifar", "--recipe", "rfpp"], &missing));
+    assert!(cifar.contains("# problem: data.dataset"), "{cifar}");
+    // a 64×64 recipe: the EDM zip named by --data, the student picked by size
+    let zip = dir.path().join("ffhq-64x64.zip");
+    let ffhq = plan(
+        &["train", "--recipe", "ffhq64/slimflow", "--student", "3.4M"],
+        &zip,
+    );
+    assert!(
+        ffhq.contains(&format!("dataset = \"edm:{}\"", zip.display())),
+        "{ffhq}"
+    );
+    assert!(
+        ffhq.contains("# problem: data.dataset") && ffhq.contains("# problem: teacher.file"),
+        "{ffhq}"
+    );
+    // SlimFlow's FFHQ64 3.4M student: nf 64, one block per resolution, ch_mult (1, 1, 2)
+    let student = ffhq
+        .split("[reflow.model]")
+        .nth(1)
+        .and_then(|t| t.split("\n\n").next())
+        .unwrap_or_default();
+    assert!(
+        student.contains("nf = 64") && student.contains("num_res_blocks = 1"),
+        "{ffhq}"
+    );
 }

@@ -7,11 +7,13 @@
 //!   for any [`Toy`] source (exactly [`seeded_normal`] for N(0, I)), [`seeded_labels`] uniform class
 //!   labels per seed.
 //! - [`images`]: image datasets (CIFAR-10 binary, MNIST / Fashion-MNIST IDX, PNG/JPEG folders, the
-//!   built-in procedural shapes) named by spec strings such as `cifar10:DIR,split=test`; [`loader`]:
+//!   built-in procedural shapes, EDM dataset archives, downsampled ImageNet `.npz`) named by spec
+//!   strings such as `cifar10:DIR,split=test` or `edm:imagenet-64x64.zip`; [`loader`]:
 //!   seeded, resumable, prefetched batches in [-1, 1]; [`npy`]: NumPy files.
 //! - [`PairStore`]: (z, x1) pairs for reflow and distillation, in shards written atomically, each
 //!   regenerable alone; an interrupted generation resumes at the first missing shard.
 
+mod archive;
 mod error;
 mod noise;
 mod pair_store;

@@ -5,7 +5,7 @@
 //! Fortran order, and `.npz` archives stored or deflated (`np.savez_compressed`). Every error names
 //! the file (and archive member) and what is wrong; nothing panics on malformed input.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 
 use tch::{Kind, Tensor};
@@ -71,14 +71,78 @@ fn header_field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     None
 }
 
-/// Parses one `.npy` image held in memory.
-pub fn parse_npy(bytes: &[u8], origin: &str) -> Result<Tensor> {
+/// A `.npy` array as stored: dtype, shape, order and the raw little-endian data bytes (no
+/// conversion, no copy into a tensor), for callers that use the bytes directly (uint8 images).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NpyArray {
+    /// The element type.
+    pub kind: Kind,
+    /// The dtype as written in the header (`|u1`, `<i8`, …), for messages.
+    pub descr: String,
+    /// The shape.
+    pub shape: Vec<i64>,
+    /// Whether the data is in Fortran (column-major) order.
+    pub fortran_order: bool,
+    /// `shape.product() · element size` bytes.
+    pub data: Vec<u8>,
+}
+
+impl NpyArray {
+    /// The array as a tensor (C order).
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        if self.fortran_order {
+            let reversed: Vec<i64> = self.shape.iter().rev().copied().collect();
+            let t = Tensor::f_from_data_size(&self.data, &reversed, self.kind)?;
+            let dims: Vec<i64> = (0..self.shape.len() as i64).rev().collect();
+            Ok(t.permute(dims.as_slice()).contiguous())
+        } else {
+            Ok(Tensor::f_from_data_size(
+                &self.data,
+                &self.shape,
+                self.kind,
+            )?)
+        }
+    }
+
+    /// Integer elements widened to i64 (C order); `None` for a non-integer dtype.
+    pub fn to_i64_vec(&self) -> Option<Vec<i64>> {
+        let le = |c: &[u8]| -> i64 {
+            match c.len() {
+                1 if self.kind == Kind::Uint8 => c[0] as i64,
+                1 => c[0] as i8 as i64,
+                2 => i16::from_le_bytes([c[0], c[1]]) as i64,
+                4 => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64,
+                _ => i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+            }
+        };
+        let size = match self.kind {
+            Kind::Uint8 | Kind::Int8 => 1,
+            Kind::Int16 => 2,
+            Kind::Int => 4,
+            Kind::Int64 => 8,
+            _ => return None,
+        };
+        let values: Vec<i64> = self.data.chunks_exact(size).map(le).collect();
+        // Fortran order only matters for more than one dimension
+        if self.fortran_order && self.shape.len() > 1 {
+            let t = Tensor::from_slice(&values);
+            let reversed: Vec<i64> = self.shape.iter().rev().copied().collect();
+            let dims: Vec<i64> = (0..self.shape.len() as i64).rev().collect();
+            let c = t.reshape(&reversed).permute(dims.as_slice()).contiguous();
+            return Vec::<i64>::try_from(&c.flatten(0, -1)).ok();
+        }
+        Some(values)
+    }
+}
+
+/// Header fields of a `.npy` image: (kind, descr, shape, fortran order, data offset).
+fn parse_header(bytes: &[u8], origin: &str) -> Result<(Kind, String, Vec<i64>, bool, usize)> {
     if !bytes.starts_with(MAGIC) || bytes.len() < 10 {
         return Err(bad(origin, 0, "not a .npy file (no \\x93NUMPY magic)"));
     }
     let major = bytes[6];
     let (len, start) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
         2 | 3 if bytes.len() >= 12 => (
             u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
             12,
@@ -86,7 +150,7 @@ pub fn parse_npy(bytes: &[u8], origin: &str) -> Result<Tensor> {
         v => return Err(bad(origin, 6, format!("unsupported .npy version {v}"))),
     };
     let header = bytes
-        .get(start..start + len)
+        .get(start..start.saturating_add(len))
         .ok_or_else(|| bad(origin, start, "header runs past the end of the file"))?;
     let header =
         std::str::from_utf8(header).map_err(|_| bad(origin, start, "header is not text"))?;
@@ -123,25 +187,41 @@ pub fn parse_npy(bytes: &[u8], origin: &str) -> Result<Tensor> {
         .ok_or_else(|| bad(origin, start, format!("bad shape {shape_text}")))?;
     let data_at = start + len;
     let want = numel.saturating_mul(size);
-    let data = &bytes[data_at.min(bytes.len())..];
-    if data.len() != want {
+    let have = bytes.len().saturating_sub(data_at);
+    if have != want {
         return Err(bad(
             origin,
             data_at,
-            format!(
-                "shape {shape:?} of {descr} needs {want} data bytes, the file has {}",
-                data.len()
-            ),
+            format!("shape {shape:?} of {descr} needs {want} data bytes, the file has {have}"),
         ));
     }
-    if fortran {
-        let reversed: Vec<i64> = shape.iter().rev().copied().collect();
-        let t = Tensor::f_from_data_size(data, &reversed, kind)?;
-        let dims: Vec<i64> = (0..shape.len() as i64).rev().collect();
-        Ok(t.permute(dims.as_slice()).contiguous())
-    } else {
-        Ok(Tensor::f_from_data_size(data, &shape, kind)?)
+    Ok((kind, descr.to_string(), shape, fortran, data_at))
+}
+
+/// Parses one `.npy` image held in memory.
+pub fn parse_npy(bytes: &[u8], origin: &str) -> Result<Tensor> {
+    let (kind, descr, shape, fortran_order, data_at) = parse_header(bytes, origin)?;
+    NpyArray {
+        kind,
+        descr,
+        shape,
+        fortran_order,
+        data: bytes[data_at..].to_vec(),
     }
+    .to_tensor()
+}
+
+/// Parses one `.npy` image, keeping its data bytes (moved, not copied).
+pub fn parse_npy_raw(mut bytes: Vec<u8>, origin: &str) -> Result<NpyArray> {
+    let (kind, descr, shape, fortran_order, data_at) = parse_header(&bytes, origin)?;
+    bytes.drain(..data_at);
+    Ok(NpyArray {
+        kind,
+        descr,
+        shape,
+        fortran_order,
+        data: bytes,
+    })
 }
 
 /// Reads a `.npy` file.
@@ -153,8 +233,13 @@ pub fn read_npy(path: &Path) -> Result<Tensor> {
     parse_npy(&bytes, &path.display().to_string())
 }
 
-/// Reads every array of a `.npz` archive, in archive order, named without the `.npy` suffix.
-pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
+/// Limit on one `.npz` member's uncompressed bytes (16 GiB: all of ImageNet 64×64 in one array).
+pub const MAX_NPZ_MEMBER_BYTES: u64 = 16 << 30;
+
+/// Every member of a `.npz` archive as raw bytes, in archive order, named without `.npy`. Sizes
+/// claimed by member headers are not trusted for allocations (see `archive`), and a member past
+/// [`MAX_NPZ_MEMBER_BYTES`] is an error.
+fn npz_members(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let origin = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
@@ -162,20 +247,39 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
     })?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| bad(&origin, 0, format!("not a .npz (zip) archive: {e}")))?;
-    let mut out = Vec::with_capacity(zip.len());
+    let len = crate::archive::file_len(path);
+    let mut out = Vec::with_capacity(zip.len().min(1 << 10));
     for i in 0..zip.len() {
-        let mut entry = zip
-            .by_index(i)
-            .map_err(|e| bad(&origin, 0, format!("archive member {i}: {e}")))?;
-        let name = entry.name().to_string();
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| bad(&origin, 0, format!("member `{name}`: {e}")))?;
-        let t = parse_npy(&bytes, &format!("{origin}:{name}"))?;
-        out.push((name.trim_end_matches(".npy").to_string(), t));
+        let (name, bytes) =
+            crate::archive::read_index(&mut zip, i, len, MAX_NPZ_MEMBER_BYTES, path)?;
+        out.push((name, bytes));
     }
     Ok(out)
+}
+
+/// Reads every array of a `.npz` archive, in archive order, named without the `.npy` suffix.
+pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let origin = path.display().to_string();
+    npz_members(path)?
+        .into_iter()
+        .map(|(name, bytes)| {
+            let t = parse_npy(&bytes, &format!("{origin}:{name}"))?;
+            Ok((name.trim_end_matches(".npy").to_string(), t))
+        })
+        .collect()
+}
+
+/// Reads every array of a `.npz` archive as stored ([`NpyArray`]), in archive order, named
+/// without the `.npy` suffix; errors name the file and the member (`FILE:MEMBER.npy`).
+pub fn read_npz_raw(path: &Path) -> Result<Vec<(String, NpyArray)>> {
+    let origin = path.display().to_string();
+    npz_members(path)?
+        .into_iter()
+        .map(|(name, bytes)| {
+            let a = parse_npy_raw(bytes, &format!("{origin}:{name}"))?;
+            Ok((name.trim_end_matches(".npy").to_string(), a))
+        })
+        .collect()
 }
 
 /// The `.npy` header (format 1.0) for an array of `kind` and `shape`, padded so that the data

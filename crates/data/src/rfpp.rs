@@ -8,13 +8,13 @@
 //! ~1e-14 relative, which reproduces NumPy's float32 noise exactly in every value checked (the
 //! fixture test and 300 000 values against NumPy 2.4); a float64 draw can differ in its last bits.
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 use tch::{Kind, Tensor};
 
+use crate::archive::{file_len, open_zip, read_named, Zip, MAX_IMAGE_BYTES};
 use crate::error::{Error, Result};
 use crate::pair_store::{PairDtype, PairStore, PairStoreManifest};
 
@@ -135,27 +135,9 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-fn open_zip(path: &Path) -> Result<zip::ZipArchive<std::fs::File>> {
-    let file = std::fs::File::open(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    zip::ZipArchive::new(file).map_err(|e| corrupt(path, format!("not a zip archive: {e}")))
-}
-
-fn read_entry(
-    archive: &mut zip::ZipArchive<std::fs::File>,
-    path: &Path,
-    name: &str,
-) -> Result<Vec<u8>> {
-    let mut entry = archive
-        .by_name(name)
-        .map_err(|e| corrupt(path, format!("entry {name}: {e}")))?;
-    let mut bytes = Vec::with_capacity(entry.size() as usize);
-    entry
-        .read_to_end(&mut bytes)
-        .map_err(|e| corrupt(path, format!("entry {name}: {e}")))?;
-    Ok(bytes)
+/// One member of rfpp's zips, at most `limit` bytes (see [`crate::archive`]).
+fn read_entry(archive: &mut Zip, path: &Path, name: &str, limit: u64) -> Result<Vec<u8>> {
+    read_named(archive, name, file_len(path), limit, path)
 }
 
 /// rfpp's label file, written beside `samples.zip` by `generate_edm.py` for class-conditional
@@ -225,7 +207,12 @@ pub fn import_rfpp(
     }
     let mut images = open_zip(samples)?;
     let image_name = |n: &str| format!("{}.png", n.trim_end_matches(".bin"));
-    let first = read_entry(&mut images, samples, &image_name(&names[0]))?;
+    let first = read_entry(
+        &mut images,
+        samples,
+        &image_name(&names[0]),
+        MAX_IMAGE_BYTES,
+    )?;
     let origin = |n: &str| samples.join(n);
     let (h, w, _) = crate::images::folder::decode_bytes(&first, &origin(&image_name(&names[0])))?;
     let shape = vec![3i64, h as i64, w as i64];
@@ -276,7 +263,7 @@ pub fn import_rfpp(
         let mut raw = Vec::with_capacity((range.end - range.start) as usize);
         for j in range.clone() {
             let name = &names[j as usize];
-            let st = read_entry(&mut zs, z, name)?;
+            let st = read_entry(&mut zs, z, name, 1 << 10)?;
             if st.len() != 32 {
                 return Err(corrupt(
                     z,
@@ -289,7 +276,7 @@ pub fn import_rfpp(
             let state = u128::from_be_bytes(st[..16].try_into().expect("16 bytes"));
             let inc = u128::from_be_bytes(st[16..].try_into().expect("16 bytes"));
             let img_name = image_name(name);
-            let png = read_entry(&mut images, samples, &img_name)?;
+            let png = read_entry(&mut images, samples, &img_name, MAX_IMAGE_BYTES)?;
             raw.push((state, inc, img_name, png));
         }
         let decoded: Vec<(Vec<f32>, Vec<f32>)> = raw

@@ -47,6 +47,10 @@ pub struct ModelReport {
     /// Pictures written for this model (file names next to the report).
     #[serde(default)]
     pub pictures: Vec<String>,
+    /// How the evaluation drew each sample's class (class-conditional models): `random` (uniform,
+    /// from the sample's seed) or `balanced` (sample i of class i mod K).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_labels: Option<String>,
 }
 
 fn sw2() -> String {
@@ -118,6 +122,14 @@ pub fn to_markdown_at(rows: &[ModelReport], prefix: &str) -> String {
     s.push_str(
         "\nStraightness of the same Euler trajectories by three definitions: ours,          mean_i E‖Δx_i/Δt_i − (x_N − x_0)‖² (squared norm summed over dimensions); rfpp's, the same          squares averaged over dimensions with Δt = 1/N; SlimFlow's, Σ_i (1/N)·E‖Δx_i·N −          (x_N − x_0)‖ (unsquared norm).\n",
     );
+    if let Some(l) = rows.iter().find_map(|r| r.class_labels.as_deref()) {
+        let how = match l {
+            "balanced" => "sample i of class i mod K, equal counts per class",
+            "random" => "uniform over the classes, drawn from each sample's seed",
+            _ => "",
+        };
+        s.push_str(&format!("\nClass labels: {l} ({how}).\n"));
+    }
     let pictures: Vec<String> = rows
         .iter()
         .flat_map(|r| {
@@ -155,13 +167,14 @@ mod tests {
             nfe: 38,
             solver: "rk45-1e-5".into(),
             pictures: vec!["grid-2rf.png".into()],
+            class_labels: None,
         };
         let p = dir.path().join("report.json");
         write_json(&p, std::slice::from_ref(&row)).unwrap();
         assert_eq!(read_json(&p).unwrap(), vec![row.clone()]);
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(v[0]["distance_1step"], 0.5);
-        let md = to_markdown(&[row]);
+        let md = to_markdown(std::slice::from_ref(&row));
         assert!(md.contains("| SW2 1-step |"), "{md}");
         assert!(
             md.contains("| 2-RF | 10 | 0.5000 | 0.1000 | 0.2000 | 0.0100 |"),
@@ -173,6 +186,15 @@ mod tests {
             md.contains("straightness (ours) | (rfpp) | (SlimFlow)"),
             "{md}"
         );
+        assert!(!md.contains("Class labels"), "{md}");
+        let labelled = ModelReport {
+            class_labels: Some("balanced".into()),
+            ..row.clone()
+        };
+        write_json(&p, std::slice::from_ref(&labelled)).unwrap();
+        assert_eq!(read_json(&p).unwrap(), vec![labelled.clone()]);
+        let md = to_markdown(&[labelled]);
+        assert!(md.contains("Class labels: balanced"), "{md}");
         // Reports written before the reference definitions existed still read.
         let old = r#"[{"model":"m","stage":"s","params":1,"distance_1step":1,"distance_many":1,"straightness":0.1,"agreement":0,"nfe":1,"solver":"euler-1"}]"#;
         std::fs::write(&p, old).unwrap();

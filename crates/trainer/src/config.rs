@@ -122,6 +122,14 @@ pub struct OptimConfig {
     pub accumulate: usize,
     /// Mixed precision on CUDA (libtorch autocast, float16, with dynamic loss scaling); ignored on CPU.
     pub autocast: bool,
+    /// Initial dynamic loss scale of `autocast` (default 65536; rfpp's ImageNet run: 32768,
+    /// `--loss_scaling`). Halved (down to 1) with the update skipped when a gradient overflows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// Clean optimizer steps after which the loss scale doubles (default 2000; rfpp: 10 000 backward
+    /// passes, i.e. 10 000 / `accumulate` steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_scale_window: Option<u64>,
     /// EMA decay warm-up min(ema_decay, (1 + n)/(10 + n)) over the n-th update of the stage
     /// (SlimFlow / score_sde); off: the fixed decay from the first update (rfpp).
     pub ema_warmup: bool,
@@ -173,6 +181,8 @@ impl Default for OptimConfig {
             use_ema: true,
             accumulate: 1,
             autocast: false,
+            loss_scale: None,
+            loss_scale_window: None,
             ema_warmup: false,
             warmup_rule: WarmupRule::FromFirst,
             grad_guard: GradGuard::ZeroThenClip,
@@ -601,13 +611,42 @@ pub struct EvalConfig {
     /// Images per sampling / feature batch.
     #[serde(default = "default_eval_batch")]
     pub batch_size: usize,
-    /// Reference statistics (`.npz` with `mu`, `sigma`: pytorch-fid's or EDM's
-    /// `cifar10-32x32.npz`); computed from the dataset when absent. Inception features only.
+    /// Reference statistics: a `.npz` path (`mu`, `sigma`: pytorch-fid's, EDM's or `slimflow
+    /// fid-ref`'s) or the name of EDM's published file in the weights cache (`fid-ref-cifar10-32x32`,
+    /// `fid-ref-imagenet-64x64`, `fid-ref-ffhq-64x64`, `fid-ref-afhqv2-64x64`; `slimflow weights
+    /// fetch NAME`); computed from the dataset when absent. Inception features only.
     #[serde(default)]
     pub reference: Option<PathBuf>,
     /// Training batches of the stand-in classifier (when it is used and not cached yet).
     #[serde(default = "default_standin_steps")]
     pub standin_steps: usize,
+    /// Class of each evaluation sample of a class-conditional model: `random` (the default: uniform,
+    /// drawn from the sample's seed, as EDM's `generate.py` does for its FID) or `balanced` (sample
+    /// i gets class i mod K: exactly samples / K per class). Unconditional models take no labels,
+    /// so setting it for one is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_labels: Option<ClassLabels>,
+}
+
+/// How the evaluation draws class labels (see [`EvalConfig::class_labels`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassLabels {
+    /// Uniform over the classes, per sample from its seed (EDM `generate.py`).
+    #[default]
+    Random,
+    /// Sample i gets class i mod K, so each class has exactly samples / K.
+    Balanced,
+}
+
+impl ClassLabels {
+    /// The name used in configs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClassLabels::Random => "random",
+            ClassLabels::Balanced => "balanced",
+        }
+    }
 }
 
 fn default_eval_batch() -> usize {
@@ -776,6 +815,32 @@ impl PipelineConfig {
             let ok = o.use_ema || !o.ema_warmup;
             let msg = "ema_warmup is set but use_ema = false (the EMA is not saved)";
             note(&mut p, &format!("{key}.ema_warmup"), require(ok, msg));
+            for (name, set) in [
+                ("loss_scale", o.loss_scale.is_some()),
+                ("loss_scale_window", o.loss_scale_window.is_some()),
+            ] {
+                let msg = format!(
+                    "{name} is set but autocast = false (only float16 autocast scales the loss)"
+                );
+                note(
+                    &mut p,
+                    &format!("{key}.{name}"),
+                    require(o.autocast || !set, &msg),
+                );
+            }
+            let ok = o.loss_scale.is_none_or(|s| s.is_finite() && s >= 1.0);
+            note(
+                &mut p,
+                &format!("{key}.loss_scale"),
+                require(ok, "must be ≥ 1"),
+            );
+            let ok = o.loss_scale_window.is_none_or(|w| w >= 1);
+            let msg = "must be ≥ 1";
+            note(
+                &mut p,
+                &format!("{key}.loss_scale_window"),
+                require(ok, msg),
+            );
         }
         let same_arch = self.reflow.model.as_ref().is_none_or(|m| m == &self.model);
         let msg = "`teacher` needs the student to share the teacher's architecture; use init = \"random\"";
@@ -1102,6 +1167,27 @@ samples = 16
         assert!(e.contains("distill.optim.warmup_rule"), "{e}");
         let e = err(&["train.optim.use_ema=false", "train.optim.ema_warmup=true"]);
         assert!(e.contains("train.optim.ema_warmup"), "{e}");
+        // A loss scale without float16 autocast scales nothing.
+        let e = err(&["reflow.optim.loss_scale=32768.0"]);
+        assert!(
+            e.contains("reflow.optim.loss_scale") && e.contains("autocast = false"),
+            "{e}"
+        );
+        let e = err(&["distill.optim.loss_scale_window=10"]);
+        assert!(e.contains("distill.optim.loss_scale_window"), "{e}");
+        let e = err(&["reflow.optim.autocast=true", "reflow.optim.loss_scale=0.5"]);
+        assert!(e.contains("reflow.optim.loss_scale: must be ≥ 1"), "{e}");
+        let c = parse(
+            MINIMAL,
+            &[
+                "reflow.optim.autocast=true",
+                "reflow.optim.loss_scale=32768.0",
+                "reflow.optim.loss_scale_window=2500",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.reflow.optim.loss_scale, Some(32768.0));
+        assert_eq!(c.reflow.optim.loss_scale_window, Some(2500));
     }
 
     #[test]

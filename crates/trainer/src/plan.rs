@@ -137,12 +137,7 @@ pub fn preflight(ctx: &StageCtx) -> Vec<String> {
             }
             if let Err(e) = loaded {
                 let e = e.to_string();
-                let hint = if spec.kind == "cifar10" && !e.contains("data fetch cifar10") {
-                    "; `slimflow data fetch cifar10` downloads it (then pass --data DIR or set \
-                     data.dataset)"
-                } else {
-                    ""
-                };
+                let hint = dataset_hint(&spec, &e);
                 problems.push(format!("data.dataset: {e}{hint}"));
             }
         }
@@ -151,9 +146,9 @@ pub fn preflight(ctx: &StageCtx) -> Vec<String> {
     if let Some(t) = &cfg.teacher {
         if !done("train") && !t.file.is_file() {
             problems.push(format!(
-                "teacher.file {}: no such file (download the reference checkpoint, see the \
-                 README's CIFAR-10 section)",
-                t.file.display()
+                "teacher.file {}: no such file; {}",
+                t.file.display(),
+                teacher_hint(t)
             ));
         }
     }
@@ -179,8 +174,111 @@ pub fn preflight(ctx: &StageCtx) -> Vec<String> {
             problems.push(format!("eval.features = inception: {e}"));
         }
     }
+    if let (true, false, Some(r)) = (images, done("eval"), &cfg.eval.reference) {
+        match slimflow_weights::resolve_reference(r, None) {
+            Err(e) => problems.push(format!("eval.reference: {e}")),
+            Ok(p) if !p.is_file() => problems.push(format!(
+                "eval.reference {}: no such file; {}",
+                p.display(),
+                reference_hint(&p, cfg.data.dataset.as_deref().unwrap_or("SPEC"))
+            )),
+            Ok(_) => {}
+        }
+    }
     problems
         .into_iter()
         .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect()
+}
+
+/// Where EDM publishes its pretrained networks.
+const EDM_CDN: &str = "https://nvlabs-fi-cdn.nvidia.com/edm";
+
+/// The `slimflow data fetch` name that explains how to prepare EDM's dataset zip of each file stem.
+const EDM_DATASETS: [(&str, &str); 3] = [
+    ("imagenet-64x64", "imagenet64"),
+    ("ffhq-64x64", "ffhq64"),
+    ("afhqv2-64x64", "afhqv2-64"),
+];
+
+/// How to obtain the missing dataset of `spec` (empty when its loader's message `err` already
+/// says).
+fn dataset_hint(spec: &slimflow_data::images::DatasetSpec, err: &str) -> String {
+    let path = spec.arg.as_deref().unwrap_or("PATH");
+    let then = "then pass --data PATH or set data.dataset";
+    let stem = std::path::Path::new(path)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let fetch = EDM_DATASETS
+        .iter()
+        .find(|(s, _)| *s == stem)
+        .map_or("imagenet64", |(_, name)| name);
+    match spec.kind.as_str() {
+        "cifar10" if !err.contains("data fetch cifar10") => {
+            format!("; `slimflow data fetch cifar10` downloads it ({then})")
+        }
+        "edm" | "imagenet64-npz" if !err.contains("data fetch") => format!(
+            "; `slimflow data fetch {fetch}` prints how to prepare it (EDM's dataset_tool.py \
+             zips; for ImageNet also the downsampled .npz batches) ({then})"
+        ),
+        _ => String::new(),
+    }
+}
+
+/// How to obtain a missing teacher checkpoint.
+pub(crate) fn teacher_hint(t: &crate::config::TeacherConfig) -> String {
+    let name = t
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let pretrained = name.ends_with(".pkl") && name.starts_with("edm-");
+    let baseline = name.ends_with(".pkl") && name.starts_with("baseline-");
+    let how = match t.from.as_str() {
+        "edm" if pretrained => format!(
+            "download EDM's network: `curl -fL -o {} {EDM_CDN}/pretrained/{name}`",
+            t.file.display()
+        ),
+        "edm" if baseline => format!(
+            "download EDM's network: `curl -fL -o {} {EDM_CDN}/pretrained/baseline/{name}`",
+            t.file.display()
+        ),
+        "edm" => format!("EDM's networks are at {EDM_CDN}/pretrained/"),
+        "rfpp" => {
+            "rfpp's checkpoints are linked from its README (github.com/sangyun884/rfpp)".into()
+        }
+        _ => "RectifiedFlow / SlimFlow checkpoints are linked from their READMEs \
+              (github.com/gnobitab/RectifiedFlow, huggingface.co/Yuanzhi/SlimFlow)"
+            .into(),
+    };
+    format!(
+        "{how}, then pass --teacher FILE or set teacher.file (or remove [teacher] to train a 1-RF \
+         teacher here)"
+    )
+}
+
+/// How to obtain missing FID reference statistics at `path`: the registry entry of EDM's file of
+/// that name, or computing them from the dataset.
+fn reference_hint(path: &std::path::Path, dataset: &str) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let compute = format!(
+        "`slimflow fid-ref --dataset {dataset} --out {}` computes them from the dataset, or \
+         remove eval.reference to compute them in the eval stage",
+        path.display()
+    );
+    match slimflow_weights::FID_REFS
+        .iter()
+        .find(|r| r.file_name() == name)
+    {
+        Some(r) => format!(
+            "these are EDM's statistics: set eval.reference = \"{n}\" and `slimflow weights \
+             fetch {n}` downloads them; or {compute}",
+            n = r.name()
+        ),
+        None => compute,
+    }
 }

@@ -5,7 +5,7 @@
 //! micro-batches whose gradients add up, stop on a non-finite loss, then [`crate::optim::update`]:
 //! warm-up lr, the non-finite guard and the clip in the configured order, Adam, EMA. With `autocast` on CUDA the forward passes run in float16 under
 //! libtorch's autocast with a dynamic loss scale (halved and the step skipped on overflow, doubled
-//! after 2000 clean steps). Checkpoints follow the keep-last-N policy; an interrupt request saves a
+//! after `loss_scale_window` clean steps; from `loss_scale`, defaults 65536 and 2000). Checkpoints follow the keep-last-N policy; an interrupt request saves a
 //! state and returns. Image models can write a sample grid every `sample_every` steps.
 
 use std::collections::BTreeMap;
@@ -105,7 +105,7 @@ pub fn train(
     let mut sink = JsonlSink::open(&stage_dir.join("metrics.jsonl"), start)?;
     let accumulate = settings.optim.accumulate.max(1);
     let amp = settings.optim.autocast && model.vs.device().is_cuda();
-    let mut scale = LossScale::new(amp);
+    let mut scale = LossScale::new(amp, settings.optim);
     let mut progress = Progress::new(settings.label, start, settings.steps);
     let save = |step: u64, adam: &Adam, ema: &Ema, rng: &ChaCha20Rng| -> Result<PathBuf> {
         let state = TrainState {
@@ -248,14 +248,26 @@ struct LossScale {
     value: f64,
     enabled: bool,
     clean: u64,
+    window: u64,
 }
 
+/// Initial loss scale and growth window when the config leaves them unset.
+const DEFAULT_LOSS_SCALE: (f64, u64) = (65536.0, 2000);
+
 impl LossScale {
-    fn new(enabled: bool) -> Self {
+    fn new(enabled: bool, optim: &OptimConfig) -> Self {
         LossScale {
-            value: if enabled { 65536.0 } else { 1.0 },
+            value: if enabled {
+                optim.loss_scale.unwrap_or(DEFAULT_LOSS_SCALE.0)
+            } else {
+                1.0
+            },
             enabled,
             clean: 0,
+            window: optim
+                .loss_scale_window
+                .unwrap_or(DEFAULT_LOSS_SCALE.1)
+                .max(1),
         }
     }
 
@@ -285,7 +297,7 @@ impl LossScale {
             }
         });
         self.clean += 1;
-        if self.clean % 2000 == 0 {
+        if self.clean % self.window == 0 {
             self.value *= 2.0;
         }
         true
@@ -405,7 +417,7 @@ mod tests {
     fn loss_scale_skips_overflowing_steps_and_unscales_the_rest() {
         let p = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let params = [p.shallow_clone()];
-        let mut scale = LossScale::new(true);
+        let mut scale = LossScale::new(true, &OptimConfig::default());
         assert_eq!(scale.value, 65536.0);
         (&p * f64::INFINITY).sum(Kind::Float).backward();
         assert!(!scale.unscale(&params), "overflow skips the step");
@@ -417,7 +429,42 @@ mod tests {
         let g = Vec::<f32>::try_from(&p.grad()).unwrap();
         assert_eq!(g, vec![2.0; 3], "gradients divided by the scale");
         // without autocast the scale is inert
-        let mut off = LossScale::new(false);
+        let mut off = LossScale::new(false, &OptimConfig::default());
         assert!(off.unscale(&params) && off.value == 1.0);
+    }
+
+    #[test]
+    fn loss_scale_starts_and_grows_as_configured() {
+        // rfpp's ImageNet run: 32768, doubled after 10 000 clean backward passes = 2500 steps of 4
+        let optim = OptimConfig {
+            autocast: true,
+            loss_scale: Some(32768.0),
+            loss_scale_window: Some(3),
+            ..OptimConfig::default()
+        };
+        let p = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let params = [p.shallow_clone()];
+        let mut scale = LossScale::new(true, &optim);
+        assert_eq!(scale.value, 32768.0);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            zero_grad(&params);
+            p.sum(Kind::Float).backward();
+            assert!(scale.unscale(&params));
+            seen.push(scale.value);
+        }
+        assert_eq!(seen, vec![32768.0, 32768.0, 65536.0, 65536.0]);
+        // halved on overflow, never below 1
+        let mut low = LossScale::new(
+            true,
+            &OptimConfig {
+                loss_scale: Some(1.0),
+                ..optim.clone()
+            },
+        );
+        zero_grad(&params);
+        (&p * f64::NAN).sum(Kind::Float).backward();
+        assert!(!low.unscale(&params));
+        assert_eq!(low.value, 1.0);
     }
 }

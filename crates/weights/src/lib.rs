@@ -11,6 +11,11 @@
 //!
 //! Converted files live in [`default_dir`] (`$SLIMFLOW_WEIGHTS_DIR`, else
 //! `~/.cache/slimflow/weights`); [`locate`] finds them or explains exactly how to get them.
+//!
+//! The same cache holds EDM's published FID reference statistics ([`FID_REFS`], under
+//! `fid-refs/`). EDM publishes no digests for them, so none is pinned here: the first complete
+//! download records its SHA-256 beside the file ([`Checksum::Recorded`]) and every later use
+//! ([`locate_fid_ref`]) verifies the file against that record.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -82,8 +87,47 @@ pub enum Error {
         reason: String,
     },
     /// An unknown network name.
-    #[error("unknown network `{0}` (known: lpips-vgg, lpips-alex, inception)")]
+    #[error("unknown network `{0}` (known: lpips-vgg, lpips-alex, inception; FID references: {refs})", refs = fid_ref_names())]
     UnknownNet(String),
+    /// An unknown FID reference name.
+    #[error("unknown FID reference `{0}` (known: {refs})", refs = fid_ref_names())]
+    UnknownFidRef(String),
+    /// FID reference statistics are not in the cache.
+    #[error("FID reference {name} not found at {}.\n{how}", path.display())]
+    MissingFidRef {
+        /// The registry name.
+        name: String,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// How to get it.
+        how: String,
+    },
+    /// A file no longer has the SHA-256 recorded when it was downloaded (or the record is gone).
+    #[error("{}: {reason}; delete it and run `{fetch}` again", path.display())]
+    Unverified {
+        /// The file.
+        path: PathBuf,
+        /// What does not match.
+        reason: String,
+        /// The command that downloads it again.
+        fetch: String,
+    },
+    /// A downloaded file is not what it should be (it was discarded).
+    #[error("{url}: {reason}; the download was discarded")]
+    BadDownload {
+        /// The address.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn fid_ref_names() -> String {
+    FID_REFS
+        .iter()
+        .map(|r| r.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Result alias.
@@ -125,6 +169,11 @@ pub enum Checksum {
     Sha256Prefix(&'static str),
     /// The MD5 a publisher lists (CIFAR-10's site); hex.
     Md5(&'static str),
+    /// No published digest: the download is accepted as it arrives (its length checked against
+    /// the server's), its SHA-256 recorded in `<file>.sha256` (`sha256sum` format), and the kept
+    /// file counts only while it matches that record. This guards against later corruption and
+    /// truncation, not against a publisher serving other bytes the first time.
+    Recorded,
 }
 
 impl Checksum {
@@ -137,14 +186,24 @@ impl Checksum {
         let ok = match self {
             Checksum::Sha256(h) | Checksum::Md5(h) => got == *h,
             Checksum::Sha256Prefix(p) => got.starts_with(p),
+            Checksum::Recorded => true,
         };
         Ok((ok, got))
+    }
+
+    /// Whether an existing `dest` may be kept without downloading again.
+    fn keeps(&self, dest: &Path) -> Result<bool> {
+        match self {
+            Checksum::Recorded => Ok(verify_recorded(dest).is_ok()),
+            _ => Ok(self.check(dest)?.0),
+        }
     }
     fn expected(&self) -> String {
         match self {
             Checksum::Sha256(h) => h.to_string(),
             Checksum::Sha256Prefix(p) => format!("{p}… (prefix)"),
             Checksum::Md5(h) => format!("MD5 {h}"),
+            Checksum::Recorded => "(none published)".into(),
         }
     }
 }
@@ -298,7 +357,7 @@ fn digest_file<D: sha2::Digest>(path: &Path) -> Result<String> {
 /// `<dest>.part` left by an interrupted run is continued with a range request (restarted if the
 /// server ignores ranges). Progress is drawn when `progress` is set and stderr is a terminal.
 pub fn download(url: &str, dest: &Path, checksum: Checksum, progress: bool) -> Result<()> {
-    if dest.is_file() && checksum.check(dest)?.0 {
+    if dest.is_file() && checksum.keeps(dest)? {
         return Ok(());
     }
     if let Some(parent) = dest.parent() {
@@ -404,7 +463,216 @@ pub fn download(url: &str, dest: &Path, checksum: Checksum, progress: bool) -> R
             got,
         });
     }
+    if checksum == Checksum::Recorded {
+        // the record first: a file without one is never trusted, and is fetched again
+        write_record(dest, &got)?;
+    }
     std::fs::rename(&part, dest).map_err(io(dest))
+}
+
+/// Where the SHA-256 recorded for `file` lives: `<file>.sha256`.
+pub fn record_path(file: &Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".sha256");
+    file.with_file_name(name)
+}
+
+fn write_record(file: &Path, digest: &str) -> Result<()> {
+    let record = record_path(file);
+    let mut tmp_name = record.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = record.with_file_name(tmp_name);
+    let line = format!(
+        "{digest}  {}\n",
+        file.file_name().unwrap_or_default().to_string_lossy()
+    );
+    std::fs::write(&tmp, line).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &record).map_err(io(&record))
+}
+
+/// Checks `file` against the SHA-256 recorded beside it at download; returns the digest, or the
+/// reason it does not pass (no record, an unreadable record, another digest).
+pub fn verify_recorded(file: &Path) -> std::result::Result<String, String> {
+    let record = record_path(file);
+    let text = std::fs::read_to_string(&record)
+        .map_err(|e| format!("no recorded SHA-256 ({}: {e})", record.display()))?;
+    let recorded = text
+        .split_whitespace()
+        .next()
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| format!("{} does not hold a SHA-256", record.display()))?
+        .to_ascii_lowercase();
+    let got = digest_file::<sha2::Sha256>(file).map_err(|e| e.to_string())?;
+    if got != recorded {
+        return Err(format!(
+            "SHA-256 {got} differs from {recorded}, recorded at download in {}",
+            record.display()
+        ));
+    }
+    Ok(got)
+}
+
+/// FID reference statistics EDM publishes (`mu` `[2048]`, `sigma` `[2048, 2048]`, float64, of
+/// pytorch-fid's Inception pool3 features over the training set prepared by EDM's
+/// `dataset_tool.py`), for `eval.reference` and `slimflow fid`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FidRef {
+    /// The dataset part of the name (`imagenet-64x64`).
+    pub dataset: &'static str,
+    /// The official address.
+    pub url: &'static str,
+    /// What the statistics are of.
+    pub about: &'static str,
+}
+
+/// Prefix of the registry names (`fid-ref-imagenet-64x64`).
+pub const FID_REF_PREFIX: &str = "fid-ref-";
+
+/// EDM's reference statistics (NVlabs/edm README, "Calculating FID"), at
+/// `https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/`. No digests are published (see
+/// [`Checksum::Recorded`]).
+pub const FID_REFS: [FidRef; 5] = [
+    FidRef {
+        dataset: "cifar10-32x32",
+        url: "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz",
+        about: "CIFAR-10 training set, 50 000 images at 32×32",
+    },
+    FidRef {
+        dataset: "imagenet-64x64",
+        url: "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/imagenet-64x64.npz",
+        about:
+            "ImageNet training set, centre-cropped to 64×64 by dataset_tool.py (for EDM's models)",
+    },
+    FidRef {
+        dataset: "imagenet-64x64-baseline",
+        url: "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/imagenet-64x64-baseline.npz",
+        about: "ImageNet 64×64 as Dhariwal & Nichol prepared it (for their ADM baseline)",
+    },
+    FidRef {
+        dataset: "ffhq-64x64",
+        url: "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/ffhq-64x64.npz",
+        about: "FFHQ, 70 000 faces resized to 64×64",
+    },
+    FidRef {
+        dataset: "afhqv2-64x64",
+        url: "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/afhqv2-64x64.npz",
+        about: "AFHQv2 (cats, dogs, wild animals, train and test) resized to 64×64",
+    },
+];
+
+/// Feature dimension of the statistics (Inception pool3).
+const FID_DIM: i64 = 2048;
+
+impl FidRef {
+    /// Its registry name: `fid-ref-<dataset>`.
+    pub fn name(&self) -> String {
+        format!("{FID_REF_PREFIX}{}", self.dataset)
+    }
+
+    /// The published file's name (`imagenet-64x64.npz`).
+    pub fn file_name(&self) -> &'static str {
+        self.url.rsplit('/').next().unwrap_or(self.url)
+    }
+
+    /// The entry called `name` (`fid-ref-imagenet-64x64`).
+    pub fn find(name: &str) -> Result<FidRef> {
+        FID_REFS
+            .into_iter()
+            .find(|r| r.name() == name)
+            .ok_or_else(|| Error::UnknownFidRef(name.to_string()))
+    }
+
+    /// Where it is kept in the cache folder `dir`.
+    pub fn path_in(&self, dir: &Path) -> PathBuf {
+        dir.join("fid-refs").join(self.file_name())
+    }
+
+    fn fetch_command(&self) -> String {
+        format!("slimflow weights fetch {}", self.name())
+    }
+}
+
+/// Downloads `r` (from its official address, or from `mirror`, a base URL serving the same file
+/// name) into `dir/fid-refs/`, records its SHA-256 beside it and checks that it holds `mu` `[2048]`
+/// and `sigma` `[2048, 2048]`; a file kept from an earlier run is reused while it matches its record.
+pub fn fetch_fid_ref(
+    r: FidRef,
+    dir: &Path,
+    mirror: Option<&str>,
+    progress: bool,
+) -> Result<PathBuf> {
+    let url = match mirror {
+        Some(base) => format!("{}/{}", base.trim_end_matches('/'), r.file_name()),
+        None => r.url.to_string(),
+    };
+    let dest = r.path_in(dir);
+    download(&url, &dest, Checksum::Recorded, progress)?;
+    if let Err(reason) = check_stats(&dest) {
+        for p in [dest.clone(), record_path(&dest)] {
+            std::fs::remove_file(&p).map_err(io(&p))?;
+        }
+        return Err(Error::BadDownload { url, reason });
+    }
+    Ok(dest)
+}
+
+/// Whether `path` holds FID statistics of Inception pool3 features.
+fn check_stats(path: &Path) -> std::result::Result<(), String> {
+    let stats = slimflow_metrics::fid::GaussianStats::load_npz(path).map_err(|e| e.to_string())?;
+    let d = stats.mu.size();
+    if d != [FID_DIM] {
+        return Err(format!(
+            "`mu` has shape {d:?}, expected [{FID_DIM}] (Inception pool3 features)"
+        ));
+    }
+    Ok(())
+}
+
+/// The cached statistics of `r` in `dir` (default [`default_dir`]), verified against the SHA-256
+/// recorded at download; an error says how to get them.
+pub fn locate_fid_ref(r: FidRef, dir: Option<&Path>) -> Result<PathBuf> {
+    let dir = dir.map(Path::to_path_buf).unwrap_or_else(default_dir);
+    let path = r.path_in(&dir);
+    if !path.is_file() {
+        return Err(Error::MissingFidRef {
+            name: r.name(),
+            how: format!(
+                "Online: `{}` downloads {} ({}) and records its SHA-256 (add --mirror URL for \
+                 a server holding the same file name).\nOffline: give the path of a copy of \
+                 {} instead of the name. SLIMFLOW_WEIGHTS_DIR selects another cache folder \
+                 (now {}).",
+                r.fetch_command(),
+                r.url,
+                r.about,
+                r.file_name(),
+                dir.display()
+            ),
+            path,
+        });
+    }
+    verify_recorded(&path).map_err(|reason| Error::Unverified {
+        path: path.clone(),
+        reason,
+        fetch: r.fetch_command(),
+    })?;
+    Ok(path)
+}
+
+/// Resolves a reference-statistics setting: a registry name (`fid-ref-imagenet-64x64`) becomes the
+/// verified cached file ([`locate_fid_ref`]); anything else is a path and is returned as it is. A
+/// `fid-ref-…` name that is neither a known entry nor an existing file is an error listing the
+/// entries.
+pub fn resolve_reference(value: &Path, dir: Option<&Path>) -> Result<PathBuf> {
+    let Some(text) = value.to_str() else {
+        return Ok(value.to_path_buf());
+    };
+    if let Ok(r) = FidRef::find(text) {
+        return locate_fid_ref(r, dir);
+    }
+    if text.starts_with(FID_REF_PREFIX) && !value.exists() {
+        return Err(Error::UnknownFidRef(text.to_string()));
+    }
+    Ok(value.to_path_buf())
 }
 
 /// Builds `out` from the published files (`inputs` in [`Net::sources`] order; `.pth` or

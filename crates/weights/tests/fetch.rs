@@ -344,3 +344,153 @@ fn inception_converts_from_the_published_names_and_refuses_incomplete_files() {
         .to_string();
     assert!(msg.contains("backbone, heads"), "{msg}");
 }
+
+/// EDM-style reference statistics (`mu` [d], `sigma` [d, d], float64) as `.npz` bytes.
+fn stats_npz(dir: &Path, d: i64) -> Vec<u8> {
+    let stats = slimflow_metrics::fid::GaussianStats {
+        mu: Tensor::arange(d, (Kind::Double, tch::Device::Cpu)),
+        sigma: Tensor::eye(d, (Kind::Double, tch::Device::Cpu)),
+    };
+    let p = dir.join(format!("stats-{d}.npz"));
+    stats.save_npz(&p).unwrap();
+    std::fs::read(p).unwrap()
+}
+
+#[test]
+fn fid_references_download_record_their_digest_and_are_verified_on_use() {
+    use slimflow_weights::{
+        fetch_fid_ref, locate_fid_ref, record_path, resolve_reference, FidRef, FID_REFS,
+    };
+    let src = tempfile::tempdir().unwrap();
+    let body = stats_npz(src.path(), 2048);
+    let (base, log) = serve(
+        HashMap::from([("imagenet-64x64.npz".to_string(), body.clone())]),
+        Some("imagenet-64x64.npz"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let r = FidRef::find("fid-ref-imagenet-64x64").unwrap();
+    assert_eq!(
+        r.url,
+        "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/imagenet-64x64.npz"
+    );
+    let names: Vec<String> = FID_REFS.iter().map(|r| r.name()).collect();
+    for n in [
+        "fid-ref-cifar10-32x32",
+        "fid-ref-imagenet-64x64",
+        "fid-ref-ffhq-64x64",
+        "fid-ref-afhqv2-64x64",
+    ] {
+        assert!(names.contains(&n.to_string()), "{n}");
+    }
+
+    // not fetched yet: the error gives the command and the address
+    let msg = resolve_reference(Path::new("fid-ref-imagenet-64x64"), Some(cache.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("slimflow weights fetch fid-ref-imagenet-64x64") && msg.contains(r.url),
+        "{msg}"
+    );
+
+    // the first try breaks off half-way; the second resumes it
+    let err = fetch_fid_ref(r, cache.path(), Some(&base), false).unwrap_err();
+    assert!(matches!(err, Error::Network { .. }), "{err}");
+    let path = fetch_fid_ref(r, cache.path(), Some(&base), false).unwrap();
+    assert_eq!(path, cache.path().join("fid-refs/imagenet-64x64.npz"));
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+    let requests = log.lock().unwrap().clone();
+    assert!(
+        requests.contains(&format!(
+            "imagenet-64x64.npz range=Some({})",
+            body.len() / 2
+        )),
+        "{requests:?}"
+    );
+    // the digest of what arrived is recorded beside it, in sha256sum's format
+    let record = std::fs::read_to_string(record_path(&path)).unwrap();
+    assert_eq!(record, format!("{}  imagenet-64x64.npz\n", sha256(&body)));
+    // names resolve to the verified file, paths stay paths
+    assert_eq!(
+        resolve_reference(Path::new("fid-ref-imagenet-64x64"), Some(cache.path())).unwrap(),
+        path
+    );
+    assert_eq!(
+        resolve_reference(Path::new("stats/mine.npz"), Some(cache.path())).unwrap(),
+        Path::new("stats/mine.npz")
+    );
+    // a kept, matching file is not downloaded again
+    let before = log.lock().unwrap().len();
+    fetch_fid_ref(r, cache.path(), Some(&base), false).unwrap();
+    assert_eq!(log.lock().unwrap().len(), before);
+
+    // a file changed after download is refused by name, then fetched again
+    let mut changed = body.clone();
+    changed[body.len() - 1] ^= 1;
+    std::fs::write(&path, &changed).unwrap();
+    let msg = locate_fid_ref(r, Some(cache.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("imagenet-64x64.npz")
+            && msg.contains("recorded at download")
+            && msg.contains("slimflow weights fetch fid-ref-imagenet-64x64"),
+        "{msg}"
+    );
+    fetch_fid_ref(r, cache.path(), Some(&base), false).unwrap();
+    assert!(log.lock().unwrap().len() > before);
+    assert_eq!(locate_fid_ref(r, Some(cache.path())).unwrap(), path);
+    // without its record a file is not trusted
+    std::fs::remove_file(record_path(&path)).unwrap();
+    let msg = locate_fid_ref(r, Some(cache.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("no recorded SHA-256"), "{msg}");
+
+    // unknown names list the known ones
+    let msg = resolve_reference(Path::new("fid-ref-lsun-256"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("fid-ref-lsun-256") && msg.contains("fid-ref-ffhq-64x64"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn fid_reference_downloads_that_are_not_statistics_are_discarded() {
+    use slimflow_weights::{fetch_fid_ref, record_path, FidRef};
+    let src = tempfile::tempdir().unwrap();
+    let (base, _) = serve(
+        HashMap::from([
+            ("ffhq-64x64.npz".to_string(), b"<html>moved</html>".to_vec()),
+            ("afhqv2-64x64.npz".to_string(), stats_npz(src.path(), 8)),
+        ]),
+        None,
+    );
+    let cache = tempfile::tempdir().unwrap();
+    for (name, needle) in [
+        ("fid-ref-ffhq-64x64", "not a .npz"),
+        ("fid-ref-afhqv2-64x64", "[2048]"),
+    ] {
+        let r = FidRef::find(name).unwrap();
+        let err = fetch_fid_ref(r, cache.path(), Some(&base), false).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, Error::BadDownload { .. })
+                && msg.contains(r.file_name())
+                && msg.contains(needle)
+                && msg.contains("discarded"),
+            "{msg}"
+        );
+        let path = r.path_in(cache.path());
+        assert!(!path.exists() && !record_path(&path).exists());
+    }
+    let err = fetch_fid_ref(
+        FidRef::find("fid-ref-cifar10-32x32").unwrap(),
+        cache.path(),
+        Some(&base),
+        false,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Http { status: 404, .. }), "{err}");
+}

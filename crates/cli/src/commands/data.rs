@@ -25,7 +25,8 @@ enum Dtype {
 #[derive(Debug, Subcommand)]
 enum DataCommand {
     /// Verify and describe a dataset (`fashion-mnist`, `cifar10:DIR`, `folder:DIR,size=64`,
-    /// `shapes:32,count=1000`, `idx:FILE`, options `,split=test`, `,pad=2`) or a pair-store
+    /// `shapes:32,count=1000`, `idx:FILE`, `edm:ZIP_OR_DIR`, `imagenet64-npz:DIR`, options
+    /// `,split=test`, `,pad=2`, `,count=N`) or a pair-store
     /// directory: count, shape, dtype, value range, labels.
     Info {
         /// Dataset spec or pair-store directory.
@@ -63,11 +64,13 @@ enum DataCommand {
         #[arg(long, value_enum, default_value = "f32")]
         dtype: Dtype,
     },
-    /// Download a dataset from its official address (checksum-verified, resumable). Only
-    /// `cifar10` needs this; Fashion-MNIST comes from Debian (`apt-get install
-    /// dataset-fashion-mnist`) and `shapes` is built in.
+    /// Download a dataset from its official address (checksum-verified, resumable): `cifar10`.
+    /// `imagenet64`, `ffhq64` and `afhqv2-64` have no public download address: for them this
+    /// prints the exact preparation steps and the resulting `data.dataset` value, and exits
+    /// non-zero. Fashion-MNIST comes from Debian (`apt-get install dataset-fashion-mnist`) and
+    /// `shapes` is built in.
     Fetch {
-        /// `cifar10`.
+        /// `cifar10`, `imagenet64`, `ffhq64` or `afhqv2-64`.
         name: String,
         /// Folder (default: $SLIMFLOW_DATA_DIR, else ~/.cache/slimflow/data).
         #[arg(long)]
@@ -139,6 +142,12 @@ fn dataset_info(spec: &str) -> Result<serde_json::Value> {
         }
         None => Vec::new(),
     };
+    let numbered = !set.classes.is_empty()
+        && set
+            .classes
+            .iter()
+            .enumerate()
+            .all(|(i, c)| *c == i.to_string());
     Ok(json!({
         "kind": "dataset",
         "spec": spec.to_string(),
@@ -147,7 +156,8 @@ fn dataset_info(spec: &str) -> Result<serde_json::Value> {
         "dtype": "uint8 (batches: float32 in [-1, 1])",
         "value_range": [lo, hi],
         "num_classes": set.num_classes(),
-        "classes": set.classes,
+        // class names; index-only names (EDM archives, ImageNet: "0", "1", …) say nothing more
+        "classes": if numbered { serde_json::Value::Null } else { json!(set.classes) },
         "label_counts": counts,
     }))
 }
@@ -214,12 +224,16 @@ pub fn run(args: &DataArgs) -> Result<ExitCode> {
             );
         }
         DataCommand::Fetch { name, dir, mirror } => {
-            if name != "cifar10" {
-                anyhow::bail!("`{name}`: only cifar10 is downloaded (fashion-mnist: apt-get install dataset-fashion-mnist; shapes is built in)");
-            }
             let dir = dir
                 .clone()
                 .unwrap_or_else(slimflow_data::images::default_data_dir);
+            if let Some(steps) = preparation_steps(name, &dir) {
+                eprintln!("{steps}");
+                return Ok(ExitCode::FAILURE);
+            }
+            if name != "cifar10" {
+                anyhow::bail!("`{name}`: known datasets are cifar10 (downloaded), imagenet64, ffhq64 and afhqv2-64 (prepared by hand; this command prints how); fashion-mnist: apt-get install dataset-fashion-mnist; shapes is built in");
+            }
             let file = CIFAR10_URL
                 .rsplit('/')
                 .next()
@@ -251,4 +265,67 @@ pub fn run(args: &DataArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How to prepare the datasets that cannot be downloaded for the user (no public address, or an
+/// account and licence needed), following EDM's README ("Preparing datasets"); `None` for others.
+fn preparation_steps(name: &str, dir: &Path) -> Option<String> {
+    let d = dir.display();
+    let edm_tool =
+        "git clone https://github.com/NVlabs/edm && pip install click numpy pillow tqdm \
+                    (EDM's dataset_tool.py writes the zip)";
+    let text = match name {
+        "imagenet64" => format!(
+            "imagenet64: ImageNet has no public download address (an account and its licence \
+             are needed), so nothing was downloaded. Two ways to get it, both class-conditional \
+             (1000 classes):
+
+A. EDM's preparation (what EDM's ImageNet models and its FID reference were made from):
+  1. Accept the rules of the ImageNet Object Localization Challenge on Kaggle, then
+       kaggle competitions download -c imagenet-object-localization-challenge
+       unzip imagenet-object-localization-challenge.zip -d downloads/imagenet
+  2. {edm_tool}, then
+       python edm/dataset_tool.py --source=downloads/imagenet/ILSVRC/Data/CLS-LOC/train \\
+           --dest={d}/imagenet-64x64.zip --resolution=64x64 --transform=center-crop
+  3. data.dataset = \"edm:{d}/imagenet-64x64.zip\"
+     FID reference: `slimflow weights fetch fid-ref-imagenet-64x64`, then
+     eval.reference = \"fid-ref-imagenet-64x64\"
+
+B. Downsampled ImageNet 64x64 (Chrabaszcz et al. 2017; resized their own way, not with EDM's centre crop):
+  1. Log in at https://image-net.org/download-images and download Imagenet64_train_part1_npz.zip,
+     Imagenet64_train_part2_npz.zip and Imagenet64_val_npz.zip
+  2. unzip all three into {d}/imagenet64
+  3. data.dataset = \"imagenet64-npz:{d}/imagenet64\"   (split=test reads val_data.npz)
+     Its images differ from EDM's, so compare against its own statistics:
+       slimflow fid-ref --dataset imagenet64-npz:{d}/imagenet64 --out {d}/imagenet64-npz-fid.npz"
+        ),
+        "ffhq64" => format!(
+            "ffhq64: FFHQ is served from Google Drive through its own script, with no direct \
+             address, so nothing was downloaded. Steps (EDM's preparation):
+  1. git clone https://github.com/NVlabs/ffhq-dataset && cd ffhq-dataset && python download_ffhq.py --images
+     (89 GB: 70 000 PNGs in images1024x1024/)
+  2. {edm_tool}, then
+       python edm/dataset_tool.py --source=ffhq-dataset/images1024x1024 \\
+           --dest={d}/ffhq-64x64.zip --resolution=64x64
+  3. data.dataset = \"edm:{d}/ffhq-64x64.zip\"   (unconditional: model.label_dim = 0; the zip's labels
+     are dataset_tool.py's indices of the top-level folders and mean nothing)
+     FID reference: `slimflow weights fetch fid-ref-ffhq-64x64`, then eval.reference = \"fid-ref-ffhq-64x64\""
+        ),
+        "afhqv2-64" => format!(
+            "afhqv2-64: AFHQv2 comes through StarGAN v2's download script, with no stable direct \
+             address, so nothing was downloaded. Steps (EDM's preparation):
+  1. git clone https://github.com/clovaai/stargan-v2 && cd stargan-v2 && bash download.sh afhq-v2-dataset
+     (unpacks data/afhq_v2/ with train/ and test/, each cat/ dog/ wild/)
+  2. {edm_tool}, then
+       python edm/dataset_tool.py --source=stargan-v2/data/afhq_v2 \\
+           --dest={d}/afhqv2-64x64.zip --resolution=64x64
+  3. data.dataset = \"edm:{d}/afhqv2-64x64.zip\"   (unconditional: model.label_dim = 0; the zip's labels
+     are dataset_tool.py's indices of the top-level folders, test/train)
+     FID reference: `slimflow weights fetch fid-ref-afhqv2-64x64`, then eval.reference = \"fid-ref-afhqv2-64x64\""
+        ),
+        _ => return None,
+    };
+    Some(format!(
+        "{text}\n\nCheck the result with `slimflow data info SPEC`."
+    ))
 }

@@ -1,6 +1,7 @@
 //! `slimflow fid-ref` and `slimflow fid`: FID with pytorch-fid's Inception network.
 //!
-//! Statistics come from a `.npz` (`mu`, `sigma`; pytorch-fid's and EDM's reference files), a dataset
+//! Statistics come from a `.npz` (`mu`, `sigma`; pytorch-fid's and EDM's reference files, or EDM's by
+//! name: `fid-ref-imagenet-64x64` after `slimflow weights fetch`), a dataset
 //! spec (`cifar10:DIR`, `shapes:32`, …), a pair store (its x1 endpoints) or a samples file written by
 //! `slimflow sample` (`samples` [N, C, H, W] in [-1, 1]).
 
@@ -52,7 +53,8 @@ pub struct FidRefArgs {
 /// Options of `fid`.
 #[derive(Debug, Args)]
 pub struct FidArgs {
-    /// First set: .npz statistics, dataset spec, pair-store directory or samples .safetensors.
+    /// First set: .npz statistics (or `fid-ref-…`, EDM's fetched file), dataset spec, pair-store
+    /// directory or samples .safetensors.
     a: String,
     /// Second set, same kinds.
     b: String,
@@ -131,6 +133,11 @@ fn stats_of(
 
 fn stats_for(source: &str, opts: &FidOptions, net: &mut Option<Features>) -> Result<GaussianStats> {
     let path = Path::new(source);
+    if source.starts_with(slimflow_weights::FID_REF_PREFIX) && !path.exists() {
+        // EDM's published statistics by name (`slimflow weights fetch fid-ref-…`)
+        let file = slimflow_weights::resolve_reference(path, None)?;
+        return Ok(GaussianStats::load_npz(&file)?);
+    }
     if path.extension().is_some_and(|e| e == "npz") {
         return Ok(GaussianStats::load_npz(path)?);
     }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::Args;
 use slimflow_sampling::SolverConfig;
-use slimflow_trainer::stage::{self, SampleRequest};
+use slimflow_trainer::stage::{self, SampleClasses, SampleRequest};
 
 use super::stage::{context, StageArgs};
 
@@ -21,7 +21,7 @@ pub struct SampleArgs {
     /// Sample this model checkpoint instead of a stage's model.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Number of samples.
+    /// Number of samples (per class with --classes all).
     #[arg(long, short, default_value_t = 1000)]
     n: usize,
     /// Solver: euler:N, heun:N, x_pred:N, rk45[:TOL], edm:N / edm_euler:N (EDM's σ-space sampler,
@@ -30,13 +30,22 @@ pub struct SampleArgs {
     #[arg(long, default_value = "euler:1")]
     solver: String,
     /// First noise seed; sample i uses seed + i (its noise from the config's `data.source` and, for a
-    /// class-conditional model without --label, its label uniformly over the classes).
+    /// class-conditional model without --class, its label uniformly over the classes).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Class-conditional models: draw every sample of class K (0-based); an error for an
-    /// unconditional model.
-    #[arg(long, value_name = "K")]
-    label: Option<i64>,
+    /// Class-conditional models: draw every sample of class K (0-based), as EDM's `generate.py
+    /// --class`; an error for an unconditional model.
+    #[arg(
+        long = "class",
+        visible_alias = "label",
+        value_name = "K",
+        conflicts_with = "classes"
+    )]
+    class: Option<i64>,
+    /// `all`: N samples of every class from the same N seeds, ordered by class (labels saved), and
+    /// a PNG with one row per class.
+    #[arg(long, value_name = "all", value_parser = ["all"])]
+    classes: Option<String>,
     /// Output file (safetensors with `samples`, `noise` [and `labels`]; a PNG beside it).
     #[arg(long, short)]
     out: PathBuf,
@@ -110,12 +119,21 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
         count: args.n,
         solver,
         seed: args.seed,
-        label: args.label,
+        classes: match (args.class, &args.classes) {
+            (Some(k), _) => SampleClasses::One(k),
+            (None, Some(_)) => SampleClasses::All,
+            (None, None) => SampleClasses::Random,
+        },
         out: args.out.clone(),
     };
     let nfe = stage::sample(&ctx, &req)?;
+    let per_class = if req.classes == SampleClasses::All {
+        " per class"
+    } else {
+        ""
+    };
     eprintln!(
-        "wrote {} samples to {} (NFE {nfe})",
+        "wrote {} samples{per_class} to {} (NFE {nfe})",
         args.n,
         args.out.display()
     );
@@ -125,6 +143,29 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: SampleArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<SampleArgs, clap::Error> {
+        let mut argv = vec!["sample", "--config", "c.toml", "--out", "s.safetensors"];
+        argv.extend(extra);
+        Cmd::try_parse_from(argv).map(|c| c.args)
+    }
+
+    #[test]
+    fn class_flags_parse_with_label_as_an_alias() {
+        assert_eq!(parse(&["--class", "3"]).unwrap().class, Some(3));
+        assert_eq!(parse(&["--label", "7"]).unwrap().class, Some(7));
+        let a = parse(&["--classes", "all"]).unwrap();
+        assert_eq!((a.class, a.classes.as_deref()), (None, Some("all")));
+        assert!(parse(&["--classes", "some"]).is_err());
+        assert!(parse(&["--class", "1", "--classes", "all"]).is_err());
+    }
 
     #[test]
     fn solver_specs() {

@@ -1,11 +1,15 @@
-//! `slimflow weights`: fetch, convert and list the pretrained LPIPS and FID Inception networks.
+//! `slimflow weights`: fetch, convert and list the pretrained LPIPS and FID Inception networks, and
+//! fetch EDM's published FID reference statistics (`fid-ref-imagenet-64x64`, …).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use slimflow_weights::{convert, default_dir, fetch, locate, Net};
+use slimflow_weights::{
+    convert, default_dir, fetch, fetch_fid_ref, locate, locate_fid_ref, FidRef, Net, FID_REFS,
+    FID_REF_PREFIX,
+};
 
 /// Options of `weights`.
 #[derive(Debug, Args)]
@@ -19,9 +23,13 @@ pub struct WeightsArgs {
 
 #[derive(Debug, Subcommand)]
 enum WeightsCommand {
-    /// Download the official files (SHA-256 verified, resumable) and convert them.
+    /// Download the official files (SHA-256 verified, resumable) and convert them; or EDM's FID
+    /// reference statistics (`fid-ref-cifar10-32x32`, `fid-ref-imagenet-64x64`,
+    /// `fid-ref-ffhq-64x64`, `fid-ref-afhqv2-64x64`, `fid-ref-imagenet-64x64-baseline`), which
+    /// have no published digest: the SHA-256 of the download is recorded beside it and checked at
+    /// every use (`eval.reference = "fid-ref-…"`).
     Fetch {
-        /// lpips-vgg, lpips-alex or inception (repeatable; default all).
+        /// lpips-vgg, lpips-alex, inception or fid-ref-… (repeatable; default the three networks).
         nets: Vec<String>,
         /// Base URL of a mirror serving the same file names instead of the official addresses.
         #[arg(long)]
@@ -44,7 +52,8 @@ enum WeightsCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Show each network's converted file (or that it is missing) and its sources.
+    /// Show each network's converted file (or that it is missing) and its sources, and each FID
+    /// reference.
     List,
 }
 
@@ -57,11 +66,29 @@ pub fn run(args: &WeightsArgs) -> Result<ExitCode> {
     let dir = args.dir.clone().unwrap_or_else(default_dir);
     match &args.command {
         WeightsCommand::Fetch { nets, mirror } => {
-            let nets: Vec<Net> = if nets.is_empty() {
+            let (refs, nets): (Vec<&String>, Vec<&String>) =
+                nets.iter().partition(|n| n.starts_with(FID_REF_PREFIX));
+            let refs: Vec<FidRef> = refs
+                .iter()
+                .map(|n| FidRef::find(n))
+                .collect::<std::result::Result<_, _>>()?;
+            let nets: Vec<Net> = if nets.is_empty() && refs.is_empty() {
                 Net::ALL.to_vec()
             } else {
                 nets.iter().map(|n| parse(n)).collect::<Result<_>>()?
             };
+            for r in refs {
+                let path = fetch_fid_ref(r, &dir, mirror.as_deref(), true)
+                    .with_context(|| format!("fetching {}", r.name()))?;
+                let digest =
+                    slimflow_weights::verify_recorded(&path).map_err(anyhow::Error::msg)?;
+                println!(
+                    "{}: {} (SHA-256 {digest}, recorded)",
+                    r.name(),
+                    path.display()
+                );
+                println!("  eval.reference = \"{}\"", r.name());
+            }
             for net in nets {
                 let path = fetch(net, &dir, mirror.as_deref(), true)
                     .with_context(|| format!("fetching {net}"))?;
@@ -105,6 +132,17 @@ pub fn run(args: &WeightsArgs) -> Result<ExitCode> {
                 for s in net.sources() {
                     println!("{:<11} {:<8} {}", "", s.role, s.url);
                 }
+            }
+            for r in FID_REFS {
+                let state = match locate_fid_ref(r, Some(&dir)) {
+                    Ok(p) => p.display().to_string(),
+                    Err(slimflow_weights::Error::MissingFidRef { path, .. }) => {
+                        format!("missing ({})", path.display())
+                    }
+                    Err(e) => format!("unusable: {e}"),
+                };
+                println!("{:<31} {state}", r.name());
+                println!("{:<31} {} — {}", "", r.url, r.about);
             }
         }
     }

@@ -45,59 +45,107 @@ fn decode(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     decode_bytes(&bytes, path)
 }
 
-/// Decodes a PNG or JPEG held in memory (`path` names it in errors) to (height, width, RGB CHW
-/// bytes); grey is repeated to RGB and alpha dropped.
-pub(crate) fn decode_bytes(bytes: &[u8], path: &Path) -> Result<(usize, usize, Vec<u8>)> {
-    let corrupt = |reason: String| Error::Corrupt {
-        path: path.to_path_buf(),
-        reason,
+/// Largest decoded image accepted (256 MiB, e.g. 9000×9000 RGB): a header claiming more is refused
+/// before anything is allocated for it.
+pub(crate) const MAX_DECODED_BYTES: usize = 256 << 20;
+
+/// An image as stored: its size, its channel count (1 grey, 2 grey + alpha, 3 RGB, 4 RGBA; PNG
+/// palettes are expanded to RGB(A), 16-bit samples cut to 8) and its HWC bytes.
+pub(crate) struct Decoded {
+    pub(crate) height: usize,
+    pub(crate) width: usize,
+    pub(crate) channels: usize,
+    pub(crate) hwc: Vec<u8>,
+}
+
+impl Decoded {
+    /// CHW bytes of the first `c` channels (`c` ≤ the stored channels).
+    pub(crate) fn chw(&self, c: usize) -> Vec<u8> {
+        let mut chw = vec![0u8; c * self.height * self.width];
+        self.write_chw(c, &mut chw);
+        chw
+    }
+
+    /// Writes the CHW bytes of the first `c` channels into `out` (`c · H · W` bytes).
+    pub(crate) fn write_chw(&self, c: usize, out: &mut [u8]) {
+        let plane = self.height * self.width;
+        for (i, px) in self.hwc.chunks_exact(self.channels).enumerate() {
+            for (ch, &v) in px.iter().take(c).enumerate() {
+                out[ch * plane + i] = v;
+            }
+        }
+    }
+}
+
+/// Decodes a PNG or JPEG held in memory, recognised by its signature; the error is the reason
+/// (the caller names the file).
+pub(crate) fn decode_native(bytes: &[u8]) -> std::result::Result<Decoded, String> {
+    let too_big = |w: usize, h: usize, c: usize| {
+        format!(
+            "{w}×{h}×{c} is more than the {} MiB accepted for one decoded image",
+            MAX_DECODED_BYTES >> 20
+        )
     };
     let (w, h, channels, hwc): (usize, usize, usize, Vec<u8>) = if bytes.starts_with(b"\x89PNG") {
         let mut dec = png::Decoder::new(bytes);
         dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-        let mut reader = dec.read_info().map_err(|e| corrupt(format!("PNG: {e}")))?;
+        let mut reader = dec.read_info().map_err(|e| format!("PNG: {e}"))?;
+        let (iw, ih) = reader.info().size();
+        let c = reader.output_color_type().0.samples();
+        if reader.output_buffer_size() > MAX_DECODED_BYTES {
+            return Err(format!("PNG: {}", too_big(iw as usize, ih as usize, c)));
+        }
         let mut buf = vec![0u8; reader.output_buffer_size()];
         let info = reader
             .next_frame(&mut buf)
-            .map_err(|e| corrupt(format!("PNG: {e}")))?;
+            .map_err(|e| format!("PNG: {e}"))?;
         buf.truncate(info.buffer_size());
         let c = info.color_type.samples();
         (info.width as usize, info.height as usize, c, buf)
     } else if bytes.starts_with(&[0xff, 0xd8]) {
         let mut dec = jpeg_decoder::Decoder::new(bytes);
-        let buf = dec.decode().map_err(|e| corrupt(format!("JPEG: {e}")))?;
+        dec.set_max_decoding_buffer_size(MAX_DECODED_BYTES);
+        let buf = dec.decode().map_err(|e| format!("JPEG: {e}"))?;
         let info = dec
             .info()
-            .ok_or_else(|| corrupt("JPEG without a header".into()))?;
+            .ok_or_else(|| "JPEG without a header".to_string())?;
         let c = match info.pixel_format {
             jpeg_decoder::PixelFormat::L8 => 1,
             jpeg_decoder::PixelFormat::RGB24 => 3,
-            other => {
-                return Err(corrupt(format!(
-                    "JPEG pixel format {other:?} is not supported"
-                )))
-            }
+            other => return Err(format!("JPEG pixel format {other:?} is not supported")),
         };
         (info.width as usize, info.height as usize, c, buf)
     } else {
-        return Err(corrupt(
-            "offset 0: neither a PNG nor a JPEG signature".into(),
-        ));
+        return Err("offset 0: neither a PNG nor a JPEG signature".into());
     };
     if hwc.len() != w * h * channels || w == 0 || h == 0 {
-        return Err(corrupt(format!(
+        return Err(format!(
             "decoded {} bytes for {w}×{h}×{channels}",
             hwc.len()
-        )));
+        ));
     }
-    // grey → RGB; alpha dropped
-    let mut chw = vec![0u8; 3 * h * w];
-    for (i, px) in hwc.chunks_exact(channels).enumerate() {
-        for c in 0..3 {
-            chw[c * h * w + i] = if channels < 3 { px[0] } else { px[c] };
-        }
-    }
-    Ok((h, w, chw))
+    Ok(Decoded {
+        height: h,
+        width: w,
+        channels,
+        hwc,
+    })
+}
+
+/// Decodes a PNG or JPEG held in memory (`path` names it in errors) to (height, width, RGB CHW
+/// bytes); grey is repeated to RGB and alpha dropped.
+pub(crate) fn decode_bytes(bytes: &[u8], path: &Path) -> Result<(usize, usize, Vec<u8>)> {
+    let d = decode_native(bytes).map_err(|reason| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    let chw = if d.channels < 3 {
+        // grey → RGB
+        d.chw(1).repeat(3)
+    } else {
+        d.chw(3)
+    };
+    Ok((d.height, d.width, chw))
 }
 
 /// Loads every image of `dir` (and its sub-folders as classes), resized to `size` when given.

@@ -7,15 +7,20 @@
 //! - `fashion-mnist[:DIR]`, `mnist:DIR` — IDX files, gzipped or raw (DIR defaults to Debian's
 //!   `/usr/share/datasets/fashion-mnist`); `idx:IMAGES_FILE` for any IDX image file;
 //! - `folder:DIR` — PNG / JPEG files (class labels from sub-folder names when there are any);
-//! - `shapes:SIZE` — built-in procedural coloured shapes, deterministic by seed: no download ever.
+//! - `shapes:SIZE` — built-in procedural coloured shapes, deterministic by seed: no download ever;
+//! - `edm:PATH` — an EDM dataset archive (`.zip` or folder from EDM's `dataset_tool.py`, labels
+//!   from its `dataset.json`), as EDM and 2-rectified flow++ read it: ImageNet / FFHQ / AFHQv2 64×64;
+//! - `imagenet64-npz:PATH` — downsampled ImageNet 64×64 `.npz` batches (a folder, or one file).
 //!
 //! Options follow after commas: `split=train|test`, `size=N` (resize, centre-crop), `pad=N`
 //! (zero-pad each side, e.g. 28 → 32), `count=N` (shapes: how many to draw; other sources: the
 //! first N images), `seed=N` (shapes), `labels=FILE` (idx).
 
 mod cifar;
+mod edm;
 pub(crate) mod folder;
 mod idx;
+mod imagenet_npz;
 mod shapes;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +30,10 @@ use tch::{Kind, Tensor};
 use crate::error::{Error, Result};
 
 pub use cifar::{CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_URL};
+pub use edm::{is_edm_image, python_extension, DATASET_JSON, PIL_EXTENSIONS};
+pub use imagenet_npz::{
+    imagenet64_train_files, IMAGENET64_SIZE, IMAGENET64_VAL_FILE, IMAGENET_CLASSES,
+};
 pub use shapes::SHAPE_CLASSES;
 
 /// Where downloaded datasets go: `$SLIMFLOW_DATA_DIR`, else `~/.cache/slimflow/data`.
@@ -205,7 +214,7 @@ pub(crate) fn resize_chw(img: &[u8], c: usize, h: usize, w: usize, size: usize) 
 /// A parsed dataset spec.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DatasetSpec {
-    /// `cifar10`, `fashion-mnist`, `mnist`, `idx`, `folder` or `shapes`.
+    /// `cifar10`, `fashion-mnist`, `mnist`, `idx`, `folder`, `shapes`, `edm` or `imagenet64-npz`.
     pub kind: String,
     /// The argument after the colon (a path, or the size for `shapes`).
     pub arg: Option<String>,
@@ -229,6 +238,8 @@ impl std::str::FromStr for DatasetSpec {
             "idx",
             "folder",
             "shapes",
+            "edm",
+            "imagenet64-npz",
         ];
         if !known.contains(&kind.as_str()) {
             return Err(Error::Invalid(format!(
@@ -320,6 +331,21 @@ impl DatasetSpec {
                 idx::load_files(&images, labels.as_deref())?
             }
             "folder" => folder::load(&self.path()?, self.number("size")?)?,
+            "edm" => {
+                if test {
+                    return Err(Error::Invalid(format!(
+                        "dataset `{self}`: an EDM archive holds one set and has no test split; \
+                         name another archive instead"
+                    )));
+                }
+                edm::load(&self.path()?, self.number("count")?)?
+            }
+            "imagenet64-npz" => imagenet_npz::load(
+                &self.path()?,
+                test,
+                self.option("split").is_some(),
+                self.number("count")?,
+            )?,
             "shapes" => {
                 let size = self
                     .arg

@@ -62,6 +62,22 @@ impl PipelineConfig {
                 );
             }
         }
+        if let Some(l) = self.eval.class_labels {
+            if teacher == 0 {
+                p.push(format!(
+                    "eval.class_labels = \"{}\": the models are unconditional (model.label_dim = \
+                     0), so their samples carry no labels; remove eval.class_labels",
+                    l.name()
+                ));
+            } else if l == super::ClassLabels::Balanced && self.eval.samples % teacher as usize != 0
+            {
+                p.push(format!(
+                    "eval.class_labels = \"balanced\": eval.samples = {} is not a multiple of the \
+                     {teacher} classes, so the classes cannot have equal counts",
+                    self.eval.samples
+                ));
+            }
+        }
         let source = &self.data.source;
         let images = matches!(self.data.resolve(), Ok(Target::Images(_)));
         if images && !is_standard(source) {
@@ -95,7 +111,9 @@ impl PipelineConfig {
 mod tests {
     use std::path::Path;
 
-    use super::super::{parse_with_overrides, ConfigError, PairLabels, PipelineConfig};
+    use super::super::{
+        parse_with_overrides, ClassLabels, ConfigError, PairLabels, PipelineConfig,
+    };
 
     const TOY: &str = r#"
 name = "t"
@@ -170,6 +188,29 @@ samples = 4
             parse_with_overrides(&text, Path::new("c.toml"), &o).map_err(|e| e.to_string())?;
         cfg.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
+    }
+
+    #[test]
+    fn eval_class_labels_need_a_class_conditional_model() {
+        let cfg = image_config(&[]).unwrap();
+        assert_eq!(cfg.eval.class_labels, None);
+        let cfg = image_config(&["eval.class_labels=\"balanced\"", "eval.samples=40"]).unwrap();
+        assert_eq!(cfg.eval.class_labels, Some(ClassLabels::Balanced));
+        let cfg = image_config(&["eval.class_labels=\"random\""]).unwrap();
+        assert_eq!(cfg.eval.class_labels, Some(ClassLabels::Random));
+        let err = image_config(&["eval.class_labels=\"balanced\"", "eval.samples=45"]).unwrap_err();
+        assert!(
+            err.contains("eval.class_labels") && err.contains("multiple of the 10 classes"),
+            "{err}"
+        );
+        // an unconditional model would ignore the choice
+        let err = check(&["eval.class_labels=\"random\""]).unwrap_err();
+        assert!(
+            err.contains("eval.class_labels") && err.contains("unconditional"),
+            "{err}"
+        );
+        let err = image_config(&["eval.class_labels=\"per_class\""]).unwrap_err();
+        assert!(err.contains("balanced"), "{err}");
     }
 
     #[test]

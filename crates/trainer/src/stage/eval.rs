@@ -2,8 +2,9 @@
 //!
 //! From the same seeded noise (drawn per sample from the run's source, `data.source`): one Euler
 //! step, the many-step solver, and an Euler trajectory for straightness. Class-conditional models get
-//! one label per sample, uniform over their classes and drawn from the sample's seed; the distances
-//! are over all of them, and a per-class grid (one row per class, the same noise in each column)
+//! one label per sample: by default uniform over their classes and drawn from the sample's seed (as
+//! EDM's `generate.py` draws them for its FID), or with `eval.class_labels = "balanced"` class i mod K
+//! for sample i; the distances are over all of them, and a per-class grid (one row per class, the same noise in each column)
 //! sits beside the sample grids. Reported per model: the distance to the data at one step and many steps, straightness,
 //! one-step vs ODE agreement (E‖x_1step − x_ODE‖², the direct measure of distillation quality) and NFE
 //! — in `report.json` (one object per model), `report.md`, and pictures. The distance is the sliced
@@ -27,7 +28,7 @@ use slimflow_models::Model;
 use slimflow_sampling::{solve, Solution, SolverConfig};
 use tch::Tensor;
 
-use crate::config::{FeatureChoice, Target};
+use crate::config::{ClassLabels, FeatureChoice, Target};
 use crate::error::{io_err, Error, Result};
 use crate::progress::Progress;
 use crate::run_dir::{run_stage, sha256_file, StageCtx, StageDir, StageOutcome};
@@ -93,8 +94,9 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     })
 }
 
-/// The evaluation inputs of `seeds` for `model`: noise from the run's source and, for a
-/// class-conditional model, uniform labels, each a function of its seed alone.
+/// The evaluation inputs of `seeds` (evaluation seeds, `EVAL_SEED_BASE + i` for sample i) for
+/// `model`: noise from the run's source and, for a class-conditional model, labels as
+/// `eval.class_labels` says, each a function of its seed alone.
 fn inputs(ctx: &StageCtx, model: &Model, seeds: &[u64]) -> Result<(Tensor, Option<Tensor>)> {
     let config = model.config();
     let z = seeded_source(
@@ -105,9 +107,48 @@ fn inputs(ctx: &StageCtx, model: &Model, seeds: &[u64]) -> Result<(Tensor, Optio
     )?;
     let classes = config.label_dim();
     let labels = (classes > 0)
-        .then(|| seeded_labels(seeds, classes as u32, ctx.device))
+        .then(|| {
+            eval_labels(
+                ctx.config.eval.class_labels.unwrap_or_default(),
+                seeds,
+                classes,
+                ctx.device,
+            )
+        })
         .transpose()?;
     Ok((z, labels))
+}
+
+/// The classes of evaluation samples `seeds` out of `classes`: uniform per seed, or sample i
+/// (seed `EVAL_SEED_BASE + i`) of class i mod K.
+fn eval_labels(
+    how: ClassLabels,
+    seeds: &[u64],
+    classes: i64,
+    device: tch::Device,
+) -> Result<Tensor> {
+    match how {
+        ClassLabels::Random => Ok(seeded_labels(seeds, classes as u32, device)?),
+        ClassLabels::Balanced => {
+            let labels: Vec<i64> = seeds
+                .iter()
+                .map(|s| (s.wrapping_sub(EVAL_SEED_BASE) % classes as u64) as i64)
+                .collect();
+            Ok(Tensor::from_slice(&labels).to_device(device))
+        }
+    }
+}
+
+/// The label rule recorded in the report rows of `model` (none for an unconditional one).
+fn label_rule(ctx: &StageCtx, model: &Model) -> Option<String> {
+    (model.config().label_dim() > 0).then(|| {
+        ctx.config
+            .eval
+            .class_labels
+            .unwrap_or_default()
+            .name()
+            .to_string()
+    })
 }
 
 fn dir_note(dir: &StageDir) -> Option<String> {
@@ -169,6 +210,7 @@ fn toy_rows(
             nfe: many.nfe,
             solver: ec.solver.label(),
             pictures: Vec::new(),
+            class_labels: label_rule(ctx, &model),
         };
         if shape == [2] {
             let s = slug(f.name);
@@ -295,7 +337,11 @@ fn image_rows(
     pictures::grid_png(&dir.path.join("samples-data.png"), &set.batch(&grid_idx), 8)?;
     dir.output("grid_data", "samples-data.png");
     let reference = match (&ec.reference, &net) {
-        (Some(p), FeatureNet::Inception(_)) => GaussianStats::load_npz(p)?,
+        (Some(p), FeatureNet::Inception(_)) => {
+            let path = slimflow_weights::resolve_reference(p, None)
+                .map_err(|e| Error::Invalid(format!("eval.reference: {e}")))?;
+            GaussianStats::load_npz(&path)?
+        }
         _ => net.stats_of_set(&set, ec.batch_size, device)?,
     };
     let note = net.describe();
@@ -367,6 +413,7 @@ fn image_rows(
                 pictures.push(strip);
                 pictures
             },
+            class_labels: label_rule(ctx, &model),
         };
         log_row(&row);
         rows.push(row);
@@ -407,4 +454,23 @@ fn class_grids(
         written.push(file);
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balanced_labels_cycle_through_the_classes_by_sample_index() {
+        let seeds: Vec<u64> = (0..12).map(|i| EVAL_SEED_BASE + i).collect();
+        let l = eval_labels(ClassLabels::Balanced, &seeds, 4, tch::Device::Cpu).unwrap();
+        let l = Vec::<i64>::try_from(&l).unwrap();
+        assert_eq!(l, vec![0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]);
+        // a batch later in the run continues the cycle from its own indices
+        let l = eval_labels(ClassLabels::Balanced, &seeds[5..7], 4, tch::Device::Cpu).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&l).unwrap(), vec![1, 2]);
+        // random labels are the per-seed draws of `seeded_labels`
+        let r = eval_labels(ClassLabels::Random, &seeds, 4, tch::Device::Cpu).unwrap();
+        assert!(r.equal(&seeded_labels(&seeds, 4, tch::Device::Cpu).unwrap()));
+    }
 }

@@ -12,7 +12,7 @@ pub use distill::run as distill;
 pub use eval::run as eval;
 pub use generate_pairs::run as generate_pairs;
 pub use reflow::run as reflow;
-pub use sample::{run as sample, SampleRequest};
+pub use sample::{run as sample, SampleClasses, SampleRequest};
 pub use train::run as train;
 
 use std::path::PathBuf;

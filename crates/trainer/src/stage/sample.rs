@@ -24,13 +24,31 @@ pub struct SampleRequest {
     pub solver: SolverConfig,
     /// First noise seed (sample i uses `seed + i`).
     pub seed: u64,
-    /// Class-conditional models: every sample of this class; `None` draws each sample's label
-    /// uniformly from its seed. An unconditional model takes no label (an error).
-    pub label: Option<i64>,
+    /// Class labels of a class-conditional model (an unconditional one accepts only
+    /// [`SampleClasses::Random`], which gives it none).
+    pub classes: SampleClasses,
     /// Output safetensors file (tensors `samples`, `noise` and, for class-conditional models,
-    /// `labels`); a PNG beside it (a scatter plot for 2-D data, an 8×8 grid for images).
+    /// `labels`); a PNG beside it (a scatter plot for 2-D data, an 8×8 grid for images, one row per
+    /// class with [`SampleClasses::All`]).
     pub out: PathBuf,
 }
+
+/// Which classes `sample` draws for a class-conditional model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SampleClasses {
+    /// Each sample's label uniform over the classes, from its seed (EDM `generate.py` without
+    /// `--class`).
+    #[default]
+    Random,
+    /// Every sample of class K (EDM `generate.py --class K`).
+    One(i64),
+    /// `count` samples of every class from the same seeds, ordered by class (class k's block is what
+    /// `One(k)` gives).
+    All,
+}
+
+/// Columns of the per-class grid of [`SampleClasses::All`].
+const CLASS_GRID_COLUMNS: usize = 8;
 
 /// Draws the samples; returns the NFE used.
 pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
@@ -47,39 +65,53 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
     let model = Model::load(&path, ctx.device)?;
     let shape = model.config().data_shape();
     let classes = model.config().label_dim();
-    match (req.label, classes) {
-        (Some(k), 0) => {
+    match (req.classes, classes) {
+        (SampleClasses::One(k), 0) => {
             return Err(Error::Invalid(format!(
-                "--label {k}: the model {} is unconditional (label_dim = 0)",
+                "--class {k}: the model {} is unconditional (label_dim = 0)",
                 path.display()
             )))
         }
-        (Some(k), c) if !(0..c).contains(&k) => {
+        (SampleClasses::All, 0) => {
             return Err(Error::Invalid(format!(
-                "--label {k}: the model has {c} classes (labels 0 to {})",
+                "--classes all: the model {} is unconditional (label_dim = 0)",
+                path.display()
+            )))
+        }
+        (SampleClasses::One(k), c) if !(0..c).contains(&k) => {
+            return Err(Error::Invalid(format!(
+                "--class {k}: the model has {c} classes (labels 0 to {})",
                 c - 1
             )))
         }
         _ => {}
     }
     let seeds: Vec<u64> = (0..req.count as u64).map(|i| req.seed + i).collect();
+    // (seed, fixed class) per output sample, in output order
+    let jobs: Vec<(u64, Option<i64>)> = match req.classes {
+        SampleClasses::Random => seeds.iter().map(|&s| (s, None)).collect(),
+        SampleClasses::One(k) => seeds.iter().map(|&s| (s, Some(k))).collect(),
+        SampleClasses::All => (0..classes)
+            .flat_map(|k| seeds.iter().map(move |&s| (s, Some(k))))
+            .collect(),
+    };
     // batches bound memory for large sample counts; noise is per-seed, so batching changes nothing
     let chunk = if shape.len() == 1 { 100_000 } else { 256 };
     let (mut zs, mut xs, mut ls) = (Vec::new(), Vec::new(), Vec::new());
     let mut nfe = 0;
-    let mut progress = crate::progress::Progress::new("sample", 0, req.count as u64);
-    for part in seeds.chunks(chunk) {
+    let mut progress = crate::progress::Progress::new("sample", 0, jobs.len() as u64);
+    for part in jobs.chunks(chunk) {
+        let part_seeds: Vec<u64> = part.iter().map(|&(s, _)| s).collect();
         // noise from the run's source, per seed
-        let z = seeded_source(&ctx.config.data.source, part, &shape, ctx.device)?;
-        // class-conditional models: the requested class, or uniform labels per seed
-        let labels = match (classes, req.label) {
+        let z = seeded_source(&ctx.config.data.source, &part_seeds, &shape, ctx.device)?;
+        // class-conditional models: the requested classes, or uniform labels per seed
+        let labels = match (classes, req.classes) {
             (0, _) => None,
-            (_, Some(k)) => Some(Tensor::full(
-                [part.len() as i64],
-                k,
-                (tch::Kind::Int64, ctx.device),
-            )),
-            (c, None) => Some(seeded_labels(part, c as u32, ctx.device)?),
+            (c, SampleClasses::Random) => Some(seeded_labels(&part_seeds, c as u32, ctx.device)?),
+            _ => {
+                let fixed: Vec<i64> = part.iter().map(|&(_, k)| k.unwrap_or(0)).collect();
+                Some(Tensor::from_slice(&fixed).to_device(ctx.device))
+            }
         };
         let sol = solve(
             &req.solver,
@@ -107,7 +139,20 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
     }
     checkpoint::write(&req.out, &tensors, &Default::default())?;
     let sol_x = x;
-    if shape.len() == 3 {
+    if shape.len() == 3 && req.classes == SampleClasses::All {
+        // one row per class: the first CLASS_GRID_COLUMNS samples of each class's block
+        let cols = CLASS_GRID_COLUMNS.min(req.count) as i64;
+        let n = req.count as i64;
+        let idx: Vec<i64> = (0..classes)
+            .flat_map(|k| (0..cols).map(move |j| k * n + j))
+            .collect();
+        let idx = Tensor::from_slice(&idx).to_device(sol_x.device());
+        slimflow_metrics::pictures::grid_png(
+            &req.out.with_extension("png"),
+            &sol_x.index_select(0, &idx),
+            cols as usize,
+        )?;
+    } else if shape.len() == 3 {
         let n = sol_x.size()[0].min(64);
         slimflow_metrics::pictures::grid_png(
             &req.out.with_extension("png"),

@@ -102,9 +102,9 @@ fn import_teacher(ctx: &StageCtx, teacher: &TeacherConfig) -> Result<StageOutcom
     let file = &teacher.file;
     if !file.is_file() {
         return Err(Error::Invalid(format!(
-            "teacher.file {}: no such file. Download the reference checkpoint (see the README's \
-             CIFAR-10 section) or drop [teacher] to train a 1-RF teacher",
-            file.display()
+            "teacher.file {}: no such file; {}",
+            file.display(),
+            crate::plan::teacher_hint(teacher)
         )));
     }
     let source: ImportSource = teacher.from.parse()?;
