@@ -13,21 +13,6 @@ use slimflow_data::images::{DatasetSpec, ImageSet};
 use slimflow_metrics::standin::StandinNet;
 use tch::Device;
 
-/// Debian's `dataset-fashion-mnist`. Under CI=true the test requires it; elsewhere it skips.
-fn fashion_mnist() -> Option<PathBuf> {
-    let dir = PathBuf::from("/usr/share/datasets/fashion-mnist");
-    if dir.join("train-images-idx3-ubyte.gz").is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true needs Fashion-MNIST at {}: apt-get install -y dataset-fashion-mnist",
-        dir.display()
-    );
-    eprintln!("skipped: no Fashion-MNIST (apt-get install -y dataset-fashion-mnist)");
-    None
-}
-
 const SIZE: usize = 8;
 
 fn config(dir: &Path, data: &Path) -> PathBuf {

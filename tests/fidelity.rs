@@ -9,24 +9,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// Debian's `dataset-fashion-mnist`. Under CI=true the test requires it; elsewhere it skips.
-fn fashion_mnist() -> Option<PathBuf> {
-    let dir = PathBuf::from("/usr/share/datasets/fashion-mnist");
-    if dir.join("t10k-images-idx3-ubyte.gz").is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true needs Fashion-MNIST at {}: apt-get install -y dataset-fashion-mnist",
-        dir.display()
-    );
-    eprintln!(
-        "skipped: no Fashion-MNIST at {} (apt-get install -y dataset-fashion-mnist)",
-        dir.display()
-    );
-    None
-}
-
 /// A class-conditional pipeline at 8×8 that runs in seconds: a SongUNet with 10 classes as teacher
 /// and student, every stage a few steps, the flow-guided term on.
 fn conditional_config(dir: &Path, data: &Path) -> PathBuf {

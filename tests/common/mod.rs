@@ -102,3 +102,21 @@ pub fn newest_state(dir: &Path) -> Option<u64> {
         })
         .max()
 }
+
+/// Debian's `dataset-fashion-mnist`. Under CI=true the test requires it; elsewhere it skips.
+pub fn fashion_mnist() -> Option<PathBuf> {
+    let dir = PathBuf::from("/usr/share/datasets/fashion-mnist");
+    if dir.join("t10k-images-idx3-ubyte.gz").is_file() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true needs Fashion-MNIST at {}: apt-get install -y dataset-fashion-mnist",
+        dir.display()
+    );
+    eprintln!(
+        "skipped: no Fashion-MNIST at {} (apt-get install -y dataset-fashion-mnist)",
+        dir.display()
+    );
+    None
+}

@@ -98,14 +98,8 @@ pub fn run_song_unet(case: &Case<'_>) -> Result<Vec<KeyResult>> {
     let mut vs = tch::nn::VarStore::new(Device::Cpu);
     let net = SongUnet::new(&vs.root(), &cfg);
     load(case, &mut vs, &[])?;
-    each_run(case, |run, args| {
-        let x = args.tensor(case, "x")?;
-        let noise = args.tensor(case, "noise_labels")?;
-        let labels = class_labels(case, args, cfg.label_dim, x.size()[0])?;
-        let augment = args.opt_tensor(case, "augment_labels")?;
-        let y =
-            tch::no_grad(|| net.forward_t(&x, &noise, labels.as_ref(), augment.as_ref(), false));
-        case.compare_outputs(run, &|name| Ok((name == "y").then(|| y.shallow_clone())))
+    run_direct(case, cfg.label_dim, |x, n, y, a| {
+        net.forward_t(x, n, y, a, false)
     })
 }
 
@@ -115,13 +109,23 @@ pub fn run_dhariwal_unet(case: &Case<'_>) -> Result<Vec<KeyResult>> {
     let mut vs = tch::nn::VarStore::new(Device::Cpu);
     let net = DhariwalUnet::new(&vs.root(), &cfg);
     load(case, &mut vs, &[])?;
+    run_direct(case, cfg.label_dim, |x, n, y, a| {
+        net.forward_t(x, n, y, a, false)
+    })
+}
+
+/// The runs of a direct network call F(x, noise_labels, class_labels, augment_labels) → `y`.
+fn run_direct(
+    case: &Case<'_>,
+    label_dim: i64,
+    forward: impl Fn(&Tensor, &Tensor, Option<&Tensor>, Option<&Tensor>) -> Tensor,
+) -> Result<Vec<KeyResult>> {
     each_run(case, |run, args| {
         let x = args.tensor(case, "x")?;
         let noise = args.tensor(case, "noise_labels")?;
-        let labels = class_labels(case, args, cfg.label_dim, x.size()[0])?;
+        let labels = class_labels(case, args, label_dim, x.size()[0])?;
         let augment = args.opt_tensor(case, "augment_labels")?;
-        let y =
-            tch::no_grad(|| net.forward_t(&x, &noise, labels.as_ref(), augment.as_ref(), false));
+        let y = tch::no_grad(|| forward(&x, &noise, labels.as_ref(), augment.as_ref()));
         case.compare_outputs(run, &|name| Ok((name == "y").then(|| y.shallow_clone())))
     })
 }
