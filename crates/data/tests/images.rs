@@ -238,6 +238,14 @@ fn procedural_shapes_are_deterministic_and_labelled() {
     let (lo, hi) = (img.iter().min().unwrap(), img.iter().max().unwrap());
     assert!(hi - lo > 60, "{lo}..{hi}");
     assert_eq!(load("shapes:32,count=2,size=16").unwrap().height, 16);
+    // `at_most` reads the first images only, never more than the spec's own count.
+    let spec: DatasetSpec = "shapes:16,count=12,seed=3".parse().unwrap();
+    let few = spec.at_most(5).load().unwrap();
+    assert_eq!(
+        (few.len(), &few.pixels[..]),
+        (5, &a.pixels[..few.pixels.len()])
+    );
+    assert_eq!(spec.at_most(100).load().unwrap().len(), 12);
 }
 
 #[test]

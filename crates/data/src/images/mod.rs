@@ -266,6 +266,16 @@ impl std::str::FromStr for DatasetSpec {
 }
 
 impl DatasetSpec {
+    /// The same spec reading at most the first `n` images (`count=` lowered to `n`): what a data
+    /// grid needs when the statistics come from elsewhere, without holding a large dataset.
+    pub fn at_most(&self, n: usize) -> DatasetSpec {
+        let have = self.number("count").ok().flatten();
+        let mut s = self.clone();
+        s.options
+            .push(("count".into(), have.map_or(n, |c| c.min(n)).to_string()));
+        s
+    }
+
     fn option(&self, key: &str) -> Option<&str> {
         self.options
             .iter()

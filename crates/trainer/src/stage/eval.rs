@@ -331,7 +331,13 @@ fn image_rows(
     let device = ctx.device;
     let spec_text = ctx.config.data.dataset.clone().unwrap_or_default();
     let net = feature_net(ctx, &spec_text)?;
-    let set = image_set(spec, &ctx.config.model)?;
+    // With published statistics only the data grid needs the dataset: read 64 images, not all.
+    let from_reference = ec.reference.is_some() && matches!(net, FeatureNet::Inception(_));
+    let set = if from_reference {
+        image_set(&spec.at_most(64), &ctx.config.model)?
+    } else {
+        image_set(spec, &ctx.config.model)?
+    };
     let n_grid = set.len().min(64);
     let grid_idx: Vec<usize> = (0..n_grid).collect();
     pictures::grid_png(&dir.path.join("samples-data.png"), &set.batch(&grid_idx), 8)?;
