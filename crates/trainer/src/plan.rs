@@ -129,15 +129,7 @@ pub fn preflight(ctx: &StageCtx) -> Vec<String> {
     match cfg.data.resolve() {
         Err(e) => problems.push(format!("data: {e}")),
         Ok(Target::Images(spec)) if needs_data => {
-            // Only eval needs the images and it has published statistics: its 64-image grid.
-            let grid_only = (done("train") || cfg.teacher.is_some())
-                && cfg.eval.reference.is_some()
-                && cfg.eval.features == FeatureChoice::Inception;
-            let loaded = if grid_only {
-                spec.at_most(64).load()
-            } else {
-                spec.load()
-            };
+            let loaded = spec.load();
             if let Ok(set) = &loaded {
                 if let Err(e) = crate::stage::check_dataset_labels(set, cfg.model.label_dim()) {
                     problems.push(e.to_string());
