@@ -5,8 +5,8 @@ mod common;
 use std::path::Path;
 
 use common::{ok, output, slimflow};
-use slimflow_models::checkpoint::named_variables;
 use slimflow_models::{ArchConfig, Model};
+use slimflow_tensor_io::named_variables;
 use slimflow_torchfile::{save, Node, RawTensor};
 use tch::{Device, Kind, Tensor};
 
@@ -84,7 +84,7 @@ fn import_lists_converts_and_refuses_mismatches() {
     {
         assert!(a.equal(&(b + 1.0)), "{k}");
     }
-    let meta = slimflow_models::checkpoint::read(&out).unwrap().metadata;
+    let meta = slimflow_tensor_io::read(&out).unwrap().metadata;
     assert_eq!(meta["slimflow.import_source"], "ncsnpp");
     assert_eq!(meta["slimflow.source_sha256"].len(), 64);
 

@@ -196,3 +196,34 @@ fn slimflow_recipe_trains_a_slim_one_step_student() {
         serde_json::from_str(distill_log.lines().last().unwrap()).unwrap();
     assert!(last["flow_guided"].as_f64().unwrap() > 0.0, "{last}");
 }
+
+/// The binary's stages are the trainer's table: `stages --json` prints it, every row is a
+/// subcommand with the row's description, and the dry run plans every row in order.
+#[test]
+fn stages_json_is_the_stage_table_and_every_stage_is_planned() {
+    use slimflow_trainer::stage::STAGES;
+    let mut c = slimflow();
+    c.args(["stages", "--json"]);
+    let printed: serde_json::Value = serde_json::from_str(&ok(c)).expect("stages --json is JSON");
+    let table: Vec<_> = STAGES.iter().map(|s| s.info()).collect();
+    assert_eq!(printed, serde_json::to_value(&table).unwrap());
+    for s in STAGES {
+        let mut c = slimflow();
+        c.args([s.name, "--help"]);
+        let help = ok(c);
+        assert!(help.starts_with(s.about), "{}: {help}", s.name);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = stage_cmd("pipeline", &toy_config(), &dir.path().join("run"), &[]);
+    c.arg("--dry-run");
+    let plan = ok(c);
+    let planned: Vec<&str> = plan
+        .lines()
+        .skip_while(|l| *l != "# plan")
+        .skip(1)
+        .filter_map(|l| l.strip_prefix("#   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let names: Vec<&str> = STAGES.iter().map(|s| s.name).collect();
+    assert_eq!(planned, names, "{plan}");
+}

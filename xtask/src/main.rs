@@ -183,8 +183,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             };
             let run_dir = run.unwrap_or_else(|| root().join("runs").join(name));
             let config = root().join(config);
-            pipeline::run_all(&bin, &config, &run_dir, &overrides)?;
-            pipeline::print_report(&run_dir)
+            let stages = pipeline::run_all(&bin, &config, &run_dir, &overrides)?;
+            pipeline::print_report(&run_dir, &stages)
         }
         Cmd::Train { recipe, flags } => train(&recipe, flags),
         Cmd::TrainCifar { recipe, flags } => train(&format!("cifar10/{recipe}"), flags),
@@ -220,8 +220,8 @@ fn dispatch(cli: Cli) -> Result<()> {
                 Some(r) => r,
                 None => root().join("runs").join(pipeline::config_name(&config)?),
             };
-            pipeline::run_all(&bin, &config, &run_dir, &overrides)?;
-            pipeline::print_report(&run_dir)
+            let stages = pipeline::run_all(&bin, &config, &run_dir, &overrides)?;
+            pipeline::print_report(&run_dir, &stages)
         }
     }
 }
@@ -250,6 +250,6 @@ fn train(id: &str, flags: RecipeFlags) -> Result<()> {
     if flags.dry_run {
         return pipeline::dry_run(&bin, &recipe.path, &run_dir, &sets);
     }
-    pipeline::run_all(&bin, &recipe.path, &run_dir, &sets)?;
-    pipeline::print_report(&run_dir)
+    let stages = pipeline::run_all(&bin, &recipe.path, &run_dir, &sets)?;
+    pipeline::print_report(&run_dir, &stages)
 }

@@ -1,13 +1,79 @@
 //! Runs the stages of a config in order through the `slimflow` binary and reads their manifests.
+//! The stages are the binary's (`slimflow stages --json`), so xtask keeps no list of its own.
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// Stage order.
-pub const STAGES: [&str; 5] = ["train", "generate-pairs", "reflow", "distill", "eval"];
+/// A pipeline stage as `slimflow stages --json` describes it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Stage {
+    /// Its subcommand and directory name.
+    pub name: String,
+    /// Its config section.
+    pub section: String,
+    /// Its one-line description.
+    pub about: String,
+    /// The files of earlier stages it reads.
+    pub inputs: Vec<Input>,
+    /// Its main output files.
+    pub outputs: Vec<String>,
+    /// The model it makes, if any.
+    pub model: Option<ModelOutput>,
+    /// A Markdown report among its outputs.
+    pub report: Option<String>,
+}
+
+/// A file a stage reads from an earlier stage.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Input {
+    /// The stage that writes it.
+    pub producer: String,
+    /// Its path in the producer's directory.
+    pub file: String,
+    /// What it is.
+    pub what: String,
+    /// When it is read (`None`: always).
+    pub when: Option<String>,
+}
+
+/// The model a stage makes.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct ModelOutput {
+    /// Its name in the evaluation table.
+    pub label: String,
+    /// Its file in the stage directory.
+    pub file: String,
+}
+
+/// Parses the output of `slimflow stages --json`.
+pub fn parse_stages(json: &str) -> Result<Vec<Stage>> {
+    let stages: Vec<Stage> =
+        serde_json::from_str(json).context("parsing `slimflow stages --json`")?;
+    if stages.is_empty() {
+        bail!("`slimflow stages --json` lists no stages");
+    }
+    Ok(stages)
+}
+
+/// The pipeline's stages in order, from the binary.
+pub fn stages(bin: &Path) -> Result<Vec<Stage>> {
+    let out = Command::new(bin)
+        .args(["stages", "--json"])
+        .output()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "`{} stages --json` failed ({}): {}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_stages(&String::from_utf8_lossy(&out.stdout))
+}
 
 /// The top-level `name` of a config file (for the default run directory). Only this key is read
 /// here; the binary validates the whole config.
@@ -80,10 +146,17 @@ fn preflight(bin: &Path, config: &Path, run_dir: &Path, overrides: &[String]) ->
     Ok(())
 }
 
-/// Runs each stage; a stage complete for the same config is skipped by the binary itself.
-pub fn run_all(bin: &Path, config: &Path, run_dir: &Path, overrides: &[String]) -> Result<()> {
+/// Runs each stage; a stage complete for the same config is skipped by the binary itself. Returns
+/// the stages.
+pub fn run_all(
+    bin: &Path,
+    config: &Path,
+    run_dir: &Path,
+    overrides: &[String],
+) -> Result<Vec<Stage>> {
     preflight(bin, config, run_dir, overrides)?;
-    for stage in STAGES {
+    let stages = stages(bin)?;
+    for stage in stages.iter().map(|s| s.name.as_str()) {
         let status = stage_command(bin, stage, config, run_dir, overrides)
             .status()
             .with_context(|| format!("starting {}", bin.display()))?;
@@ -106,7 +179,7 @@ pub fn run_all(bin: &Path, config: &Path, run_dir: &Path, overrides: &[String]) 
             );
         }
     }
-    Ok(())
+    Ok(stages)
 }
 
 #[derive(Deserialize)]
@@ -135,8 +208,9 @@ struct Timed {
 }
 
 /// Prints the evaluation table (per model: params, metric at 1 step and along the ODE,
-/// straightness, agreement, NFE, the wall time of the stage that made it) and where the pictures are.
-pub fn print_report(run_dir: &Path) -> Result<()> {
+/// straightness, agreement, NFE, the wall time of the stage that made it), the wall time of the
+/// `stages` without a model, and where the pictures are.
+pub fn print_report(run_dir: &Path, stages: &[Stage]) -> Result<()> {
     let path = run_dir.join("eval").join("report.json");
     let rows: Vec<Row> = serde_json::from_slice(
         &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
@@ -176,9 +250,10 @@ pub fn print_report(run_dir: &Path) -> Result<()> {
             time
         );
     }
-    let others: Vec<String> = ["generate-pairs", "eval"]
+    let others: Vec<String> = stages
         .iter()
-        .filter_map(|s| wall(s).map(|w| format!("{s} {w:.0} s")))
+        .filter(|s| s.model.is_none())
+        .filter_map(|s| wall(&s.name).map(|w| format!("{} {w:.0} s", s.name)))
         .collect();
     if !others.is_empty() {
         println!("other stages: {}", others.join(", "));
@@ -231,5 +306,26 @@ mod tests {
         std::fs::write(&p, "[data]\nname = \"x\"").unwrap();
         assert!(config_name(&p).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `slimflow stages --json` as the binary printed it once: a sample of the format (nothing here
+    /// has to follow when a stage is added).
+    const CAPTURED: &str = include_str!("testdata/stages.json");
+
+    #[test]
+    fn stages_json_round_trips() {
+        let stages = parse_stages(CAPTURED).unwrap();
+        let again = serde_json::to_value(&stages).unwrap();
+        let captured: serde_json::Value = serde_json::from_str(CAPTURED).unwrap();
+        assert_eq!(again, captured);
+        assert_eq!(parse_stages(&again.to_string()).unwrap(), stages);
+        let without_model: Vec<&str> = stages
+            .iter()
+            .filter(|s| s.model.is_none())
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(without_model, ["generate-pairs", "eval"]);
+        assert!(parse_stages("[]").is_err());
+        assert!(parse_stages("{\"name\": \"train\"}").is_err());
     }
 }

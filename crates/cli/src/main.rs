@@ -8,7 +8,8 @@ mod commands;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, FromArgMatches, Subcommand};
+use slimflow_trainer::stage::{Stage, STAGES};
 
 use commands::{
     data::DataArgs,
@@ -18,32 +19,19 @@ use commands::{
     parity::ParityArgs,
     report::ReportArgs,
     sample::SampleArgs,
-    stage::StageArgs,
+    stage::{StageArgs, Which},
+    stages::StagesArgs,
     weights::WeightsArgs,
 };
 
-/// Train small one-step image generators with rectified flows (SlimFlow, 2-rectified flow++).
-#[derive(Debug, Parser)]
-#[command(name = "slimflow", version, about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
+/// The commands besides the stages' own, which come from the trainer's stage table ([`cli`]).
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Train the 1-rectified-flow teacher on independent (noise, data) pairs.
-    Train(StageArgs),
-    /// Solve the teacher's ODE from seeded noise into a sharded, resumable pair store.
-    GeneratePairs(StageArgs),
-    /// Train the 2-rectified flow on the teacher's pairs (optionally Annealing Reflow).
-    Reflow(StageArgs),
-    /// Distil the 2-rectified flow into a one-step generator (optionally flow-guided).
-    Distill(StageArgs),
-    /// Evaluate every trained model: distance to target at 1 and many steps, straightness, NFE.
-    Eval(StageArgs),
     /// Run every stage in order, skipping complete ones and resuming a partial one.
     Pipeline(StageArgs),
+    /// List the pipeline stages in order: config section, inputs, outputs, model (`--json` for
+    /// programs).
+    Stages(StagesArgs),
     /// Draw samples from a stage's model or a checkpoint.
     Sample(SampleArgs),
     /// Inspect datasets and pair stores (`data info`), import or export pairs as .npy.
@@ -85,6 +73,44 @@ fn quiet_on_closed_pipe() {
     }));
 }
 
+/// The command line: a subcommand per stage of the table, in pipeline order, then [`Command`]'s.
+fn cli() -> clap::Command {
+    let stages = STAGES.iter().map(|s| {
+        StageArgs::augment_args(clap::Command::new(s.name))
+            .about(s.about)
+            .long_about(None)
+    });
+    let top = clap::Command::new("slimflow").subcommands(stages);
+    // After `augment_subcommands`, which would take `Command`'s doc comment as the about.
+    Command::augment_subcommands(top)
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(env!("CARGO_PKG_DESCRIPTION"))
+        .long_about(None)
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+}
+
+/// A parsed command line.
+#[derive(Debug)]
+enum Parsed {
+    Stage(&'static Stage, StageArgs),
+    Other(Command),
+}
+
+/// Parses the process's arguments; exits with clap's message and status on bad usage.
+fn parse() -> Parsed {
+    let mut cli = cli();
+    let matches = cli.get_matches_mut();
+    let stage = matches
+        .subcommand()
+        .and_then(|(name, sub)| Some((slimflow_trainer::stage::find(name)?, sub)));
+    let parsed = match stage {
+        Some((stage, sub)) => StageArgs::from_arg_matches(sub).map(|a| Parsed::Stage(stage, a)),
+        None => Command::from_arg_matches(&matches).map(Parsed::Other),
+    };
+    parsed.unwrap_or_else(|e| e.format(&mut cli).exit())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -96,25 +122,9 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     quiet_on_closed_pipe();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Train(a) => commands::stage::run(&a, commands::stage::Which::One("train")),
-        Command::GeneratePairs(a) => {
-            commands::stage::run(&a, commands::stage::Which::One("generate-pairs"))
-        }
-        Command::Reflow(a) => commands::stage::run(&a, commands::stage::Which::One("reflow")),
-        Command::Distill(a) => commands::stage::run(&a, commands::stage::Which::One("distill")),
-        Command::Eval(a) => commands::stage::run(&a, commands::stage::Which::One("eval")),
-        Command::Pipeline(a) => commands::stage::run(&a, commands::stage::Which::All),
-        Command::Sample(a) => commands::sample::run(&a),
-        Command::Data(a) => commands::data::run(&a),
-        Command::FidRef(a) => commands::fid::run_ref(&a),
-        Command::Fid(a) => commands::fid::run(&a),
-        Command::Import(a) => commands::import::run(&a),
-        Command::Report(a) => commands::report::run(&a),
-        Command::Weights(a) => commands::weights::run(&a),
-        Command::Models(a) => commands::models::run(&a),
-        Command::Parity(a) => commands::parity::run(&a),
+    let result = match parse() {
+        Parsed::Stage(stage, a) => commands::stage::run(&a, Which::One(stage)),
+        Parsed::Other(c) => run(c),
     };
     match result {
         Ok(code) => code,
@@ -128,5 +138,72 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Pipeline(a) => commands::stage::run(&a, Which::All),
+        Command::Stages(a) => commands::stages::run(&a),
+        Command::Sample(a) => commands::sample::run(&a),
+        Command::Data(a) => commands::data::run(&a),
+        Command::FidRef(a) => commands::fid::run_ref(&a),
+        Command::Fid(a) => commands::fid::run(&a),
+        Command::Import(a) => commands::import::run(&a),
+        Command::Report(a) => commands::report::run(&a),
+        Command::Weights(a) => commands::weights::run(&a),
+        Command::Models(a) => commands::models::run(&a),
+        Command::Parity(a) => commands::parity::run(&a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Subcommands taking the stage options: the table's stages, then `pipeline` and `sample`.
+    #[test]
+    fn every_stage_is_a_subcommand_and_every_stage_subcommand_a_stage() {
+        let cli = cli();
+        let with_stage_args: Vec<&str> = cli
+            .get_subcommands()
+            .filter(|c| c.get_arguments().any(|a| a.get_id() == "world"))
+            .map(|c| c.get_name())
+            .collect();
+        let mut want: Vec<&str> = STAGES.iter().map(|s| s.name).collect();
+        want.extend(["pipeline", "sample"]);
+        assert_eq!(with_stage_args, want);
+        for s in STAGES {
+            let sub = cli.find_subcommand(s.name);
+            assert_eq!(
+                sub.and_then(|c| c.get_about()).map(|a| a.to_string()),
+                Some(s.about.into())
+            );
+        }
+    }
+
+    #[test]
+    fn a_stage_subcommand_parses_to_its_row() {
+        cli().debug_assert();
+        for s in STAGES {
+            let m = cli()
+                .try_get_matches_from(["slimflow", s.name, "--config", "c.toml", "--world", "2"])
+                .unwrap();
+            let (name, sub) = m.subcommand().unwrap();
+            assert_eq!(
+                slimflow_trainer::stage::find(name).map(|r| r.name),
+                Some(s.name)
+            );
+            assert_eq!(StageArgs::from_arg_matches(sub).unwrap().world, 2);
+            // the other commands do not claim a stage's name
+            assert!(Command::from_arg_matches(&m).is_err());
+        }
+        let m = cli()
+            .try_get_matches_from(["slimflow", "stages", "--json"])
+            .unwrap();
+        assert!(matches!(
+            Command::from_arg_matches(&m),
+            Ok(Command::Stages(_))
+        ));
     }
 }

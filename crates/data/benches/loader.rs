@@ -1,6 +1,6 @@
 //! Data throughput on 2 cores: the image loader (32×32×3, flips, shuffles) and random-access reads
-//! from a pair store in the page cache (f32 and f16), in samples/s; and pair generation with the
-//! toy teacher (random-init 3×256 MLP, RK45 at the reference tolerance 1e-5) in pairs/s.
+//! from a pair store in the page cache (f32 and f16), in samples/s. Pair generation with the toy
+//! teacher needs a network and is measured in the trainer's `toy_step` benchmark.
 
 // `criterion_group!` generates an undocumented public function.
 #![allow(missing_docs)]
@@ -11,9 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 use slimflow_data::images::DatasetSpec;
 use slimflow_data::loader::{Loader, LoaderConfig, Position};
-use slimflow_data::{seeded_normal, PairDtype, PairStore, PairStoreManifest};
-use slimflow_models::{ArchConfig, Model};
-use slimflow_sampling::{solve, SolverConfig};
+use slimflow_data::{PairDtype, PairStore, PairStoreManifest};
 use tch::{Device, Kind, Tensor};
 
 const BATCH: usize = 128;
@@ -61,22 +59,6 @@ fn loader(c: &mut Criterion) {
         });
     }
 
-    let teacher =
-        Model::new(&ArchConfig::preset("mlp-toy").expect("preset"), Device::Cpu).expect("model");
-    let field = teacher.eval_field(None);
-    let solver = SolverConfig::Rk45 {
-        rtol: 1e-5,
-        atol: 1e-5,
-    };
-    let seeds: Vec<u64> = (0..2000).collect();
-    g.throughput(Throughput::Elements(seeds.len() as u64));
-    g.sample_size(10);
-    g.bench_function("generate_pairs_mlp_toy_rk45_2000", |b| {
-        b.iter(|| {
-            let z = seeded_normal(&seeds, &[2], Device::Cpu);
-            solve(&solver, &field, &z, 1e-3, 1.0, false).expect("solve")
-        })
-    });
     g.finish();
 }
 

@@ -33,9 +33,9 @@ pub enum Error {
         /// Which setting differs.
         reason: String,
     },
-    /// A checkpoint-format error while reading or writing a shard.
+    /// A tensor-file error while reading, writing or hashing a shard.
     #[error(transparent)]
-    Tensor(#[from] slimflow_models::Error),
+    Tensor(#[from] slimflow_tensor_io::Error),
     /// An error from libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),

@@ -21,7 +21,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use slimflow_models::checkpoint;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -220,7 +219,7 @@ impl PairStore {
             }
             None => {
                 let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-                checkpoint::atomic_write(&dir.join(MANIFEST), &json)?;
+                slimflow_tensor_io::atomic_write(&dir.join(MANIFEST), &json)?;
             }
         }
         Ok(PairStore {
@@ -348,7 +347,7 @@ impl PairStore {
                 ));
             }
             if mode == Verify::Full {
-                let (got, _) = checkpoint::sha256_file(&path)?;
+                let (got, _) = slimflow_tensor_io::sha256_file(&path)?;
                 if got != digest {
                     return Err(corrupt(
                         &path,
@@ -415,9 +414,9 @@ impl PairStore {
             }
         }
         let path = self.shard_path(i);
-        checkpoint::write(&path, &tensors, &BTreeMap::new())?;
-        let (digest, size) = checkpoint::sha256_file(&path)?;
-        checkpoint::atomic_write(
+        slimflow_tensor_io::write(&path, &tensors, &BTreeMap::new())?;
+        let (digest, size) = slimflow_tensor_io::sha256_file(&path)?;
+        slimflow_tensor_io::atomic_write(
             &self.checksum_path(i),
             format!("{digest} {size}\n").as_bytes(),
         )?;
@@ -535,7 +534,7 @@ impl PairStore {
             }
             None => None,
         };
-        let (digest, _) = checkpoint::sha256_file(z1)?;
+        let (digest, _) = slimflow_tensor_io::sha256_file(z1)?;
         let mut manifest = PairStoreManifest::new(
             n as u64,
             shard_size,

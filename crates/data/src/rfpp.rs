@@ -238,7 +238,7 @@ pub fn import_rfpp(
         }
         None => None,
     };
-    let (digest, _) = slimflow_models::checkpoint::sha256_file(z)?;
+    let (digest, _) = slimflow_tensor_io::sha256_file(z)?;
     let mut manifest = PairStoreManifest::new(
         names.len() as u64,
         shard_size,

@@ -18,7 +18,11 @@ pub enum Error {
     Invalid(String),
     /// A weights file could not be read or does not match the network.
     #[error(transparent)]
-    Weights(slimflow_models::Error),
+    Weights(slimflow_tensor_io::Error),
+    /// Installed weights are missing or unverified (the message names the commands that provide
+    /// them).
+    #[error(transparent)]
+    NotInstalled(slimflow_weights_locate::Error),
     /// A time distribution is invalid.
     #[error(transparent)]
     Schedule(#[from] slimflow_schedules::Error),

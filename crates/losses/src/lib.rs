@@ -5,7 +5,8 @@
 //!   AlexNet, max or average pooling, optional resize) loading the `lpips` package's weights by name;
 //!   [`Weighted`] sums any of them (SlimFlow's LPIPS + L1 / LPIPS + L2).
 //! - Objectives ([`Objective`]): rectified-flow regression on (x0, x1) pairs ([`Rf`]), one-step
-//!   distillation ([`Distill`]) and SlimFlow's flow-guided regulariser ([`FlowGuided`]).
+//!   distillation ([`Distill`]) and SlimFlow's flow-guided regulariser ([`FlowGuided`]), training
+//!   any [`slimflow_sampling::Network`].
 //!
 //! Randomness (times, fresh noise) comes from the caller's RNG so that the training loop's saved
 //! generator state reproduces a run exactly.
@@ -18,8 +19,12 @@ mod premetric;
 mod random;
 
 pub use error::{Error, Result};
-pub use lpips::{Lpips, LpipsConfig};
+pub use lpips::{Lpips, LpipsConfig, LpipsPreset};
 pub use lpips_huber::{lpips_huber_terms, LpipsHuber};
 pub use objective::{Batch, Distill, DistillForm, FlowGuided, LossTerms, Objective, Rf};
 pub use premetric::{Premetric, PremetricConfig, Weighted};
 pub use random::{normal_tensor, uniform_tensor, NoiseSource, StandardGaussian};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

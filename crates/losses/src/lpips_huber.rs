@@ -7,7 +7,7 @@
 //! (1 − t_r)·Huber + LPIPS / t_r; the division applies to the LPIPS term only.
 
 use rand::RngCore;
-use slimflow_models::Model;
+use slimflow_sampling::Network;
 use slimflow_schedules::{x1_from_velocity, RectifiedPath, TimeDist};
 use tch::{Kind, Tensor};
 
@@ -50,12 +50,15 @@ pub fn lpips_huber_terms(
 }
 
 impl Objective for LpipsHuber<'_> {
-    fn loss(&self, student: &Model, batch: &Batch, rng: &mut dyn RngCore) -> Result<LossTerms> {
+    fn loss(
+        &self,
+        student: &dyn Network,
+        batch: &Batch,
+        rng: &mut dyn RngCore,
+    ) -> Result<LossTerms> {
         let t = draw_times(&self.time, batch, rng)?;
         let path = RectifiedPath.sample(&batch.x0, &batch.x1, &t);
-        let v_hat = student
-            .net()
-            .forward_t(&path.x_t, &t, batch.labels.as_ref(), true);
+        let v_hat = student.forward_t(&path.x_t, &t, batch.labels.as_ref(), true);
         let (huber, perceptual) = lpips_huber_terms(
             self.lpips,
             &path.x_t,

@@ -5,7 +5,6 @@
 mod support;
 
 use slimflow_losses::lpips::{Backbone, Lpips, LpipsConfig, Pooling};
-use slimflow_models::checkpoint;
 use tch::{Device, Kind, Tensor};
 
 fn values(t: &Tensor) -> Vec<f64> {
@@ -28,7 +27,8 @@ fn run_case(case: &str, pooling: Pooling) {
         lp.num_params(),
         json["param_count"].as_i64().unwrap_or(14_716_160)
     );
-    let io = checkpoint::read(&dir.join(format!("{case}.io.safetensors"))).expect("io file");
+    let io =
+        slimflow_tensor_io::read(&dir.join(format!("{case}.io.safetensors"))).expect("io file");
     let t = |k: &str| io.get(k).expect(k).shallow_clone();
     let check = |key: &str, actual: &Tensor| {
         let (atol, rtol) = support::tolerance(&json, key);
@@ -67,7 +67,8 @@ fn weights_with_unexpected_or_inconsistent_keys_are_refused() {
     let Some(dir) = support::parity_dir() else {
         return;
     };
-    let file = checkpoint::read(&dir.join("lpips_vgg.weights.safetensors")).expect("weights");
+    let file =
+        slimflow_tensor_io::read(&dir.join("lpips_vgg.weights.safetensors")).expect("weights");
     let tmp = tempfile::tempdir().unwrap();
     // Drop one conv weight: a missing key, named.
     let mut missing = file
@@ -77,7 +78,7 @@ fn weights_with_unexpected_or_inconsistent_keys_are_refused() {
         .map(|(k, t)| (k.clone(), t.shallow_clone()))
         .collect::<Vec<_>>();
     let p = tmp.path().join("missing.safetensors");
-    checkpoint::write(&p, &missing, &Default::default()).unwrap();
+    slimflow_tensor_io::write(&p, &missing, &Default::default()).unwrap();
     let err = Lpips::load(&p, LpipsConfig::default(), Device::Cpu)
         .unwrap_err()
         .to_string();
@@ -92,7 +93,7 @@ fn weights_with_unexpected_or_inconsistent_keys_are_refused() {
             *t = &*t + 1.0;
         }
     }
-    checkpoint::write(&p, &missing, &Default::default()).unwrap();
+    slimflow_tensor_io::write(&p, &missing, &Default::default()).unwrap();
     let err = Lpips::load(&p, LpipsConfig::default(), Device::Cpu)
         .unwrap_err()
         .to_string();

@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use slimflow_data::images::{DatasetSpec, ImageSet};
+// What `stats_of_set` reads, so callers need not name the data crate.
+pub use slimflow_data::images::{DatasetSpec, ImageSet};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};

@@ -10,7 +10,6 @@
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use slimflow_models::checkpoint;
 
 /// Conv (no bias) → BatchNorm(eps 1e-3) → ReLU, torchvision's `BasicConv2d`.
 #[derive(Debug)]
@@ -357,14 +356,14 @@ impl FidInception {
     /// Loads the network from a file with pytorch-fid's key names, strictly (only BatchNorm's
     /// `num_batches_tracked` may be extra); values are cast to float32.
     pub fn load(path: &std::path::Path, device: Device) -> Result<Self> {
-        let file = checkpoint::read(path).map_err(|e| Error::BadInput(e.to_string()))?;
+        let file = slimflow_tensor_io::read(path).map_err(|e| Error::BadInput(e.to_string()))?;
         Self::from_file(&file, device)
     }
 
     /// Loads from tensors named either like pytorch-fid's `InceptionV3` module (`blocks.*`) or like
     /// its published `pt_inception-2015-12-05-6726825d.pth` (torchvision `Inception3` names such as
     /// `Mixed_5b.branch1x1.conv.weight`; the 1008-class `fc` is dropped), strictly.
-    pub fn from_file(file: &checkpoint::TensorFile, device: Device) -> Result<Self> {
+    pub fn from_file(file: &slimflow_tensor_io::TensorFile, device: Device) -> Result<Self> {
         let mut net = Self::build(device);
         let official = file
             .tensors
@@ -372,7 +371,7 @@ impl FidInception {
             .any(|(k, _)| k.starts_with("Conv2d_1a_3x3."));
         let mapped;
         let file = if official {
-            mapped = checkpoint::TensorFile {
+            mapped = slimflow_tensor_io::TensorFile {
                 path: file.path.clone(),
                 tensors: file
                     .tensors
@@ -385,16 +384,16 @@ impl FidInception {
         } else {
             file
         };
-        checkpoint::load_strict(&mut net.vs, file, IGNORED_KEYS)
+        slimflow_tensor_io::load_strict(&mut net.vs, file, IGNORED_KEYS)
             .map_err(|e| Error::BadInput(e.to_string()))?;
         Ok(net)
     }
 
     /// Writes the weights (`blocks.*` names, running statistics included) as safetensors.
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
-        checkpoint::write(
+        slimflow_tensor_io::write(
             path,
-            &checkpoint::named_variables(&self.vs),
+            &slimflow_tensor_io::named_variables(&self.vs),
             &Default::default(),
         )
         .map_err(|e| Error::BadInput(e.to_string()))

@@ -23,3 +23,7 @@ pub mod toy;
 
 pub use error::{Error, Result};
 pub use slimflow_sampling::{straightness, straightness_rfpp, straightness_slimflow};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

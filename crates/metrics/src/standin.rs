@@ -185,18 +185,13 @@ impl StandinNet {
             ),
             ("slimflow.standin.classes".to_string(), classes.to_string()),
         ]);
-        slimflow_models::checkpoint::write(
-            path,
-            &slimflow_models::checkpoint::named_variables(&self.vs),
-            &meta,
-        )
-        .map_err(|e| Error::BadInput(e.to_string()))
+        slimflow_tensor_io::write(path, &slimflow_tensor_io::named_variables(&self.vs), &meta)
+            .map_err(|e| Error::BadInput(e.to_string()))
     }
 
     /// Loads weights written by [`StandinNet::save`].
     pub fn load(path: &Path, device: Device) -> Result<Self> {
-        let file =
-            slimflow_models::checkpoint::read(path).map_err(|e| Error::BadInput(e.to_string()))?;
+        let file = slimflow_tensor_io::read(path).map_err(|e| Error::BadInput(e.to_string()))?;
         let get = |k: &str| -> Result<i64> {
             file.metadata
                 .get(k)
@@ -208,7 +203,7 @@ impl StandinNet {
             get("slimflow.standin.channels")?,
             get("slimflow.standin.classes")?,
         );
-        slimflow_models::checkpoint::load_strict(&mut net.vs, &file, &[])
+        slimflow_tensor_io::load_strict(&mut net.vs, &file, &[])
             .map_err(|e| Error::BadInput(e.to_string()))?;
         Ok(net)
     }

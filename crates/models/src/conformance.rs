@@ -2,6 +2,8 @@
 //! [`crate::VelocityField`] must do. It panics with a message naming the architecture and the
 //! property that failed, so it is meant for tests (`#[test] fn conforms() { check(&cfg, Some(n)) }`);
 //! [`check_sampling`] does the same for sampling: every solver, the field on its whole domain.
+//! [`check_architecture`] runs both on a config's CPU-sized form ([`ArchConfig::cpu_sized`]), which
+//! is how `tests/solver_conformance.rs` checks every registered architecture.
 
 use std::collections::BTreeMap;
 
@@ -91,6 +93,28 @@ pub fn check(config: &ArchConfig, expected_params: Option<i64>) {
         model.check_input(&wrong, &t0, labels.as_ref()).is_err(),
         "{name}: wrong input shape accepted"
     );
+}
+
+/// [`check`] and [`check_sampling`] on `config.cpu_sized()`: an architecture's whole conformance
+/// test. `expected_params` counts the CPU-sized network.
+pub fn check_architecture(config: &ArchConfig, expected_params: Option<i64>) {
+    let config = config.cpu_sized();
+    check(&config, expected_params);
+    check_sampling(&nudged_model(&config));
+}
+
+/// `config` built on the CPU with seed 0, every variable then nudged by N(0, 0.01²): outputs depend
+/// on every path (a zero-initialised output layer would reduce an EDM wrapper's velocity to its
+/// analytic skip term). Panics when the config is invalid.
+pub fn nudged_model(config: &ArchConfig) -> Model {
+    tch::manual_seed(0);
+    let m = Model::new(config, Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", config.name()));
+    tch::no_grad(|| {
+        for (_, mut v) in m.vs.variables() {
+            let _ = v.g_add_(&(v.randn_like() * 0.01));
+        }
+    });
+    m
 }
 
 /// Every solver configuration [`check_sampling`] runs: each generic solver with one and several

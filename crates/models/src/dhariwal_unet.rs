@@ -444,6 +444,46 @@ impl DhariwalUnet {
     }
 }
 
+impl crate::Architecture for DhariwalUnet {
+    type Config = DhariwalUnetConfig;
+
+    /// SlimFlow's ImageNet students, score_sde-style checkpoints.
+    const IMPORT: crate::import::ImportFacts = crate::import::ImportFacts {
+        sources: &[crate::import::ImportSource::Ncsnpp],
+        ignored_keys: &[],
+        buffers: &["resample_filter"],
+        prefix: "",
+    };
+
+    fn problems(cfg: &DhariwalUnetConfig) -> Vec<String> {
+        cfg.problems()
+    }
+
+    fn build(cfg: &DhariwalUnetConfig, p: &nn::Path) -> Box<dyn crate::VelocityField> {
+        Box::new(DhariwalUnet::new(p, cfg))
+    }
+
+    fn data_shape(cfg: &DhariwalUnetConfig) -> Vec<i64> {
+        vec![cfg.in_channels, cfg.img_resolution, cfg.img_resolution]
+    }
+
+    fn label_dim(cfg: &DhariwalUnetConfig) -> i64 {
+        cfg.label_dim
+    }
+
+    /// 16×16 with 32 base channels (ADM attends only with ≥ 64 channels: the 8×8 level here) and
+    /// at most 10 classes.
+    fn cpu_sized(cfg: &DhariwalUnetConfig) -> DhariwalUnetConfig {
+        DhariwalUnetConfig {
+            img_resolution: 16,
+            model_channels: 32,
+            attn_resolutions: vec![8],
+            label_dim: cfg.label_dim.min(10),
+            ..cfg.clone()
+        }
+    }
+}
+
 /// As a velocity field directly, SlimFlow's way: noise labels 999·t, class labels as indices `[B]`
 /// (one-hot encoded here).
 impl crate::VelocityField for DhariwalUnet {

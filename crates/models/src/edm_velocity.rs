@@ -217,6 +217,82 @@ impl EdmVelocity {
     }
 }
 
+/// EDM and rfpp checkpoints: the wrapped network under `model.`, as a bare SongUNet or DhariwalUNet
+/// state dict lacks.
+const EDM_IMPORT: crate::import::ImportFacts = crate::import::ImportFacts {
+    sources: &[
+        crate::import::ImportSource::Edm,
+        crate::import::ImportSource::Rfpp,
+    ],
+    ignored_keys: &[],
+    buffers: &[],
+    prefix: "model.",
+};
+
+impl crate::Architecture for EdmVelocity {
+    type Config = SongUnetConfig;
+
+    const IMPORT: crate::import::ImportFacts = EDM_IMPORT;
+
+    fn problems(cfg: &SongUnetConfig) -> Vec<String> {
+        cfg.problems()
+    }
+
+    fn build(cfg: &SongUnetConfig, p: &nn::Path) -> Box<dyn crate::VelocityField> {
+        Box::new(EdmVelocity::new(p, cfg))
+    }
+
+    fn data_shape(cfg: &SongUnetConfig) -> Vec<i64> {
+        vec![cfg.in_channels, cfg.img_resolution, cfg.img_resolution]
+    }
+
+    fn label_dim(cfg: &SongUnetConfig) -> i64 {
+        cfg.label_dim
+    }
+
+    /// 16×16 with 16 base channels, attention at 8×8.
+    fn cpu_sized(cfg: &SongUnetConfig) -> SongUnetConfig {
+        SongUnetConfig {
+            img_resolution: 16,
+            model_channels: 16,
+            attn_resolutions: vec![8],
+            ..cfg.clone()
+        }
+    }
+}
+
+/// The `edm_velocity_adm` architecture: an [`EdmVelocity`] around EDM's DhariwalUNet
+/// ([`EdmVelocity::adm`]). A marker type, since the network is an [`EdmVelocity`] either way.
+#[derive(Debug, Clone, Copy)]
+pub struct EdmVelocityAdm;
+
+/// The wrapped network's checks, shapes and test size; EDM's import facts.
+impl crate::Architecture for EdmVelocityAdm {
+    type Config = DhariwalUnetConfig;
+
+    const IMPORT: crate::import::ImportFacts = EDM_IMPORT;
+
+    fn problems(cfg: &DhariwalUnetConfig) -> Vec<String> {
+        <DhariwalUnet as crate::Architecture>::problems(cfg)
+    }
+
+    fn build(cfg: &DhariwalUnetConfig, p: &nn::Path) -> Box<dyn crate::VelocityField> {
+        Box::new(EdmVelocity::adm(p, cfg))
+    }
+
+    fn data_shape(cfg: &DhariwalUnetConfig) -> Vec<i64> {
+        <DhariwalUnet as crate::Architecture>::data_shape(cfg)
+    }
+
+    fn label_dim(cfg: &DhariwalUnetConfig) -> i64 {
+        <DhariwalUnet as crate::Architecture>::label_dim(cfg)
+    }
+
+    fn cpu_sized(cfg: &DhariwalUnetConfig) -> DhariwalUnetConfig {
+        <DhariwalUnet as crate::Architecture>::cpu_sized(cfg)
+    }
+}
+
 /// As a velocity field: our time t, class labels as indices `[B]` (one-hot encoded here).
 impl crate::VelocityField for EdmVelocity {
     fn forward_t(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {

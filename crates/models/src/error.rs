@@ -18,16 +18,7 @@ pub enum Error {
         /// The shape received.
         got: Vec<i64>,
     },
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A checkpoint file is not a valid safetensors file or lacks slimflow metadata.
+    /// A checkpoint lacks slimflow metadata or cannot be imported.
     #[error("{}: corrupt or unsupported checkpoint: {reason}", path.display())]
     Corrupt {
         /// The file.
@@ -35,30 +26,12 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// Strict loading found keys that do not match the model.
-    #[error("{}: weights do not match the model:{}{}{}", path.display(),
-        list("missing keys", missing), list("unexpected keys", unexpected), list("shape mismatches", mismatched))]
-    KeyMismatch {
-        /// The file.
-        path: PathBuf,
-        /// Model keys absent from the file.
-        missing: Vec<String>,
-        /// File keys the model does not have.
-        unexpected: Vec<String>,
-        /// `key: expected [..], file has [..]`.
-        mismatched: Vec<String>,
-    },
+    /// Reading, writing or strictly loading a tensor file failed.
+    #[error(transparent)]
+    TensorIo(#[from] slimflow_tensor_io::Error),
     /// An error from libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
-}
-
-fn list(title: &str, items: &[String]) -> String {
-    if items.is_empty() {
-        String::new()
-    } else {
-        format!("\n  {title} ({}): {}", items.len(), items.join(", "))
-    }
 }
 
 /// Result with this crate's [`Error`].

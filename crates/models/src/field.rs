@@ -60,9 +60,9 @@ impl Model {
     }
 
     /// Loads a self-describing checkpoint written by [`Model::save`] (strictly: see
-    /// [`checkpoint::load_strict`]).
+    /// [`slimflow_tensor_io::load_strict`]).
     pub fn load(path: &Path, device: Device) -> Result<Self> {
-        let file = checkpoint::read(path)?;
+        let file = slimflow_tensor_io::read(path)?;
         let arch = file
             .metadata
             .get(checkpoint::ARCH_KEY)
@@ -78,7 +78,7 @@ impl Model {
             reason: format!("architecture metadata: {e}"),
         })?;
         let mut model = Model::new(&config, device)?;
-        checkpoint::load_strict(&mut model.vs, &file, &[])?;
+        slimflow_tensor_io::load_strict(&mut model.vs, &file, &[])?;
         Ok(model)
     }
 
@@ -87,7 +87,7 @@ impl Model {
         checkpoint::write_model(
             path,
             self.config(),
-            &checkpoint::named_variables(&self.vs),
+            &slimflow_tensor_io::named_variables(&self.vs),
             extra,
         )
     }
@@ -140,6 +140,17 @@ impl Model {
     /// to match and returns velocities in the caller's dtype. Training keeps float32 weights.
     pub fn set_precision(&mut self, precision: Precision) {
         self.vs.set_kind(precision.kind());
+    }
+}
+
+/// What objectives see of a model: its network in training or evaluation mode.
+impl slimflow_sampling::Network for Model {
+    fn forward_t(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
+        self.net.forward_t(x, t, labels, train)
+    }
+
+    fn label_dim(&self) -> i64 {
+        self.config().label_dim()
     }
 }
 

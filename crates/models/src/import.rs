@@ -23,9 +23,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 
+use slimflow_tensor_io::{LoadReport, TensorFile};
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::{self, LoadReport, TensorFile};
 use crate::error::{Error, Result};
 use crate::{ArchConfig, Model};
 
@@ -95,19 +95,30 @@ impl ImportSource {
             ImportSource::Ncsnpp => &["ema", "model"],
         }
     }
+}
 
-    fn accepts(self, arch: &ArchConfig) -> bool {
-        matches!(
-            (self, arch),
-            (
-                ImportSource::Edm | ImportSource::Rfpp,
-                ArchConfig::EdmVelocity(_) | ArchConfig::EdmVelocityAdm(_)
-            ) | (
-                ImportSource::Ncsnpp,
-                ArchConfig::Ncsnpp(_) | ArchConfig::DhariwalUnet(_)
-            )
-        )
-    }
+/// How reference checkpoints map onto an architecture ([`crate::Architecture::IMPORT`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImportFacts {
+    /// Sources whose checkpoints load into it (none: it is not importable).
+    pub sources: &'static [ImportSource],
+    /// Keys of reference files it has no variable for, skipped when loading (score_sde's `sigmas`).
+    pub ignored_keys: &'static [&'static str],
+    /// Buffers of a file's `model` state dict, which an EMA's `shadow_params` does not hold.
+    pub buffers: &'static [&'static str],
+    /// Prefix of its variable names that a bare reference state dict lacks (rfpp's wrapper keeps
+    /// the network under `model.`); added to every name when no name has it. Empty: none.
+    pub prefix: &'static str,
+}
+
+impl ImportFacts {
+    /// Not importable.
+    pub const NONE: ImportFacts = ImportFacts {
+        sources: &[],
+        ignored_keys: &[],
+        buffers: &[],
+        prefix: "",
+    };
 }
 
 /// What to import and how.
@@ -149,7 +160,7 @@ pub fn read_tensors(path: &Path, key: Option<&str>) -> Result<TensorFile> {
                 path.display()
             )]));
         }
-        return checkpoint::read(path);
+        return Ok(slimflow_tensor_io::read(path)?);
     }
     let file = slimflow_torchfile::load(path).map_err(|e| torchfile_error(path, e))?;
     let raw = file.state_dict(key).map_err(|e| torchfile_error(path, e))?;
@@ -234,28 +245,16 @@ fn strip_module_prefix(names: &mut [(String, Tensor)]) {
 
 /// Imports `path` into a fresh model on `device`.
 pub fn import(path: &Path, opts: &ImportOptions, device: Device) -> Result<Imported> {
-    if !opts.source.accepts(&opts.arch) {
+    let facts = opts.arch.import_facts();
+    if !facts.sources.contains(&opts.source) {
         return Err(Error::InvalidConfig(vec![format!(
             "--from {:?} checkpoints load into {} architectures, not `{}`",
             opts.source,
-            match opts.source {
-                ImportSource::Ncsnpp => "ncsnpp or dhariwal_unet",
-                _ => "edm_velocity or edm_velocity_adm",
-            },
+            ArchConfig::importable_from(opts.source).join(" or "),
             opts.arch.name()
         )
         .to_lowercase()]));
     }
-    let ignorable: &[&str] = match opts.arch {
-        ArchConfig::Ncsnpp(_) => crate::ncsnpp::IGNORED_KEYS,
-        _ => &[],
-    };
-    // Buffers of the file's `model` state dict that an EMA's `shadow_params` does not hold.
-    let buffers: &[&str] = match opts.arch {
-        ArchConfig::Ncsnpp(_) => crate::ncsnpp::IGNORED_KEYS,
-        ArchConfig::DhariwalUnet(_) => &["resample_filter"],
-        _ => &[],
-    };
     let is_pytorch = path.extension().is_none_or(|e| e != "safetensors");
     let key = match (&opts.key, is_pytorch) {
         (Some(k), _) => k.clone(),
@@ -282,16 +281,13 @@ pub fn import(path: &Path, opts: &ImportOptions, device: Device) -> Result<Impor
             .iter()
             .all(|(n, _)| n.starts_with("shadow_params."));
     if from_shadow_params {
-        name_shadow_params(path, &key, &mut file, buffers)?;
+        name_shadow_params(path, &key, &mut file, facts.buffers)?;
     }
     strip_module_prefix(&mut file.tensors);
-    if matches!(
-        opts.arch,
-        ArchConfig::EdmVelocity(_) | ArchConfig::EdmVelocityAdm(_)
-    ) && !file.tensors.iter().any(|(n, _)| n.starts_with("model."))
-    {
+    let prefix = facts.prefix;
+    if !prefix.is_empty() && !file.tensors.iter().any(|(n, _)| n.starts_with(prefix)) {
         for (n, _) in file.tensors.iter_mut() {
-            *n = format!("model.{n}");
+            *n = format!("{prefix}{n}");
         }
     }
     let mut cast: BTreeMap<String, usize> = BTreeMap::new();
@@ -301,7 +297,12 @@ pub fn import(path: &Path, opts: &ImportOptions, device: Device) -> Result<Impor
         }
     }
     let mut model = Model::new(&opts.arch, device)?;
-    let report = checkpoint::load_matching(&mut model.vs, &file, ignorable, opts.allow_partial)?;
+    let report = slimflow_tensor_io::load_matching(
+        &mut model.vs,
+        &file,
+        facts.ignored_keys,
+        opts.allow_partial,
+    )?;
     Ok(Imported {
         model,
         key,

@@ -7,9 +7,10 @@
 //! - [`song_unet`]: port of EDM's `SongUNet` (DDPM++ / NCSN++) with EDM's parameter names, and
 //!   [`dhariwal_unet`]: EDM's `DhariwalUNet` (ADM); [`edm_velocity`]: rfpp's EDM-denoiser-as-velocity
 //!   wrapper around either; [`ncsnpp`]: SlimFlow's NCSN++ with its `all_modules.<i>` parameter names.
-//! - [`checkpoint`]: self-describing safetensors checkpoints (architecture config in the metadata),
-//!   written atomically and loaded strictly — every missing key, unexpected key and shape mismatch is
-//!   reported, and values are cast to the model's dtype rather than the file's.
+//! - [`checkpoint`]: self-describing checkpoints — the architecture config in the metadata of a
+//!   safetensors file that [`slimflow_tensor_io`] writes atomically and loads strictly (every missing
+//!   key, unexpected key and shape mismatch reported; values cast to the model's dtype).
+//!   [`Model`] also implements [`slimflow_sampling::Network`], what the objectives train.
 //! - [`import`]: official EDM / rfpp / RectifiedFlow checkpoints into these architectures, read
 //!   without executing pickled code.
 
@@ -29,4 +30,4 @@ pub mod song_unet;
 pub use error::{Error, Result};
 pub use field::{EvalField, Model, Precision, VelocityField};
 pub use mlp::{Mlp, MlpConfig};
-pub use registry::{ArchConfig, Preset, PRESETS};
+pub use registry::{ArchConfig, Architecture, Preset, PRESETS};

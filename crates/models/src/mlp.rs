@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
 
 use crate::field::VelocityField;
-use crate::registry::ArchConfig;
+use crate::registry::{ArchConfig, Architecture};
 
 /// Configuration of [`Mlp`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +65,31 @@ impl MlpConfig {
             p.push(format!("dropout must lie in [0, 1), got {}", self.dropout));
         }
         p
+    }
+}
+
+impl Architecture for Mlp {
+    type Config = MlpConfig;
+
+    fn problems(cfg: &MlpConfig) -> Vec<String> {
+        cfg.problems()
+    }
+
+    fn build(cfg: &MlpConfig, p: &nn::Path) -> Box<dyn VelocityField> {
+        Box::new(Mlp::new(p, cfg))
+    }
+
+    fn data_shape(cfg: &MlpConfig) -> Vec<i64> {
+        vec![cfg.data_dim]
+    }
+
+    fn label_dim(cfg: &MlpConfig) -> i64 {
+        cfg.label_dim
+    }
+
+    /// Already CPU-sized.
+    fn cpu_sized(cfg: &MlpConfig) -> MlpConfig {
+        cfg.clone()
     }
 }
 

@@ -1,34 +1,151 @@
-//! The architecture registry: one enum variant per architecture, selected by `arch = "…"` in a config.
-//!
-//! Adding an architecture: implement [`crate::VelocityField`] in its own file, add a variant here and
-//! a line in [`ArchConfig::build`], [`ArchConfig::validate`] and (optionally) [`PRESETS`].
+//! The architecture registry: one line per architecture in the `architectures!` list below,
+//! from which [`ArchConfig`] (selected by `arch = "…"` in a config) and all of its dispatch are
+//! generated. What an architecture is — its checks, network, shapes, import facts and test size —
+//! it states itself by implementing [`Architecture`] in its own file.
 
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 use crate::dhariwal_unet::{DhariwalUnet, DhariwalUnetConfig};
-use crate::edm_velocity::EdmVelocity;
+use crate::edm_velocity::{EdmVelocity, EdmVelocityAdm};
 use crate::error::{Error, Result};
 use crate::field::VelocityField;
+use crate::import::{ImportFacts, ImportSource};
 use crate::mlp::{Mlp, MlpConfig};
 use crate::ncsnpp::{Ncsnpp, NcsnppConfig};
 use crate::song_unet::{DecoderType, EmbeddingType, EncoderType, SongUnetConfig};
 
-/// Architecture config, tagged by `arch` (e.g. `[model] arch = "mlp"  hidden = 256`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "arch", rename_all = "snake_case")]
-pub enum ArchConfig {
+/// An architecture as the registry sees it, implemented in the architecture's file: on its network
+/// type, or on a marker type when one network serves several architectures (as [`EdmVelocity`]
+/// serves `edm_velocity` and `edm_velocity_adm`).
+pub trait Architecture {
+    /// The config: its serde form is the `[model]` table without the `arch` key.
+    type Config: Clone + std::fmt::Debug + PartialEq + Serialize + DeserializeOwned;
+
+    /// How reference checkpoints import into it; by default they do not.
+    const IMPORT: ImportFacts = ImportFacts::NONE;
+
+    /// Every problem of `cfg`, all at once (empty: valid). tch's constructors panic on bad shapes,
+    /// so nothing is built before this is empty.
+    fn problems(cfg: &Self::Config) -> Vec<String>;
+
+    /// The network under `p`, from a valid `cfg`.
+    fn build(cfg: &Self::Config, p: &nn::Path) -> Box<dyn VelocityField>;
+
+    /// Shape of one data sample, e.g. `[2]` or `[3, 32, 32]`.
+    fn data_shape(cfg: &Self::Config) -> Vec<i64>;
+
+    /// Number of classes (0: unconditional).
+    fn label_dim(cfg: &Self::Config) -> i64;
+
+    /// `cfg` small enough for the CPU conformance tests: the same kind of network with the same
+    /// levels, blocks per level and options, at a smaller width and resolution.
+    fn cpu_sized(cfg: &Self::Config) -> Self::Config;
+}
+
+/// Generates [`ArchConfig`] and its dispatch from one line per architecture:
+/// `Variant(Config) = "registry name" => Architecture`, optionally followed by `in mod file` for an
+/// architecture in `src/registry/file.rs` (which the line then declares as a module; the first
+/// architectures predate this and are declared in `lib.rs`). The registry name is the serde tag;
+/// `Architecture` implements [`Architecture`] with `Config` as its config.
+macro_rules! architectures {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident($config:ident) = $name:literal => $arch:ident $(in mod $module:ident)?,
+    )*) => {
+        $($(pub mod $module;)?)*
+
+        /// Architecture config, tagged by `arch` (e.g. `[model] arch = "mlp"  hidden = 256`).
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "arch")]
+        pub enum ArchConfig {
+            $(
+                $(#[$doc])*
+                #[doc = ""]
+                #[doc = concat!("Registry name `", $name, "`.")]
+                #[serde(rename = $name)]
+                $variant($($module::)?$config),
+            )*
+        }
+
+        /// Registry name and import facts of every architecture, in registration order.
+        const REGISTERED: &[(&str, ImportFacts)] =
+            &[$(($name, <$($module::)?$arch as Architecture>::IMPORT)),*];
+
+        impl ArchConfig {
+            /// The registry name of the architecture.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(ArchConfig::$variant(_) => $name,)*
+                }
+            }
+
+            fn problems(&self) -> Vec<String> {
+                match self {
+                    $(ArchConfig::$variant(c) => {
+                        <$($module::)?$arch as Architecture>::problems(c)
+                    })*
+                }
+            }
+
+            /// Builds the network under `p`. Call [`ArchConfig::validate`] first.
+            pub fn build(&self, p: &nn::Path) -> Box<dyn VelocityField> {
+                match self {
+                    $(ArchConfig::$variant(c) => {
+                        <$($module::)?$arch as Architecture>::build(c, p)
+                    })*
+                }
+            }
+
+            /// Shape of one data sample, e.g. `[2]` or `[3, 32, 32]`.
+            pub fn data_shape(&self) -> Vec<i64> {
+                match self {
+                    $(ArchConfig::$variant(c) => {
+                        <$($module::)?$arch as Architecture>::data_shape(c)
+                    })*
+                }
+            }
+
+            /// Number of classes (0: unconditional).
+            pub fn label_dim(&self) -> i64 {
+                match self {
+                    $(ArchConfig::$variant(c) => {
+                        <$($module::)?$arch as Architecture>::label_dim(c)
+                    })*
+                }
+            }
+
+            /// The config at CPU test size ([`Architecture::cpu_sized`]).
+            pub fn cpu_sized(&self) -> ArchConfig {
+                match self {
+                    $(ArchConfig::$variant(c) => {
+                        ArchConfig::$variant(<$($module::)?$arch as Architecture>::cpu_sized(c))
+                    })*
+                }
+            }
+
+            /// How reference checkpoints import into the architecture.
+            pub(crate) fn import_facts(&self) -> ImportFacts {
+                match self {
+                    $(ArchConfig::$variant(_) => <$($module::)?$arch as Architecture>::IMPORT,)*
+                }
+            }
+        }
+    };
+}
+
+architectures! {
     /// [`Mlp`] for low-dimensional data.
-    Mlp(MlpConfig),
+    Mlp(MlpConfig) = "mlp" => Mlp,
     /// SlimFlow's NCSN++ ([`Ncsnpp`]); receives 999·t.
-    Ncsnpp(NcsnppConfig),
+    Ncsnpp(NcsnppConfig) = "ncsnpp" => Ncsnpp,
     /// EDM's SongUNet behind rfpp's EDM-velocity wrapper ([`EdmVelocity`]).
-    EdmVelocity(SongUnetConfig),
+    EdmVelocity(SongUnetConfig) = "edm_velocity" => EdmVelocity,
     /// EDM's DhariwalUNet (ADM) used directly ([`DhariwalUnet`]); receives 999·t (SlimFlow's
     /// ImageNet students).
-    DhariwalUnet(DhariwalUnetConfig),
+    DhariwalUnet(DhariwalUnetConfig) = "dhariwal_unet" => DhariwalUnet,
     /// EDM's DhariwalUNet (ADM) behind rfpp's EDM-velocity wrapper ([`EdmVelocity::adm`]).
-    EdmVelocityAdm(DhariwalUnetConfig),
+    EdmVelocityAdm(DhariwalUnetConfig) = "edm_velocity_adm" => EdmVelocityAdm,
 }
 
 /// SlimFlow's students (paper Table 1 / §5): NCSN++ with the given nf, ch_mult, num_res_blocks, on
@@ -231,17 +348,6 @@ pub const PRESETS: &[Preset] = &[
 ];
 
 impl ArchConfig {
-    /// The registry name of the architecture.
-    pub fn name(&self) -> &'static str {
-        match self {
-            ArchConfig::Mlp(_) => "mlp",
-            ArchConfig::Ncsnpp(_) => "ncsnpp",
-            ArchConfig::EdmVelocity(_) => "edm_velocity",
-            ArchConfig::DhariwalUnet(_) => "dhariwal_unet",
-            ArchConfig::EdmVelocityAdm(_) => "edm_velocity_adm",
-        }
-    }
-
     /// A preset by name.
     pub fn preset(name: &str) -> Result<ArchConfig> {
         PRESETS
@@ -259,12 +365,7 @@ impl ArchConfig {
 
     /// Reports every problem of the config at once.
     pub fn validate(&self) -> Result<()> {
-        let problems = match self {
-            ArchConfig::Mlp(c) => c.problems(),
-            ArchConfig::Ncsnpp(c) => c.problems(),
-            ArchConfig::EdmVelocity(c) => c.problems(),
-            ArchConfig::DhariwalUnet(c) | ArchConfig::EdmVelocityAdm(c) => c.problems(),
-        };
+        let problems = self.problems();
         if problems.is_empty() {
             Ok(())
         } else {
@@ -272,37 +373,18 @@ impl ArchConfig {
         }
     }
 
-    /// Builds the network under `p`. Call [`ArchConfig::validate`] first.
-    pub fn build(&self, p: &nn::Path) -> Box<dyn VelocityField> {
-        match self {
-            ArchConfig::Mlp(c) => Box::new(Mlp::new(p, c)),
-            ArchConfig::Ncsnpp(c) => Box::new(Ncsnpp::new(p, c)),
-            ArchConfig::EdmVelocity(c) => Box::new(EdmVelocity::new(p, c)),
-            ArchConfig::DhariwalUnet(c) => Box::new(DhariwalUnet::new(p, c)),
-            ArchConfig::EdmVelocityAdm(c) => Box::new(EdmVelocity::adm(p, c)),
-        }
+    /// Registry names of every architecture, in registration order.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        REGISTERED.iter().map(|(name, _)| *name)
     }
 
-    /// Shape of one data sample, e.g. `[2]` or `[3, 32, 32]`.
-    pub fn data_shape(&self) -> Vec<i64> {
-        match self {
-            ArchConfig::Mlp(c) => vec![c.data_dim],
-            ArchConfig::Ncsnpp(c) => vec![c.num_channels, c.image_size, c.image_size],
-            ArchConfig::EdmVelocity(c) => vec![c.in_channels, c.img_resolution, c.img_resolution],
-            ArchConfig::DhariwalUnet(c) | ArchConfig::EdmVelocityAdm(c) => {
-                vec![c.in_channels, c.img_resolution, c.img_resolution]
-            }
-        }
-    }
-
-    /// Number of classes (0: unconditional).
-    pub fn label_dim(&self) -> i64 {
-        match self {
-            ArchConfig::Mlp(c) => c.label_dim,
-            ArchConfig::Ncsnpp(_) => 0,
-            ArchConfig::EdmVelocity(c) => c.label_dim,
-            ArchConfig::DhariwalUnet(c) | ArchConfig::EdmVelocityAdm(c) => c.label_dim,
-        }
+    /// Registry names of the architectures that checkpoints from `source` import into.
+    pub(crate) fn importable_from(source: ImportSource) -> Vec<&'static str> {
+        REGISTERED
+            .iter()
+            .filter(|(_, facts)| facts.sources.contains(&source))
+            .map(|(name, _)| *name)
+            .collect()
     }
 
     /// Checks a batch (x: [B, …data_shape], t: `[B]`, labels: `[B]` i64 when conditional).
@@ -471,51 +553,6 @@ mod tests {
     }
 
     #[test]
-    fn every_architecture_conforms() {
-        crate::conformance::check(&ArchConfig::preset("mlp-toy").unwrap(), Some(141_058));
-        crate::conformance::check(
-            &ArchConfig::Ncsnpp(NcsnppConfig {
-                image_size: 16,
-                nf: 16,
-                ch_mult: vec![1, 2],
-                num_res_blocks: 1,
-                attn_resolutions: vec![8],
-                dropout: 0.1,
-                ..NcsnppConfig::default()
-            }),
-            None,
-        );
-        crate::conformance::check(
-            &ArchConfig::EdmVelocity(SongUnetConfig {
-                img_resolution: 16,
-                model_channels: 16,
-                channel_mult: vec![1, 2],
-                num_blocks: 1,
-                attn_resolutions: vec![8],
-                label_dim: 4,
-                ..SongUnetConfig::default()
-            }),
-            None,
-        );
-    }
-
-    #[test]
-    fn adm_architectures_conform() {
-        let small = DhariwalUnetConfig {
-            img_resolution: 16,
-            model_channels: 32,
-            channel_mult: vec![1, 2],
-            num_blocks: 1,
-            attn_resolutions: vec![8],
-            label_dim: 5,
-            ..DhariwalUnetConfig::default()
-        };
-        // The parity cases' config (828 771 parameters with 10 classes) minus 5 · 128 label weights.
-        crate::conformance::check(&ArchConfig::DhariwalUnet(small.clone()), Some(828_131));
-        crate::conformance::check(&ArchConfig::EdmVelocityAdm(small), Some(828_131));
-    }
-
-    #[test]
     fn invalid_configs_list_every_problem() {
         let cfg = ArchConfig::Mlp(MlpConfig {
             hidden: 0,
@@ -542,6 +579,17 @@ mod tests {
         );
         assert!(serde_json::from_str::<ArchConfig>(r#"{"arch":"mlp","hiden":32}"#).is_err());
         assert!(serde_json::from_str::<ArchConfig>(r#"{"arch":"unet"}"#).is_err());
+    }
+
+    #[test]
+    fn registry_names_are_the_serde_tags() {
+        for p in PRESETS {
+            let cfg = (p.config)();
+            let json = serde_json::to_value(&cfg).unwrap();
+            assert_eq!(json["arch"], cfg.name(), "{}", p.name);
+            assert!(ArchConfig::names().any(|n| n == cfg.name()), "{}", p.name);
+            assert_eq!(cfg.cpu_sized().name(), cfg.name(), "{}", p.name);
+        }
     }
 
     #[test]
@@ -625,11 +673,11 @@ mod tests {
         let other = Model::new(&ArchConfig::preset("mlp-toy").unwrap(), Device::Cpu).unwrap();
         let other_path = dir.path().join("o.safetensors");
         other.save(&other_path, &BTreeMap::new()).unwrap();
-        let file = crate::checkpoint::read(&other_path).unwrap();
+        let file = slimflow_tensor_io::read(&other_path).unwrap();
         let mut vs = Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu)
             .unwrap()
             .vs;
-        let err = crate::checkpoint::load_strict(&mut vs, &file, &[])
+        let err = slimflow_tensor_io::load_strict(&mut vs, &file, &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("layers.3.weight"), "{err}");

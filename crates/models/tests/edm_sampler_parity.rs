@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 
-use slimflow_models::checkpoint;
 use slimflow_models::edm_velocity::EdmVelocity;
 use slimflow_models::song_unet::SongUnetConfig;
 use slimflow_models::Model;
@@ -58,9 +57,10 @@ fn edm_sampler_reproduces_rfpp() {
     assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
     let mut vs = tch::nn::VarStore::new(Device::Cpu);
     let net = EdmVelocity::new(&vs.root(), &cfg);
-    let weights = checkpoint::read(&dir.join(json["weights_file"].as_str().unwrap())).unwrap();
-    checkpoint::load_strict(&mut vs, &weights, &[]).unwrap();
-    let io = checkpoint::read(&dir.join(json["io_file"].as_str().unwrap())).unwrap();
+    let weights =
+        slimflow_tensor_io::read(&dir.join(json["weights_file"].as_str().unwrap())).unwrap();
+    slimflow_tensor_io::load_strict(&mut vs, &weights, &[]).unwrap();
+    let io = slimflow_tensor_io::read(&dir.join(json["io_file"].as_str().unwrap())).unwrap();
     let z = io.get("input.z").unwrap().shallow_clone();
 
     let mut checked = 0;
@@ -129,7 +129,7 @@ fn edm_sampler_reproduces_rfpp() {
                 Device::Cpu,
             )
             .unwrap();
-            checkpoint::load_strict(&mut model.vs, &weights, &[]).unwrap();
+            slimflow_tensor_io::load_strict(&mut model.vs, &weights, &[]).unwrap();
             solve(
                 &SolverConfig::Edm(sampler),
                 &model.eval_field(None),

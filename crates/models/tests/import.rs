@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use slimflow_models::checkpoint::named_variables;
 use slimflow_models::import::{import, raw_tensor, ImportOptions, ImportSource};
 use slimflow_models::ncsnpp::NcsnppConfig;
 use slimflow_models::song_unet::SongUnetConfig;
 use slimflow_models::{ArchConfig, Error, Model};
+use slimflow_tensor_io::named_variables;
 use slimflow_torchfile::{save, Node, RawTensor};
 use tch::{Device, Kind, Tensor};
 
@@ -245,7 +245,13 @@ fn missing_unexpected_and_mismatched_keys_are_named_and_partial_loads_are_opt_in
 
     let err = import(&path, &opts(ImportSource::Rfpp, &arch, None), Device::Cpu).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, Error::KeyMismatch { .. }), "{msg}");
+    assert!(
+        matches!(
+            err,
+            Error::TensorIo(slimflow_tensor_io::Error::KeyMismatch { .. })
+        ),
+        "{msg}"
+    );
     for needle in [
         "edited.pth",
         dropped.as_str(),

@@ -1,110 +1,100 @@
-//! Every registered architecture, shrunk to CPU size where the preset is large, through every
-//! solver variant and over its whole time domain ([`slimflow_models::conformance::check_sampling`]).
+//! Every registered architecture through [`check_architecture`] (build, gradients, save → load,
+//! every solver variant, the whole time domain), CPU-sized; then every preset not already covered
+//! through [`check_sampling`].
 
-use slimflow_models::conformance::{check_sampling, solver_variants};
-use slimflow_models::dhariwal_unet::DhariwalUnetConfig;
+use serde_json::json;
+use slimflow_models::conformance::{check_architecture, check_sampling, nudged_model};
 use slimflow_models::edm_velocity::EdmVelocity;
-use slimflow_models::ncsnpp::NcsnppConfig;
-use slimflow_models::song_unet::SongUnetConfig;
-use slimflow_models::{ArchConfig, MlpConfig, Model, PRESETS};
+use slimflow_models::{ArchConfig, Model, PRESETS};
 use slimflow_sampling::{solve, Bound, Error, SolverConfig, Velocity};
 use tch::{Device, Kind, Tensor};
 
-/// The preset's architecture at 16×16 with 16 base channels and attention at 8×8: the same kind,
-/// levels, blocks per level and options (embedding, encoder/decoder, filters, augmentation),
-/// CPU-sized.
-fn shrink(cfg: ArchConfig) -> ArchConfig {
-    match cfg {
-        ArchConfig::Mlp(c) => ArchConfig::Mlp(c),
-        ArchConfig::Ncsnpp(c) => ArchConfig::Ncsnpp(NcsnppConfig {
-            image_size: 16,
-            nf: 16,
-            attn_resolutions: vec![8],
-            dropout: 0.0,
-            ..c
-        }),
-        ArchConfig::EdmVelocity(c) => ArchConfig::EdmVelocity(SongUnetConfig {
-            img_resolution: 16,
-            model_channels: 16,
-            attn_resolutions: vec![8],
-            dropout: 0.0,
-            ..c
-        }),
-        // 32 base channels: ADM attends only with ≥ 64 channels (the 8×8 level here).
-        ArchConfig::DhariwalUnet(c) => ArchConfig::DhariwalUnet(shrink_adm(c)),
-        ArchConfig::EdmVelocityAdm(c) => ArchConfig::EdmVelocityAdm(shrink_adm(c)),
-    }
-}
-
-fn shrink_adm(c: DhariwalUnetConfig) -> DhariwalUnetConfig {
-    DhariwalUnetConfig {
-        img_resolution: 16,
-        model_channels: 32,
-        attn_resolutions: vec![8],
-        label_dim: c.label_dim.min(10),
-        dropout: 0.0,
-        ..c
-    }
-}
-
-/// Built with a fixed seed; zero-initialised output layers are nudged so the outputs depend on
-/// every path (otherwise an EDM network's velocity would be its analytic skip term only).
-fn build(cfg: &ArchConfig) -> Model {
-    // Tiny tensors: intra-op threads only contend (a forward is ~6× slower with two threads on a
-    // shared two-core machine), and the tests of this file already run in parallel.
-    tch::set_num_threads(1);
-    tch::manual_seed(0);
-    let m = Model::new(cfg, Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", cfg.name()));
-    tch::no_grad(|| {
-        for (_, mut v) in m.vs.variables() {
-            let _ = v.g_add_(&(v.randn_like() * 0.01));
+/// One `#[test]` per entry, `name: {config as JSON}, parameters of its CPU-sized network;`, in
+/// `conforms::`, and [`conformance_entries`] listing the configs.
+macro_rules! conformance {
+    ($($test:ident: $config:tt, $params:expr;)*) => {
+        mod conforms {
+            $(
+                #[test]
+                fn $test() {
+                    super::run_entry(serde_json::json!($config), $params);
+                }
+            )*
         }
-    });
-    m
+
+        fn conformance_entries() -> Vec<ArchConfig> {
+            vec![$(parse(json!($config))),*]
+        }
+    };
+}
+
+// Each architecture's conformance entry: a config in its `[model]` form (the check makes it
+// CPU-sized). A new architecture adds its line here; `every_architecture_has_an_entry` insists.
+conformance! {
+    mlp: {"arch": "mlp"}, Some(141_058);
+    mlp_conditional: {"arch": "mlp", "label_dim": 3, "hidden": 32}, None;
+    ncsnpp: {"arch": "ncsnpp"}, None;
+    edm_velocity: {"arch": "edm_velocity", "label_dim": 4}, None;
+    // The parity cases' config (828 771 parameters with 10 classes) minus 5 · 128 label weights.
+    dhariwal_unet: {
+        "arch": "dhariwal_unet", "channel_mult": [1, 2], "num_blocks": 1, "label_dim": 5
+    }, Some(828_131);
+    edm_velocity_adm: {
+        "arch": "edm_velocity_adm", "channel_mult": [1, 2], "num_blocks": 1, "label_dim": 5
+    }, Some(828_131);
+}
+
+fn parse(config: serde_json::Value) -> ArchConfig {
+    serde_json::from_value(config.clone()).unwrap_or_else(|e| panic!("{config}: {e}"))
+}
+
+fn run_entry(config: serde_json::Value, params: Option<i64>) {
+    single_threaded();
+    check_architecture(&parse(config), params);
+}
+
+/// Tiny tensors: intra-op threads only contend (a forward is ~6× slower with two threads on a
+/// shared two-core machine), and the tests of this file already run in parallel.
+fn single_threaded() {
+    tch::set_num_threads(1);
+}
+
+fn build(cfg: &ArchConfig) -> Model {
+    single_threaded();
+    nudged_model(cfg)
+}
+
+#[test]
+fn every_architecture_has_an_entry() {
+    let covered: Vec<&str> = conformance_entries().iter().map(|c| c.name()).collect();
+    for name in ArchConfig::names() {
+        assert!(covered.contains(&name), "no conformance entry for `{name}`");
+    }
 }
 
 #[test]
 fn every_preset_samples_with_every_solver() {
-    // Presets that differ only in width shrink to the same network: run each once.
-    let mut configs: Vec<ArchConfig> = Vec::new();
+    // Presets that differ only in width are the same network CPU-sized, and the entries' configs
+    // are sampled by their own tests: each remaining one runs once.
+    let mut seen: Vec<ArchConfig> = conformance_entries()
+        .iter()
+        .map(|c| c.cpu_sized())
+        .collect();
     for p in PRESETS {
-        let cfg = shrink((p.config)());
-        if !configs.contains(&cfg) {
-            configs.push(cfg);
+        let cfg = (p.config)().cpu_sized();
+        if !seen.contains(&cfg) {
+            check_sampling(&build(&cfg));
+            seen.push(cfg);
         }
     }
-    // Class-conditional variants: labels travel through every solver and the EDM denoiser.
-    configs.push(ArchConfig::Mlp(MlpConfig {
-        label_dim: 3,
-        hidden: 32,
-        ..MlpConfig::default()
-    }));
-    configs.push(shrink(ArchConfig::EdmVelocity(SongUnetConfig {
-        label_dim: 4,
-        ..SongUnetConfig::default()
-    })));
-    let mut kinds = std::collections::BTreeSet::new();
-    for cfg in &configs {
-        kinds.insert(cfg.name());
-        check_sampling(&build(cfg));
-    }
-    assert_eq!(
-        kinds.into_iter().collect::<Vec<_>>(),
-        vec![
-            "dhariwal_unet",
-            "edm_velocity",
-            "edm_velocity_adm",
-            "mlp",
-            "ncsnpp"
-        ],
-        "every architecture kind is covered"
-    );
-    assert_eq!(solver_variants().len(), 11);
+    assert_eq!(slimflow_models::conformance::solver_variants().len(), 11);
 }
 
 #[test]
 fn the_edm_wrapper_is_open_at_both_ends_with_edms_noise_range() {
-    let cfg = shrink(ArchConfig::preset("edm-ncsnpp-cifar10").unwrap());
+    let cfg = ArchConfig::preset("edm-ncsnpp-cifar10")
+        .unwrap()
+        .cpu_sized();
     let m = build(&cfg);
     let field = m.eval_field(None);
     let d = field.domain();
@@ -164,7 +154,7 @@ fn the_edm_wrapper_is_open_at_both_ends_with_edms_noise_range() {
     };
     assert!(solve(&rk, &field, &z, 1e-3, 1.0, false).is_ok());
     // Other architectures are closed at both ends.
-    let ncsnpp = build(&shrink(ArchConfig::preset("slimflow-3.4m").unwrap()));
+    let ncsnpp = build(&ArchConfig::preset("slimflow-3.4m").unwrap().cpu_sized());
     assert_eq!(
         ncsnpp.eval_field(None).domain(),
         slimflow_sampling::Domain::UNIT

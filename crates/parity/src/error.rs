@@ -42,6 +42,7 @@ macro_rules! from_display {
     )*};
 }
 from_display!(
+    slimflow_tensor_io::Error,
     slimflow_models::Error,
     slimflow_losses::Error,
     slimflow_metrics::Error,

@@ -66,7 +66,7 @@ pub struct Case<'a> {
     pub path: &'a Path,
     /// The directory holding its files.
     pub dir: &'a Path,
-    io: std::cell::OnceCell<slimflow_models::checkpoint::TensorFile>,
+    io: std::cell::OnceCell<slimflow_tensor_io::TensorFile>,
 }
 
 impl<'a> Case<'a> {
@@ -88,15 +88,15 @@ impl<'a> Case<'a> {
     }
 
     /// The io file (`io_file`), read once.
-    pub fn io(&self) -> Result<&slimflow_models::checkpoint::TensorFile> {
+    pub fn io(&self) -> Result<&slimflow_tensor_io::TensorFile> {
         if let Some(io) = self.io.get() {
             return Ok(io);
         }
         let name = self.json["io_file"]
             .as_str()
             .ok_or_else(|| self.bad("no `io_file`"))?;
-        let file = slimflow_models::checkpoint::read(&self.dir.join(name))
-            .map_err(|e| self.bad(e.to_string()))?;
+        let file =
+            slimflow_tensor_io::read(&self.dir.join(name)).map_err(|e| self.bad(e.to_string()))?;
         Ok(self.io.get_or_init(|| file))
     }
 

@@ -20,7 +20,7 @@ pub fn run_avg(case: &Case<'_>) -> Result<Vec<KeyResult>> {
 }
 
 fn run(case: &Case<'_>, pooling: Pooling) -> Result<Vec<KeyResult>> {
-    let weights = slimflow_models::checkpoint::read(&case.file("weights_file")?)
+    let weights = slimflow_tensor_io::read(&case.file("weights_file")?)
         .map_err(|e| case.bad(e.to_string()))?;
     each_run(case, |run, args| {
         let config = LpipsConfig {

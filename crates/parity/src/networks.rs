@@ -3,7 +3,6 @@
 //! weights.
 
 use serde_json::Value;
-use slimflow_models::checkpoint;
 use slimflow_models::dhariwal_unet::{DhariwalUnet, DhariwalUnetConfig};
 use slimflow_models::edm_velocity::EdmVelocity;
 use slimflow_models::ncsnpp::{Ncsnpp, NcsnppConfig, IGNORED_KEYS};
@@ -16,9 +15,9 @@ use crate::{each_run, Case, KeyResult};
 
 /// The case's weights loaded strictly into `vs`.
 pub(crate) fn load(case: &Case<'_>, vs: &mut tch::nn::VarStore, ignorable: &[&str]) -> Result<()> {
-    let file =
-        checkpoint::read(&case.file("weights_file")?).map_err(|e| case.bad(e.to_string()))?;
-    checkpoint::load_strict(vs, &file, ignorable).map_err(|e| case.bad(e.to_string()))
+    let file = slimflow_tensor_io::read(&case.file("weights_file")?)
+        .map_err(|e| case.bad(e.to_string()))?;
+    slimflow_tensor_io::load_strict(vs, &file, ignorable).map_err(|e| case.bad(e.to_string()))
 }
 
 /// The SongUNet config of `constructor_kwargs`, checked.

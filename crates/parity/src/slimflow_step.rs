@@ -14,7 +14,7 @@ use serde_json::Value;
 use slimflow_losses::lpips::{Backbone, Lpips, LpipsConfig, Pooling, Resize};
 use slimflow_losses::{Batch, Distill, DistillForm, FlowGuided, PremetricConfig, Rf};
 use slimflow_models::ncsnpp::{NcsnppConfig, IGNORED_KEYS};
-use slimflow_models::{checkpoint, ArchConfig, Model};
+use slimflow_models::{ArchConfig, Model};
 use slimflow_schedules::{noise_keep, RectifiedPath, TimeDist, TimeDistribution};
 use slimflow_trainer::config::{GradGuard, OptimConfig, WarmupRule};
 use slimflow_trainer::ema::Ema;
@@ -112,9 +112,9 @@ fn network(case: &Case<'_>) -> Result<Model> {
         return Err(case.bad(problems.join("; ")));
     }
     let mut model = Model::new(&ArchConfig::Ncsnpp(cfg), Device::Cpu)?;
-    let file =
-        checkpoint::read(&case.file("weights_file")?).map_err(|e| case.bad(e.to_string()))?;
-    checkpoint::load_strict(&mut model.vs, &file, IGNORED_KEYS)
+    let file = slimflow_tensor_io::read(&case.file("weights_file")?)
+        .map_err(|e| case.bad(e.to_string()))?;
+    slimflow_tensor_io::load_strict(&mut model.vs, &file, IGNORED_KEYS)
         .map_err(|e| case.bad(e.to_string()))?;
     Ok(model)
 }

@@ -155,9 +155,8 @@ fn an_argument_the_runner_does_not_consume_fails_the_case_by_name() {
 /// every key must pass except the updated weights, and those may fail only at elements whose stored
 /// update is below 0.9·lr, i.e. |g| < 9·ε.
 fn noise_dominated_failures_only(dir: &std::path::Path, keys: &[slimflow_parity::KeyResult]) {
-    use slimflow_models::checkpoint;
-    let io = checkpoint::read(&dir.join("slimflow_step.io.safetensors")).unwrap();
-    let init = checkpoint::read(&dir.join("ncsnpp_small.weights.safetensors")).unwrap();
+    let io = slimflow_tensor_io::read(&dir.join("slimflow_step.io.safetensors")).unwrap();
+    let init = slimflow_tensor_io::read(&dir.join("ncsnpp_small.weights.safetensors")).unwrap();
     let lr = 2e-4 * 30.0 / 40.0;
     assert_eq!(keys.len(), 9, "every output compared: {keys:?}");
     for k in keys {

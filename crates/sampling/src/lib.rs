@@ -4,7 +4,9 @@
 //! Any [`Velocity`] works, including plain closures, so solvers are tested on analytic fields. The
 //! closed set of solvers is [`SolverConfig`]: each variant carries exactly its own settings, so an
 //! adaptive solver with a step count cannot be written. [`straightness`] measures how far a
-//! trajectory is from a straight line (Liu et al. 2023, eq. 4).
+//! trajectory is from a straight line (Liu et al. 2023, eq. 4). [`Network`] is what training
+//! objectives need of a network (with labels and train mode), kept here so that losses build without
+//! any architecture.
 //!
 //! A field declares where it may be evaluated ([`Velocity::domain`], a [`Domain`]); every solver
 //! stays inside it and reaches an excluded end with one Euler (prediction) step. The references'
@@ -29,4 +31,8 @@ pub use error::{Error, Result};
 pub use rfpp::{RfppMethod, RfppSampler};
 pub use solver::{solve, Solution, SolverConfig};
 pub use straightness::{straightness, straightness_rfpp, straightness_slimflow};
-pub use velocity::{evaluate, time_tensor, Velocity, WithDomain};
+pub use velocity::{evaluate, time_tensor, Network, Velocity, WithDomain};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -40,6 +40,20 @@ where
     }
 }
 
+/// What a training objective needs of a network v_θ(x, t[, labels]).
+///
+/// Time is slimflow's: t in [0, 1], t = 0 noise, t = 1 data. Implementations turn t into their own
+/// network input (an MLP's sinusoidal features of 1000·t, NCSN++'s 999·t, …); callers never
+/// pre-scale it.
+pub trait Network: std::fmt::Debug {
+    /// v_θ(x, t): x [B, …], t `[B]`, labels `[B]` class indices (i64) for a class-conditional
+    /// network; `train` enables dropout. Keeps the autograd graph.
+    fn forward_t(&self, x: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor;
+
+    /// Number of classes the network is conditioned on; 0 when unconditional.
+    fn label_dim(&self) -> i64;
+}
+
 /// Any field with an explicit domain: a closure defined beyond [0, 1], or one that, like the EDM
 /// wrapper, is undefined at an end.
 #[derive(Debug, Clone)]

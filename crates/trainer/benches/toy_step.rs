@@ -1,7 +1,9 @@
 //! Throughput of the toy pipeline's hot paths on CPU:
 //! - one training step (RF loss, backward, clip, Adam, EMA) of the 3×256 MLP at batch 512, with our
 //!   saveable Adam against tch's built-in `nn::Adam` as the baseline in the same process;
-//! - sampling 2000 points with one Euler step, 100 Euler steps and RK45 (tol 1e-5).
+//! - sampling 2000 points with one Euler step, 100 Euler steps and RK45 (tol 1e-5);
+//! - generating 2000 toy pairs from seeded noise with the random-init 3×256 MLP teacher and RK45 at
+//!   the reference tolerance 1e-5, in pairs/s.
 
 // `criterion_group!` generates an undocumented public function.
 #![allow(missing_docs)]
@@ -9,7 +11,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use slimflow_data::Toy;
+use slimflow_data::{seeded_normal, Toy};
 use slimflow_losses::{Batch, Objective, Rf};
 use slimflow_models::{ArchConfig, Model};
 use slimflow_sampling::{solve, SolverConfig};
@@ -102,9 +104,30 @@ fn sampling(c: &mut Criterion) {
     g.finish();
 }
 
+fn pair_generation(c: &mut Criterion) {
+    let mut g = c.benchmark_group("data");
+    let teacher =
+        Model::new(&ArchConfig::preset("mlp-toy").expect("preset"), Device::Cpu).expect("model");
+    let field = teacher.eval_field(None);
+    let solver = SolverConfig::Rk45 {
+        rtol: 1e-5,
+        atol: 1e-5,
+    };
+    let seeds: Vec<u64> = (0..2000).collect();
+    g.throughput(Throughput::Elements(seeds.len() as u64));
+    g.sample_size(10);
+    g.bench_function("generate_pairs_mlp_toy_rk45_2000", |b| {
+        b.iter(|| {
+            let z = seeded_normal(&seeds, &[2], Device::Cpu);
+            solve(&solver, &field, &z, 1e-3, 1.0, false).expect("solve")
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = training_step, sampling
+    targets = training_step, sampling, pair_generation
 }
 criterion_main!(benches);

@@ -106,13 +106,13 @@ pub fn save_state(dir: &Path, s: &TrainState) -> Result<PathBuf> {
         ),
     ]);
     let path = state_path(dir, s.step);
-    checkpoint::write(&path, &tensors, &meta)?;
+    slimflow_tensor_io::write(&path, &tensors, &meta)?;
     Ok(path)
 }
 
 /// Reads a state; `names` are the model's parameter names (sorted), all of which must be present.
 pub fn load_state(path: &Path, names: &[String]) -> Result<TrainState> {
-    let file = checkpoint::read(path)?;
+    let file = slimflow_tensor_io::read(path)?;
     let bad = |reason: String| Error::BadCheckpoint {
         path: path.to_path_buf(),
         reason,

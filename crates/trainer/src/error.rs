@@ -65,6 +65,9 @@ pub enum Error {
     /// From the models crate.
     #[error(transparent)]
     Models(#[from] slimflow_models::Error),
+    /// Reading, writing or loading a tensor file.
+    #[error(transparent)]
+    TensorIo(#[from] slimflow_tensor_io::Error),
     /// From the data crate.
     #[error(transparent)]
     Data(#[from] slimflow_data::Error),

@@ -4,9 +4,9 @@
 
 use slimflow_sampling::SolverConfig;
 
-use crate::config::{FeatureChoice, PipelineConfig, Target};
+use crate::config::{PipelineConfig, Target};
 use crate::run_dir::{StageCtx, Status};
-use crate::stage::STAGES;
+use crate::stage::{Need, STAGES};
 
 /// One stage of the plan.
 #[derive(Debug, Clone)]
@@ -19,7 +19,8 @@ pub struct PlanRow {
     pub work: String,
 }
 
-fn solver_nfe(s: &SolverConfig) -> String {
+/// The number of evaluations of solver `s`, in words.
+pub(crate) fn solver_nfe(s: &SolverConfig) -> String {
     match *s {
         SolverConfig::Euler { steps } | SolverConfig::XPred { steps } => steps.to_string(),
         SolverConfig::Heun { steps } => format!("{}–{}", 2 * steps - 1, 2 * steps),
@@ -29,68 +30,15 @@ fn solver_nfe(s: &SolverConfig) -> String {
     }
 }
 
-fn images(steps: u64, batch: usize) -> String {
+/// The samples a training stage of `steps` steps at `batch` sees, in words.
+pub(crate) fn images(steps: u64, batch: usize) -> String {
     let n = steps as f64 * batch as f64;
     format!("{steps} steps × batch {batch} = {:.3e} samples", n)
 }
 
 /// The work of every stage of `cfg`, in words.
 pub fn work(cfg: &PipelineConfig) -> Vec<(&'static str, String)> {
-    let train = match &cfg.teacher {
-        Some(t) => format!("import the {} checkpoint {}", t.from, t.file.display()),
-        None => format!(
-            "1-RF {}: {}",
-            cfg.model.name(),
-            images(cfg.train.steps, cfg.train.batch_size)
-        ),
-    };
-    let pairs = match &cfg.pairs.import {
-        Some(dir) => format!("import reference pairs from {}", dir.display()),
-        None => format!(
-            "{} pairs × NFE {} ({}, {} storage)",
-            cfg.pairs.count,
-            solver_nfe(&cfg.pairs.solver),
-            cfg.pairs.solver.label(),
-            serde_json::to_value(cfg.pairs.dtype)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default()
-        ),
-    };
-    let loss = match cfg.reflow.lpips_huber {
-        Some(_) => "LPIPS-Huber".to_string(),
-        None => format!("{:?}", cfg.reflow.premetric),
-    };
-    let reflow = format!(
-        "2-RF {} ({:?} init, {loss}): {}",
-        cfg.student_arch().name(),
-        cfg.reflow.init,
-        images(cfg.reflow.steps, cfg.reflow.batch_size)
-    );
-    let distill = format!(
-        "one-step distillation{}{}: {}",
-        if cfg.distill.lpips.is_some() {
-            " with LPIPS"
-        } else {
-            ""
-        },
-        if cfg.distill.flow_guided_weight > 0.0 {
-            ", flow-guided"
-        } else {
-            ""
-        },
-        images(cfg.distill.steps, cfg.distill.batch_size)
-    );
-    let eval = format!(
-        "3 models × {} samples × (1 + NFE {}) ({})",
-        cfg.eval.samples,
-        solver_nfe(&cfg.eval.solver),
-        cfg.eval.solver.label()
-    );
-    STAGES
-        .into_iter()
-        .zip([train, pairs, reflow, distill, eval])
-        .collect()
+    STAGES.iter().map(|s| (s.name, (s.work)(cfg))).collect()
 }
 
 /// The plan of `ctx`'s run: stage states and work.
@@ -124,11 +72,19 @@ pub fn preflight(ctx: &StageCtx) -> Vec<String> {
     let cfg = &ctx.config;
     let done =
         |stage: &str| matches!(ctx.manifest(stage), Ok(Some(m)) if m.status == Status::Complete);
+    let mut needs: Vec<Need> = Vec::new();
+    for stage in STAGES.iter().filter(|s| !done(s.name)) {
+        for need in (stage.preflight)(cfg) {
+            if !needs.contains(&need) {
+                needs.push(need);
+            }
+        }
+    }
     let mut problems = Vec::new();
-    let needs_data = !done("train") && cfg.teacher.is_none() || !done("eval");
+    // The dataset comes first: its problems are usually the ones to fix first.
     match cfg.data.resolve() {
         Err(e) => problems.push(format!("data: {e}")),
-        Ok(Target::Images(spec)) if needs_data => {
+        Ok(Target::Images(spec)) if needs.contains(&Need::Dataset) => {
             let loaded = spec.load();
             if let Ok(set) = &loaded {
                 if let Err(e) = crate::stage::check_dataset_labels(set, cfg.model.label_dim()) {
@@ -143,46 +99,15 @@ pub fn preflight(ctx: &StageCtx) -> Vec<String> {
         }
         Ok(_) => {}
     }
-    if let Some(t) = &cfg.teacher {
-        if !done("train") && !t.file.is_file() {
-            problems.push(format!(
-                "teacher.file {}: no such file; {}",
-                t.file.display(),
-                teacher_hint(t)
-            ));
-        }
-    }
-    if let Some(dir) = &cfg.pairs.import {
-        let found = dir.join("z0.npy").is_file() || slimflow_data::rfpp::is_rfpp_dir(dir);
-        if !done("generate-pairs") && !found {
-            problems.push(format!(
-                "pairs.import {}: neither z0.npy / z1.npy nor z.zip / samples.zip there",
-                dir.display()
-            ));
-        }
-    }
-    let lpips = (cfg.reflow.lpips_huber.is_some() && !done("reflow"))
-        || (cfg.distill.lpips.is_some() && !done("distill"));
-    if lpips {
-        if let Err(e) = slimflow_weights::locate(slimflow_weights::Net::LpipsVgg, None) {
-            problems.push(format!("LPIPS loss: {e}"));
-        }
-    }
-    let images = matches!(cfg.data.resolve(), Ok(Target::Images(_)));
-    if images && cfg.eval.features == FeatureChoice::Inception && !done("eval") {
-        if let Err(e) = slimflow_weights::locate(slimflow_weights::Net::Inception, None) {
-            problems.push(format!("eval.features = inception: {e}"));
-        }
-    }
-    if let (true, false, Some(r)) = (images, done("eval"), &cfg.eval.reference) {
-        match slimflow_weights::resolve_reference(r, None) {
-            Err(e) => problems.push(format!("eval.reference: {e}")),
-            Ok(p) if !p.is_file() => problems.push(format!(
-                "eval.reference {}: no such file; {}",
-                p.display(),
-                reference_hint(&p, cfg.data.dataset.as_deref().unwrap_or("SPEC"))
-            )),
-            Ok(_) => {}
+    for need in needs {
+        match need {
+            Need::Dataset => {}
+            Need::Weights(net, what) => {
+                if let Err(e) = slimflow_weights::locate(net, None) {
+                    problems.push(format!("{what}: {e}"));
+                }
+            }
+            Need::Problem(p) => problems.push(p),
         }
     }
     problems
@@ -260,7 +185,7 @@ pub(crate) fn teacher_hint(t: &crate::config::TeacherConfig) -> String {
 
 /// How to obtain missing FID reference statistics at `path`: the registry entry of EDM's file of
 /// that name, or computing them from the dataset.
-fn reference_hint(path: &std::path::Path, dataset: &str) -> String {
+pub(crate) fn reference_hint(path: &std::path::Path, dataset: &str) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -280,5 +205,67 @@ fn reference_hint(path: &std::path::Path, dataset: &str) -> String {
             n = r.name()
         ),
         None => compute,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy(run_dir: &std::path::Path) -> StageCtx {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let config = crate::load_config(&root.join("configs/toy/checkerboard.toml"), &[])
+            .expect("the toy config loads");
+        StageCtx {
+            run_dir: run_dir.to_path_buf(),
+            config,
+            device: tch::Device::Cpu,
+            force: false,
+            rank: 0,
+            world: 1,
+        }
+    }
+
+    #[test]
+    fn every_stage_is_planned_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = toy(dir.path());
+        let rows = plan(&ctx);
+        let planned: Vec<&str> = rows.iter().map(|r| r.stage).collect();
+        let names: Vec<&str> = STAGES.iter().map(|s| s.name).collect();
+        assert_eq!(planned, names);
+        for r in &rows {
+            assert_eq!(r.state, "pending", "{}", r.stage);
+            assert!(!r.work.is_empty(), "{}", r.stage);
+        }
+        assert!(preflight(&ctx).is_empty(), "{:?}", preflight(&ctx));
+    }
+
+    #[test]
+    fn every_stage_section_is_a_table_of_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = toy(dir.path());
+        let text = crate::config::to_toml(&ctx.config).unwrap();
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        for s in STAGES {
+            assert!(
+                doc.get(s.section).is_some_and(|v| v.is_table()),
+                "[{}]",
+                s.section
+            );
+        }
+    }
+
+    #[test]
+    fn missing_imported_pairs_are_one_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ctx = toy(dir.path());
+        ctx.config.pairs.import = Some(dir.path().join("missing"));
+        let problems = preflight(&ctx);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("pairs.import "), "{problems:?}");
+        assert!(work(&ctx.config)
+            .iter()
+            .any(|(stage, w)| *stage == "generate-pairs" && w.starts_with("import")));
     }
 }

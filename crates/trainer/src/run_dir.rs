@@ -90,7 +90,7 @@ pub struct StageCtx {
 
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    Ok(slimflow_models::checkpoint::sha256_file(path)?.0)
+    Ok(slimflow_tensor_io::sha256_file(path)?.0)
 }
 
 fn git_revision() -> Option<String> {
@@ -196,7 +196,7 @@ impl StageDir {
         m.wall_seconds = self.started.elapsed().as_secs_f64();
         let p = self.path.join("manifest.json");
         let json = serde_json::to_vec_pretty(&m).expect("manifests serialise");
-        slimflow_models::checkpoint::atomic_write(&p, &json)?;
+        slimflow_tensor_io::atomic_write(&p, &json)?;
         Ok(())
     }
 

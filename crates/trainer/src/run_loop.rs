@@ -3,21 +3,31 @@
 //! Per step: reseed libtorch's generator from (seed, step) (it only drives dropout), draw the batch and
 //! the objective's randomness from the loop's ChaCha20 generator, split it into `accumulate`
 //! micro-batches whose gradients add up, stop on a non-finite loss, then [`crate::optim::update`]:
-//! warm-up lr, the non-finite guard and the clip in the configured order, Adam, EMA. With `autocast` on CUDA the forward passes run in float16 under
-//! libtorch's autocast with a dynamic loss scale (halved and the step skipped on overflow, doubled
-//! after `loss_scale_window` clean steps; from `loss_scale`, defaults 65536 and 2000). Checkpoints follow the keep-last-N policy; an interrupt request saves a
-//! state and returns. Image models can write a sample grid every `sample_every` steps.
+//! warm-up lr, the non-finite guard and the clip in the configured order, Adam, EMA. With `autocast`
+//! on CUDA the forward passes run in float16 under libtorch's autocast with a dynamic loss scale
+//! (halved and the step skipped on overflow, doubled after `loss_scale_window` clean steps; from
+//! `loss_scale`, defaults 65536 and 2000). A run resumes from its newest intact state; an interrupt
+//! request saves a state and returns.
+//!
+//! Everything else a step leads to is an [`Observers`] item: metric sinks receive the record of every
+//! `log_every`-th step, then [`StepHook`]s run. The stages' set ([`Observers::standard`]) is
+//! `metrics.jsonl`, the sample grid every `sample_every` steps (image models) and the keep-last-N
+//! checkpoint schedule, so another output is one more item rather than a change to the loop.
+
+mod hooks;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use slimflow_losses::{Batch, Objective};
-use slimflow_models::{checkpoint as ckpt, Model};
+use slimflow_models::{checkpoint as ckpt, ArchConfig, Model};
 use tch::Tensor;
 
-use crate::checkpointing::{self, Action, TrainState};
+use self::hooks::StateRef;
+pub use self::hooks::{Checkpoints, SampleGrid, StepHook, StepView};
+use crate::checkpointing;
 use crate::config::{CheckpointConfig, OptimConfig};
 use crate::ema::Ema;
 use crate::error::{Error, Result};
@@ -61,9 +71,74 @@ pub fn sorted_variables(model: &Model) -> (Vec<String>, Vec<Tensor>) {
     vars.into_iter().unzip()
 }
 
-/// Trains `model` in the stage directory `stage_dir`, resuming from its newest intact state, and
-/// writes `<stage_dir>/model.safetensors` (EMA or raw weights) at the end. `metrics.jsonl` receives a
-/// line every `log_every` steps.
+/// What a step leads to besides the update: metric sinks, then step hooks, each in order.
+#[derive(Default)]
+pub struct Observers<'a> {
+    /// Receive the record of every `log_every`-th step and of the last one.
+    pub sinks: Vec<Box<dyn MetricSink + 'a>>,
+    /// Run after every step, after the sinks.
+    pub hooks: Vec<Box<dyn StepHook + 'a>>,
+}
+
+impl<'a> Observers<'a> {
+    /// The stages' set for `stage_dir`: `metrics.jsonl`, then sample grids and checkpoints at the
+    /// cadence of `settings`.
+    pub fn standard(stage_dir: &Path, settings: &LoopSettings<'_>) -> Self {
+        Observers::default()
+            .sink(JsonlSink::new(stage_dir.join("metrics.jsonl")))
+            .hook(SampleGrid::new(stage_dir, settings.checkpoint))
+            .hook(Checkpoints::new(
+                stage_dir.join("checkpoints"),
+                settings.checkpoint,
+            ))
+    }
+
+    /// Adds `sink` after the present ones.
+    pub fn sink(mut self, sink: impl MetricSink + 'a) -> Self {
+        self.sinks.push(Box::new(sink));
+        self
+    }
+
+    /// Adds `hook` after the present ones.
+    pub fn hook(mut self, hook: impl StepHook + 'a) -> Self {
+        self.hooks.push(Box::new(hook));
+        self
+    }
+
+    fn begin(&mut self, start: u64) -> Result<()> {
+        for sink in &mut self.sinks {
+            sink.begin(start)?;
+        }
+        for hook in &mut self.hooks {
+            hook.begin(start)?;
+        }
+        Ok(())
+    }
+
+    fn after_step(&mut self, view: &StepView<'_>) -> Result<()> {
+        if let Some(record) = view.record {
+            for sink in &mut self.sinks {
+                sink.record(view.step, record)?;
+            }
+        }
+        for hook in &mut self.hooks {
+            hook.after_step(view)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, end: LoopEnd) -> Result<LoopEnd> {
+        for sink in &mut self.sinks {
+            sink.finish()?;
+        }
+        for hook in &mut self.hooks {
+            hook.finish(end)?;
+        }
+        Ok(end)
+    }
+}
+
+/// [`train_with`] with the stages' [`Observers::standard`].
 pub fn train(
     stage_dir: &Path,
     model: &mut Model,
@@ -71,157 +146,224 @@ pub fn train(
     objective: &dyn Objective,
     next_batch: &mut BatchFn<'_>,
 ) -> Result<LoopEnd> {
+    let observers = Observers::standard(stage_dir, settings);
+    train_with(stage_dir, model, settings, objective, next_batch, observers)
+}
+
+/// Trains `model` in the stage directory `stage_dir`, resuming from the newest intact state in
+/// `<stage_dir>/checkpoints`, and writes `<stage_dir>/model.safetensors` (EMA or raw weights) at the
+/// end. `observers` see every step; the loop itself writes states only on interrupt.
+pub fn train_with(
+    stage_dir: &Path,
+    model: &mut Model,
+    settings: &LoopSettings<'_>,
+    objective: &dyn Objective,
+    next_batch: &mut BatchFn<'_>,
+    mut observers: Observers<'_>,
+) -> Result<LoopEnd> {
     let ckpt_dir = stage_dir.join("checkpoints");
-    let (names, params) = sorted_variables(model);
-    let arch = model.config().clone();
-    let mut adam = Adam::new(settings.optim, &params);
-    let mut ema = Ema::new(settings.optim.ema_decay, settings.optim.ema_warmup, &params);
-    let mut rng = ChaCha20Rng::seed_from_u64(settings.seed);
-    let mut start = 0u64;
-    if let Some(state) = checkpointing::latest_state(&ckpt_dir, &names) {
-        if state.arch != arch {
-            return Err(Error::BadCheckpoint {
-                path: ckpt_dir.clone(),
-                reason: "the saved state belongs to another architecture".into(),
-            });
-        }
-        tch::no_grad(|| -> Result<()> {
-            for (i, p) in params.iter().enumerate() {
-                let mut p = p.shallow_clone();
-                p.f_copy_(&state.params[i].1.to_device(p.device()))?;
-                adam.m[i] = state.adam_m[i].to_device(p.device());
-                adam.v[i] = state.adam_v[i].to_device(p.device());
-                ema.values[i] = state.ema[i].to_device(p.device());
-            }
-            Ok(())
-        })?;
-        adam.t = state.adam_t;
-        // Adam and the EMA advance together (a step skipped by the loss scale skips both).
-        ema.num_updates = state.adam_t;
-        rng = state.rng;
-        start = state.step;
-        tracing::info!("{}: resumed at step {start}", settings.label);
-    }
-    let mut sink = JsonlSink::open(&stage_dir.join("metrics.jsonl"), start)?;
+    let mut st = LoopState::new(model, settings);
+    let start = st.resume(&ckpt_dir, settings.label)?;
+    observers.begin(start)?;
     let accumulate = settings.optim.accumulate.max(1);
     let amp = settings.optim.autocast && model.vs.device().is_cuda();
     let mut scale = LossScale::new(amp, settings.optim);
     let mut progress = Progress::new(settings.label, start, settings.steps);
-    let save = |step: u64, adam: &Adam, ema: &Ema, rng: &ChaCha20Rng| -> Result<PathBuf> {
-        let state = TrainState {
-            step,
-            params: names
-                .iter()
-                .cloned()
-                .zip(params.iter().map(|p| p.detach()))
-                .collect(),
-            ema: ema.values.iter().map(|t| t.shallow_clone()).collect(),
-            adam_m: adam.m.iter().map(|t| t.shallow_clone()).collect(),
-            adam_v: adam.v.iter().map(|t| t.shallow_clone()).collect(),
-            adam_t: adam.t,
-            rng: rng.clone(),
-            arch: arch.clone(),
-        };
-        checkpointing::save_state(&ckpt_dir, &state)
-    };
     for step in start..settings.steps {
         if crate::interrupt::requested() {
             if !checkpointing::list_states(&ckpt_dir).contains(&step) {
-                save(step, &adam, &ema, &rng)?;
+                checkpointing::save_state(&ckpt_dir, &st.state_ref().at(step))?;
             }
             progress.finish();
             tracing::info!(
                 "{}: interrupted at step {step}; run again to resume",
                 settings.label
             );
-            return Ok(LoopEnd::Interrupted);
+            return observers.finish(LoopEnd::Interrupted);
         }
         tch::manual_seed((settings.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
-        let (batch, extra) = next_batch(&mut rng, step)?;
-        zero_grad(&params);
-        let mut loss = 0.0;
-        let mut parts: Vec<(&'static str, f64)> = Vec::new();
-        for micro in split(&batch, accumulate) {
-            let terms = tch::autocast(amp, || objective.loss(model, &micro, &mut rng))?;
-            let value = terms.total.double_value(&[]);
-            if !value.is_finite() {
+        let (batch, extra) = next_batch(&mut st.rng, step)?;
+        zero_grad(&st.params);
+        let pass = backward(model, objective, &batch, accumulate, &scale, &mut st.rng)?;
+        let (loss, parts) = match pass {
+            Pass::Done { loss, parts } => (loss, parts),
+            Pass::NonFinite(value) => {
                 progress.finish();
-                let last = checkpointing::list_states(&ckpt_dir)
+                let checkpoint = checkpointing::list_states(&ckpt_dir)
                     .last()
                     .map(|&s| checkpointing::state_path(&ckpt_dir, s));
                 return Err(Error::NonFiniteLoss {
                     step,
                     value,
-                    checkpoint: last,
+                    checkpoint,
                 });
             }
-            (terms.total.to_kind(tch::Kind::Float) * (scale.value / accumulate as f64)).backward();
-            loss += value / accumulate as f64;
-            for (k, v) in terms.parts {
-                match parts.iter_mut().find(|(name, _)| *name == k) {
-                    Some(slot) => slot.1 += v / accumulate as f64,
-                    None => parts.push((k, v / accumulate as f64)),
-                }
-            }
-        }
-        let stepped = scale.unscale(&params);
-        let UpdateInfo { lr, grad_norm } =
-            update(&params, &mut adam, &mut ema, settings.optim, step, stepped);
+        };
+        let stepped = scale.unscale(&st.params);
+        let UpdateInfo { lr, grad_norm } = update(
+            &st.params,
+            &mut st.adam,
+            &mut st.ema,
+            settings.optim,
+            step,
+            stepped,
+        );
         let done = step + 1;
-        let every = settings.checkpoint.log_every.max(1);
-        if done % every == 0 || done == settings.steps {
-            let mut fields: Vec<(&str, f64)> =
-                vec![("loss", loss), ("grad_norm", grad_norm), ("lr", lr)];
+        let logged = done % settings.checkpoint.log_every.max(1) == 0 || done == settings.steps;
+        let record = logged.then(|| {
+            let mut fields = vec![("loss", loss), ("grad_norm", grad_norm), ("lr", lr)];
             if amp {
                 fields.push(("loss_scale", scale.value));
             }
-            fields.extend(parts.iter().chain(&extra).map(|(k, v)| (*k, *v)));
-            sink.record(done, &fields)?;
-        }
-        let sample_every = settings.checkpoint.sample_every;
-        if sample_every > 0 && (done % sample_every == 0 || done == settings.steps) {
-            sample_grid(stage_dir, model, done, settings.checkpoint.sample_steps)?;
-        }
+            fields.extend(parts.iter().chain(&extra).copied());
+            fields
+        });
         progress.set(done, || format!("loss {loss:.4}"));
-        let existing = checkpointing::list_states(&ckpt_dir);
-        for action in checkpointing::plan(
-            done,
-            settings.steps,
-            settings.checkpoint.every,
-            settings.checkpoint.keep_last,
-            &existing,
-        ) {
-            match action {
-                Action::Save(s) => {
-                    save(s, &adam, &ema, &rng)?;
-                }
-                Action::Delete(s) => checkpointing::delete_state(&ckpt_dir, s)?,
+        observers.after_step(&StepView {
+            step: done,
+            steps: settings.steps,
+            loss,
+            record: record.as_deref(),
+            model,
+            state: st.state_ref(),
+        })?;
+    }
+    progress.finish();
+    st.write_model(&stage_dir.join("model.safetensors"), settings)?;
+    observers.finish(LoopEnd::Finished)
+}
+
+/// The loop's trainable state: the parameters (sorted by name), Adam, the EMA and the generator.
+struct LoopState {
+    names: Vec<String>,
+    params: Vec<Tensor>,
+    arch: ArchConfig,
+    adam: Adam,
+    ema: Ema,
+    rng: ChaCha20Rng,
+}
+
+impl LoopState {
+    fn new(model: &Model, settings: &LoopSettings<'_>) -> Self {
+        let (names, params) = sorted_variables(model);
+        let adam = Adam::new(settings.optim, &params);
+        let ema = Ema::new(settings.optim.ema_decay, settings.optim.ema_warmup, &params);
+        LoopState {
+            names,
+            params,
+            arch: model.config().clone(),
+            adam,
+            ema,
+            rng: ChaCha20Rng::seed_from_u64(settings.seed),
+        }
+    }
+
+    /// Restores the newest intact state in `dir`; the steps it had completed (0 without one).
+    fn resume(&mut self, dir: &Path, label: &str) -> Result<u64> {
+        let Some(state) = checkpointing::latest_state(dir, &self.names) else {
+            return Ok(0);
+        };
+        if state.arch != self.arch {
+            return Err(Error::BadCheckpoint {
+                path: dir.to_path_buf(),
+                reason: "the saved state belongs to another architecture".into(),
+            });
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (i, p) in self.params.iter().enumerate() {
+                let mut p = p.shallow_clone();
+                p.f_copy_(&state.params[i].1.to_device(p.device()))?;
+                self.adam.m[i] = state.adam_m[i].to_device(p.device());
+                self.adam.v[i] = state.adam_v[i].to_device(p.device());
+                self.ema.values[i] = state.ema[i].to_device(p.device());
+            }
+            Ok(())
+        })?;
+        self.adam.t = state.adam_t;
+        // Adam and the EMA advance together (a step skipped by the loss scale skips both).
+        self.ema.num_updates = state.adam_t;
+        self.rng = state.rng;
+        tracing::info!("{label}: resumed at step {}", state.step);
+        Ok(state.step)
+    }
+
+    fn state_ref(&self) -> StateRef<'_> {
+        StateRef {
+            names: &self.names,
+            params: &self.params,
+            adam: &self.adam,
+            ema: &self.ema,
+            rng: &self.rng,
+            arch: &self.arch,
+        }
+    }
+
+    /// Writes the trained model to `path`: the EMA or the raw weights, as configured.
+    fn write_model(&self, path: &Path, settings: &LoopSettings<'_>) -> Result<()> {
+        let use_ema = settings.optim.use_ema;
+        let values = if use_ema {
+            &self.ema.values
+        } else {
+            &self.params
+        };
+        let weights: Vec<(String, Tensor)> = self
+            .names
+            .iter()
+            .cloned()
+            .zip(values.iter().map(|t| t.detach()))
+            .collect();
+        let meta = BTreeMap::from([
+            ("slimflow.step".to_string(), settings.steps.to_string()),
+            (
+                "slimflow.weights".to_string(),
+                if use_ema { "ema" } else { "raw" }.to_string(),
+            ),
+        ]);
+        ckpt::write_model(path, &self.arch, &weights, &meta)?;
+        Ok(())
+    }
+}
+
+/// One step's forward and backward passes.
+enum Pass {
+    /// Gradients accumulated: the mean loss and loss terms over the micro-batches.
+    Done {
+        loss: f64,
+        parts: Vec<(&'static str, f64)>,
+    },
+    /// A micro-batch's loss was not finite (and got no backward pass).
+    NonFinite(f64),
+}
+
+/// Runs `batch` as `accumulate` micro-batches (under autocast when `scale` is enabled), each loss
+/// multiplied by `scale / accumulate` before its backward pass so the gradients add up to the whole
+/// batch's.
+fn backward(
+    model: &Model,
+    objective: &dyn Objective,
+    batch: &Batch,
+    accumulate: usize,
+    scale: &LossScale,
+    rng: &mut ChaCha20Rng,
+) -> Result<Pass> {
+    let mut loss = 0.0;
+    let mut parts: Vec<(&'static str, f64)> = Vec::new();
+    for micro in split(batch, accumulate) {
+        let terms = tch::autocast(scale.enabled, || objective.loss(model, &micro, rng))?;
+        let value = terms.total.double_value(&[]);
+        if !value.is_finite() {
+            return Ok(Pass::NonFinite(value));
+        }
+        (terms.total.to_kind(tch::Kind::Float) * (scale.value / accumulate as f64)).backward();
+        loss += value / accumulate as f64;
+        for (k, v) in terms.parts {
+            match parts.iter_mut().find(|(name, _)| *name == k) {
+                Some(slot) => slot.1 += v / accumulate as f64,
+                None => parts.push((k, v / accumulate as f64)),
             }
         }
     }
-    progress.finish();
-    let weights: Vec<(String, Tensor)> = if settings.optim.use_ema {
-        names
-            .iter()
-            .cloned()
-            .zip(ema.values.iter().map(|t| t.shallow_clone()))
-            .collect()
-    } else {
-        names
-            .iter()
-            .cloned()
-            .zip(params.iter().map(|t| t.detach()))
-            .collect()
-    };
-    let meta = BTreeMap::from([
-        ("slimflow.step".to_string(), settings.steps.to_string()),
-        (
-            "slimflow.weights".to_string(),
-            if settings.optim.use_ema { "ema" } else { "raw" }.to_string(),
-        ),
-    ]);
-    ckpt::write_model(&stage_dir.join("model.safetensors"), &arch, &weights, &meta)?;
-    Ok(LoopEnd::Finished)
+    Ok(Pass::Done { loss, parts })
 }
 
 /// `batch` cut into `parts` equal micro-batches along the batch dimension.
@@ -304,35 +446,60 @@ impl LossScale {
     }
 }
 
-/// Euler samples of the current weights from fixed noise (and fixed labels for class-conditional
-/// models), as `samples/step-N.png` (image models).
-fn sample_grid(stage_dir: &Path, model: &Model, step: u64, steps: usize) -> Result<()> {
-    let shape = model.config().data_shape();
-    if shape.len() != 3 {
-        return Ok(());
-    }
-    let seeds: Vec<u64> = (0..64u64).map(|i| (1 << 50) + i).collect();
-    let z = slimflow_data::seeded_normal(&seeds, &shape, model.vs.device());
-    // Class-conditional models: row r of the 8×8 grid shows classes 8r … 8r + 7 (mod the classes).
-    let classes = model.config().label_dim();
-    let labels = (classes > 0).then(|| {
-        let l: Vec<i64> = (0..seeds.len() as i64).map(|i| i % classes).collect();
-        Tensor::from_slice(&l).to_device(model.vs.device())
-    });
-    let field = model.eval_field(labels.as_ref());
-    let solver = slimflow_sampling::SolverConfig::Euler {
-        steps: steps.max(1),
-    };
-    let x = slimflow_sampling::solve(&solver, &field, &z, 1e-3, 1.0, false)?.x;
-    let dir = stage_dir.join("samples");
-    std::fs::create_dir_all(&dir).map_err(crate::error::io_err(&dir))?;
-    slimflow_metrics::pictures::grid_png(&dir.join(format!("step-{step:07}.png")), &x, 8)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::MemorySink;
+//TMPCMP-BEGIN
+    #[path = "/tmp/old_run_loop.rs"]
+    #[allow(dead_code, missing_docs, unused)]
+    mod old_run_loop;
+
+    #[test]
+    fn tmp_same_files_as_before() {
+        let init: Vec<Tensor> = sorted_variables(&model()).1.iter().map(|t| t.detach().copy()).collect();
+        let objective = Rf { time: TimeDist::Uniform { eps: 1e-3 }, premetric: PremetricConfig::L2Squared {} };
+        let optim = OptimConfig { warmup_steps: 2, accumulate: 2, ..OptimConfig::default() };
+        let checkpoint = CheckpointConfig { every: 3, keep_last: 2, log_every: 2, ..CheckpointConfig::default() };
+        let files = |new: bool, steps: u64, dir: &Path| {
+            let mut m = model();
+            tch::no_grad(|| for (p, v) in sorted_variables(&m).1.iter().zip(&init) { p.shallow_clone().copy_(v); });
+            let mut batches = |rng: &mut ChaCha20Rng, step: u64| {
+                let x1 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
+                let x0 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
+                Ok((Batch { x0, x1, labels: None }, vec![("beta", step as f64 * 0.1)]))
+            };
+            if new {
+                let s = LoopSettings { steps, optim: &optim, checkpoint: &checkpoint, seed: 9, label: "t" };
+                train(dir, &mut m, &s, &objective, &mut batches).unwrap();
+            } else {
+                let s = old_run_loop::LoopSettings { steps, optim: &optim, checkpoint: &checkpoint, seed: 9, label: "t" };
+                old_run_loop::train(dir, &mut m, &s, &objective, &mut batches).unwrap();
+            }
+        };
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for steps in [7, 11] {
+            let mode = std::env::var("CMP_MODE").unwrap_or_default();
+            files(mode == "newnew", steps, a.path());
+            files(mode != "oldold", steps, b.path());
+        }
+        let mut n = 0;
+        for rel in ["metrics.jsonl", "model.safetensors", "checkpoints/state-00000009.safetensors", "checkpoints/state-00000011.safetensors"] {
+            let x = std::fs::read(a.path().join(rel)).unwrap();
+            let _ = std::fs::copy(a.path().join(rel), format!("/tmp/cmp_old_{n}"));
+            let _ = std::fs::copy(b.path().join(rel), format!("/tmp/cmp_new_{n}"));
+            let y = std::fs::read(b.path().join(rel)).unwrap();
+            if x != y { eprintln!("{rel} differs"); }
+            n += 1;
+        }
+        let la: Vec<_> = std::fs::read_dir(a.path().join("checkpoints")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut la = la; la.sort();
+        let mut lb: Vec<_> = std::fs::read_dir(b.path().join("checkpoints")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        lb.sort();
+        assert_eq!(la, lb);
+        eprintln!("compared {n} files, checkpoints {la:?}");
+    }
+//TMPCMP-END
     use slimflow_losses::{PremetricConfig, Rf};
     use slimflow_models::ArchConfig;
     use slimflow_schedules::TimeDist;
@@ -466,5 +633,118 @@ mod tests {
         (&p * f64::NAN).sum(Kind::Float).backward();
         assert!(!low.unscale(&params));
         assert_eq!(low.value, 1.0);
+    }
+
+    /// Everything a hook is shown.
+    #[derive(Default)]
+    struct Seen {
+        start: Option<u64>,
+        steps: Vec<u64>,
+        records: Vec<(u64, Vec<(String, f64)>)>,
+        end: Option<LoopEnd>,
+    }
+
+    impl StepHook for Seen {
+        fn begin(&mut self, start: u64) -> Result<()> {
+            self.start = Some(start);
+            Ok(())
+        }
+
+        fn after_step(&mut self, view: &StepView<'_>) -> Result<()> {
+            self.steps.push(view.step);
+            if let Some(record) = view.record {
+                let fields = record.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+                self.records.push((view.step, fields));
+            }
+            Ok(())
+        }
+
+        fn finish(&mut self, end: LoopEnd) -> Result<()> {
+            self.end = Some(end);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn added_sinks_and_hooks_see_what_metrics_jsonl_gets() {
+        let dir = tempfile::tempdir().unwrap();
+        let objective = Rf {
+            time: TimeDist::Uniform { eps: 1e-3 },
+            premetric: PremetricConfig::L2Squared {},
+        };
+        let optim = OptimConfig {
+            warmup_steps: 0,
+            ..OptimConfig::default()
+        };
+        let checkpoint = CheckpointConfig {
+            every: 3,
+            keep_last: 2,
+            log_every: 2,
+            ..CheckpointConfig::default()
+        };
+        let run = |steps: u64, memory: &mut MemorySink, seen: &mut Seen| {
+            let settings = LoopSettings {
+                steps,
+                optim: &optim,
+                checkpoint: &checkpoint,
+                seed: 5,
+                label: "test",
+            };
+            let mut batches = |rng: &mut ChaCha20Rng, step: u64| {
+                let x1 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
+                let x0 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
+                let batch = Batch {
+                    x0,
+                    x1,
+                    labels: None,
+                };
+                Ok((batch, vec![("beta", step as f64)]))
+            };
+            let observers = Observers::standard(dir.path(), &settings)
+                .sink(memory)
+                .hook(seen);
+            train_with(
+                dir.path(),
+                &mut model(),
+                &settings,
+                &objective,
+                &mut batches,
+                observers,
+            )
+            .unwrap()
+        };
+        let (mut memory, mut seen) = (MemorySink::default(), Seen::default());
+        assert_eq!(run(5, &mut memory, &mut seen), LoopEnd::Finished);
+        // resumed from the final state of the first run
+        let (mut memory2, mut seen2) = (MemorySink::default(), Seen::default());
+        assert_eq!(run(8, &mut memory2, &mut seen2), LoopEnd::Finished);
+
+        let steps = |m: &MemorySink| m.records.iter().map(|r| r.0).collect::<Vec<_>>();
+        assert_eq!(steps(&memory), vec![2, 4, 5]);
+        assert_eq!(steps(&memory2), vec![6, 8]);
+        assert_eq!((seen.start, seen2.start), (Some(0), Some(5)));
+        assert_eq!(seen.steps, vec![1, 2, 3, 4, 5]);
+        assert_eq!(seen2.steps, vec![6, 7, 8]);
+        assert_eq!(seen.records, memory.records);
+        assert_eq!(seen2.records, memory2.records);
+        assert_eq!(seen2.end, Some(LoopEnd::Finished));
+        let names: Vec<&str> = memory.records[0].1.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(names, ["loss", "grad_norm", "lr", "rf", "beta"]);
+
+        // The memory records, written by a JSONL sink of their own, are metrics.jsonl byte for byte.
+        let copy = dir.path().join("copy.jsonl");
+        let mut sink = JsonlSink::open(&copy, 0).unwrap();
+        for (step, fields) in memory.records.iter().chain(&memory2.records) {
+            let fields: Vec<(&str, f64)> = fields.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            sink.record(*step, &fields).unwrap();
+        }
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        assert_eq!(read(&copy), read(&dir.path().join("metrics.jsonl")));
+        // and the standard hooks still keep the checkpoint schedule
+        assert_eq!(
+            checkpointing::list_states(&dir.path().join("checkpoints")),
+            vec![6, 8]
+        );
+        assert!(dir.path().join("model.safetensors").is_file());
     }
 }

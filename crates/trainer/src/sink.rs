@@ -1,17 +1,46 @@
-//! Metric sinks: one JSON object per logged step.
+//! Metric sinks: where the training loop's records go (`metrics.jsonl`, one JSON object per logged
+//! step, by default).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{io_err, Result};
 
-/// Receives metric records.
+/// Receives metric records. The loop calls [`begin`](MetricSink::begin) once the resumed step is
+/// known, [`record`](MetricSink::record) every `log_every` steps and at the last one, and
+/// [`finish`](MetricSink::finish) when it returns without error.
 pub trait MetricSink {
+    /// The run starts (or resumes) after `start` completed steps; records past it are stale.
+    fn begin(&mut self, start: u64) -> Result<()> {
+        let _ = start;
+        Ok(())
+    }
+
     /// Records `fields` at `step`.
     fn record(&mut self, step: u64, fields: &[(&str, f64)]) -> Result<()>;
+
+    /// The run ended (finished or interrupted); buffered records must be out by now.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
-/// Appends to `metrics.jsonl`. Opening for a resumed run drops lines past the resumed step, so the
+/// Lets a caller keep a sink and read it after the loop has used it.
+impl<S: MetricSink + ?Sized> MetricSink for &mut S {
+    fn begin(&mut self, start: u64) -> Result<()> {
+        (**self).begin(start)
+    }
+
+    fn record(&mut self, step: u64, fields: &[(&str, f64)]) -> Result<()> {
+        (**self).record(step, fields)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        (**self).finish()
+    }
+}
+
+/// Appends to `metrics.jsonl`. Beginning a resumed run drops lines past the resumed step, so the
 /// file reads as one uninterrupted history.
 #[derive(Debug)]
 pub struct JsonlSink {
@@ -19,9 +48,23 @@ pub struct JsonlSink {
 }
 
 impl JsonlSink {
+    /// A sink for `path` that touches the file only from [`MetricSink::begin`] on.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        JsonlSink { path: path.into() }
+    }
+
     /// Opens `path`, keeping only records with step ≤ `resume_step` (all of them for a fresh run
     /// start at 0, so none survive).
     pub fn open(path: &Path, resume_step: u64) -> Result<Self> {
+        let mut sink = JsonlSink::new(path);
+        sink.begin(resume_step)?;
+        Ok(sink)
+    }
+}
+
+impl MetricSink for JsonlSink {
+    fn begin(&mut self, resume_step: u64) -> Result<()> {
+        let path = &self.path;
         if path.exists() {
             let text = std::fs::read_to_string(path).map_err(io_err(path))?;
             let kept: String = text
@@ -36,13 +79,9 @@ impl JsonlSink {
                 .collect();
             std::fs::write(path, kept).map_err(io_err(path))?;
         }
-        Ok(JsonlSink {
-            path: path.to_path_buf(),
-        })
+        Ok(())
     }
-}
 
-impl MetricSink for JsonlSink {
     fn record(&mut self, step: u64, fields: &[(&str, f64)]) -> Result<()> {
         let mut obj = serde_json::Map::new();
         obj.insert("step".into(), step.into());

@@ -34,7 +34,7 @@ pub fn pipeline_report(run_dir: &Path) -> Result<String> {
     let _ = writeln!(md, "|---|---|---:|---|---|");
     let mut found = 0;
     let mut total = 0.0;
-    for stage in STAGES {
+    for stage in STAGES.iter().map(|s| s.name) {
         let path = run_dir.join(stage).join("manifest.json");
         let Ok(text) = std::fs::read_to_string(&path) else {
             let _ = writeln!(md, "| {stage} | not run | | | |");
@@ -69,7 +69,7 @@ pub fn pipeline_report(run_dir: &Path) -> Result<String> {
         );
     }
     let mut pics = String::new();
-    for stage in STAGES {
+    for stage in STAGES.iter().map(|s| s.name) {
         for p in pictures(&run_dir.join(stage)) {
             let _ = writeln!(pics, "- {stage}: [{p}]({stage}/{p})");
         }
@@ -77,6 +77,6 @@ pub fn pipeline_report(run_dir: &Path) -> Result<String> {
     if !pics.is_empty() {
         let _ = writeln!(md, "## Pictures\n\n{pics}");
     }
-    slimflow_models::checkpoint::atomic_write(&run_dir.join("report.md"), md.as_bytes())?;
+    slimflow_tensor_io::atomic_write(&run_dir.join("report.md"), md.as_bytes())?;
     Ok(md)
 }

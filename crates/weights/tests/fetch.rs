@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sha2::Digest;
-use slimflow_models::checkpoint;
 use slimflow_torchfile::{save, Node, RawTensor};
 use slimflow_weights::{convert, fetch_sources, locate, Checksum, Error, Net, Source};
 use tch::{Kind, Tensor};
@@ -94,7 +93,7 @@ fn sha256(bytes: &[u8]) -> &'static str {
 
 /// torchvision-style backbone and lpips-style heads made from the parity case's LPIPS weights.
 fn published_lpips(dir: &Path, parity: &Path) -> (PathBuf, PathBuf, Vec<(String, Tensor)>) {
-    let ours = checkpoint::read(&parity.join("lpips_vgg.weights.safetensors")).unwrap();
+    let ours = slimflow_tensor_io::read(&parity.join("lpips_vgg.weights.safetensors")).unwrap();
     let mut backbone = Vec::new();
     let mut heads = Vec::new();
     for (k, t) in &ours.tensors {
@@ -121,7 +120,7 @@ fn published_lpips(dir: &Path, parity: &Path) -> (PathBuf, PathBuf, Vec<(String,
 }
 
 fn assert_same_tensors(path: &Path, expected: &[(String, Tensor)], ignore: &[&str]) {
-    let got = checkpoint::read(path).unwrap();
+    let got = slimflow_tensor_io::read(path).unwrap();
     let got: HashMap<&str, &Tensor> = got.tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     let mut n = 0;
     for (k, t) in expected {
@@ -279,7 +278,7 @@ fn inception_converts_from_the_published_names_and_refuses_incomplete_files() {
     let Some(parity) = parity::parity_dir() else {
         return;
     };
-    let ours = checkpoint::read(&parity.join("fid_inception.weights.safetensors")).unwrap();
+    let ours = slimflow_tensor_io::read(&parity.join("fid_inception.weights.safetensors")).unwrap();
     let modules = [
         ("blocks.0.0.", "Conv2d_1a_3x3."),
         ("blocks.0.1.", "Conv2d_2a_3x3."),

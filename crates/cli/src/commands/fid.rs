@@ -155,7 +155,7 @@ fn stats_for(source: &str, opts: &FidOptions, net: &mut Option<Features>) -> Res
         });
     }
     if path.extension().is_some_and(|e| e == "safetensors") {
-        let file = slimflow_models::checkpoint::read(path)?;
+        let file = slimflow_tensor_io::read(path)?;
         let x = file.get("samples")?.shallow_clone();
         let n = x.size()[0] as usize;
         return stats_of(net, n, opts.batch, |r| {

@@ -165,7 +165,7 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
         ("slimflow.import_key".to_string(), got.key.clone()),
         (
             "slimflow.source_sha256".to_string(),
-            slimflow_models::checkpoint::sha256_file(&args.file)?.0,
+            slimflow_tensor_io::sha256_file(&args.file)?.0,
         ),
         (
             "slimflow.import_partial".to_string(),

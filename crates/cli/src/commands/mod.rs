@@ -8,4 +8,5 @@ pub mod parity;
 pub mod report;
 pub mod sample;
 pub mod stage;
+pub mod stages;
 pub mod weights;

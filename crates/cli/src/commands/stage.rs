@@ -1,11 +1,12 @@
-//! The stage commands (`train`, `generate-pairs`, `reflow`, `distill`, `eval`, `pipeline`).
+//! The stage commands: one per row of the trainer's stage table, and `pipeline` for all of them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use slimflow_trainer::{config::DeviceChoice, load_config, stage, StageCtx, StageOutcome};
+use slimflow_trainer::stage::{Stage, STAGES};
+use slimflow_trainer::{config::DeviceChoice, load_config, StageCtx, StageOutcome};
 
 /// Options shared by every stage command.
 #[derive(Debug, Args)]
@@ -40,8 +41,8 @@ pub struct StageArgs {
 /// Which stages to run.
 #[derive(Debug, Clone, Copy)]
 pub enum Which {
-    /// One stage by name.
-    One(&'static str),
+    /// One stage.
+    One(&'static Stage),
     /// All, in order.
     All,
 }
@@ -83,16 +84,8 @@ pub fn context(args: &StageArgs) -> Result<StageCtx> {
     })
 }
 
-fn run_one(ctx: &StageCtx, name: &str) -> Result<StageOutcome> {
-    let outcome = match name {
-        "train" => stage::train(ctx),
-        "generate-pairs" => stage::generate_pairs(ctx),
-        "reflow" => stage::reflow(ctx),
-        "distill" => stage::distill(ctx),
-        "eval" => stage::eval(ctx),
-        other => unreachable!("unknown stage {other}"),
-    };
-    outcome.with_context(|| format!("stage `{name}` in {}", ctx.run_dir.display()))
+fn run_one(ctx: &StageCtx, stage: &Stage) -> Result<StageOutcome> {
+    (stage.run)(ctx).with_context(|| format!("stage `{}` in {}", stage.name, ctx.run_dir.display()))
 }
 
 /// Runs the selected stages; exit 130 when one was interrupted.
@@ -122,12 +115,13 @@ pub fn run(args: &StageArgs, which: Which) -> Result<ExitCode> {
         }
     }
     slimflow_trainer::interrupt::install();
-    let names: Vec<&str> = match which {
-        Which::One(n) => vec![n],
-        Which::All => stage::STAGES.to_vec(),
+    let stages: Vec<&Stage> = match which {
+        Which::One(s) => vec![s],
+        Which::All => STAGES.iter().collect(),
     };
-    for name in names {
-        match run_one(&ctx, name)? {
+    for stage in &stages {
+        let name = stage.name;
+        match run_one(&ctx, stage)? {
             StageOutcome::Interrupted => {
                 eprintln!("stage `{name}` interrupted; run the same command again to resume");
                 return Ok(ExitCode::from(130));
@@ -143,8 +137,9 @@ pub fn run(args: &StageArgs, which: Which) -> Result<ExitCode> {
             StageOutcome::Completed => eprintln!("stage `{name}`: complete"),
         }
     }
-    if matches!(which, Which::All | Which::One("eval")) {
-        let md = ctx.run_dir.join("eval").join("report.md");
+    for stage in stages {
+        let Some(report) = stage.report else { continue };
+        let md = ctx.run_dir.join(stage.name).join(report);
         if let Ok(table) = std::fs::read_to_string(&md) {
             println!("{table}");
         }

@@ -136,7 +136,7 @@ pub fn run(args: &WeightsArgs) -> Result<ExitCode> {
             for r in FID_REFS {
                 let state = match locate_fid_ref(r, Some(&dir)) {
                     Ok(p) => p.display().to_string(),
-                    Err(slimflow_weights::Error::MissingFidRef { path, .. }) => {
+                    Err(slimflow_weights::LocateError::MissingFidRef { path, .. }) => {
                         format!("missing ({})", path.display())
                     }
                     Err(e) => format!("unusable: {e}"),

@@ -13,7 +13,10 @@
 //! (piq's `replace_pooling`) and resizes to 224×224 (align_corners = false).
 
 mod alex;
+mod presets;
 mod vgg;
+
+pub use presets::LpipsPreset;
 
 use std::path::PathBuf;
 
@@ -22,7 +25,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::premetric::Premetric;
-use slimflow_models::checkpoint::{self, TensorFile};
+use slimflow_tensor_io::TensorFile;
 
 /// Which backbone network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -164,11 +167,20 @@ impl Lpips {
         lp
     }
 
+    /// The VGG LPIPS network from the installed weights (`slimflow weights fetch lpips-vgg`, in
+    /// the weights folder); a missing file is [`Error::NotInstalled`], naming the commands that
+    /// provide it.
+    pub fn from_installed(config: LpipsConfig, device: Device) -> Result<Self> {
+        let path = slimflow_weights_locate::locate(slimflow_weights_locate::Net::LpipsVgg, None)
+            .map_err(Error::NotInstalled)?;
+        Self::load(&path, config, device)
+    }
+
     /// Loads LPIPS from a weights file with the `lpips` package's key names (`scaling_layer.*`,
     /// `net.slice{1..5}.{i}.*`, `lin{0..4}.model.1.weight`; the duplicate `lins.{k}.*` entries are
     /// accepted when equal to `lin{k}`), strictly: any other missing or unexpected key is an error.
     pub fn load(path: &std::path::Path, config: LpipsConfig, device: Device) -> Result<Self> {
-        let file = checkpoint::read(path).map_err(Error::Weights)?;
+        let file = slimflow_tensor_io::read(path).map_err(Error::Weights)?;
         Self::from_file(&file, config, device)
     }
 
@@ -199,7 +211,7 @@ impl Lpips {
             tensors: kept,
             metadata: file.metadata.clone(),
         };
-        checkpoint::load_strict(&mut lp.vs, &strict, &[]).map_err(Error::Weights)?;
+        slimflow_tensor_io::load_strict(&mut lp.vs, &strict, &[]).map_err(Error::Weights)?;
         Ok(lp)
     }
 
@@ -277,7 +289,7 @@ impl Lpips {
             "slimflow.lpips.net".to_string(),
             format!("{:?}", self.config.net).to_lowercase(),
         )]);
-        checkpoint::write(path, &checkpoint::named_variables(&self.vs), &meta)
+        slimflow_tensor_io::write(path, &slimflow_tensor_io::named_variables(&self.vs), &meta)
             .map_err(Error::Weights)
     }
 

@@ -4,25 +4,20 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use slimflow_models::song_unet::SongUnetConfig;
-use slimflow_models::{ArchConfig, MlpConfig, Model};
+use slimflow_sampling::Network;
 use slimflow_schedules::TimeDist;
 use tch::{Device, Kind, Tensor};
 
 use crate::lpips::{Lpips, LpipsConfig};
+use crate::objective::test_net::TestNet;
 use crate::objective::{Batch, Distill, DistillForm, FlowGuided, Objective, Rf};
 use crate::premetric::PremetricConfig;
 use crate::random::{uniform_tensor, NoiseSource, StandardGaussian};
 use crate::{LpipsHuber, Result};
 
-fn conditional_mlp() -> Model {
-    let cfg = ArchConfig::Mlp(MlpConfig {
-        hidden: 32,
-        depth: 2,
-        label_dim: 3,
-        ..MlpConfig::default()
-    });
-    Model::new(&cfg, Device::Cpu).unwrap()
+/// A network of 2-D points conditioned on 3 classes.
+fn conditional_net() -> TestNet {
+    TestNet::new(&[2], 3)
 }
 
 fn batch(shape: &[i64], labels: &[i64]) -> Batch {
@@ -37,7 +32,7 @@ fn batch(shape: &[i64], labels: &[i64]) -> Batch {
 /// The loss of `objective` on the batch with labels `a` and with labels `b`, same draws.
 fn losses_with(
     objective: &dyn Objective,
-    model: &Model,
+    model: &dyn Network,
     shape: &[i64],
     a: &[i64],
     b: &[i64],
@@ -59,7 +54,7 @@ const B: [i64; 6] = [2, 2, 1, 1, 0, 0];
 
 #[test]
 fn rf_and_distill_pass_the_batch_labels() {
-    let m = conditional_mlp();
+    let m = conditional_net();
     let rf = Rf {
         time: TimeDist::Uniform { eps: 1e-3 },
         premetric: PremetricConfig::L2Squared {},
@@ -80,26 +75,7 @@ fn rf_and_distill_pass_the_batch_labels() {
 
 #[test]
 fn lpips_huber_passes_the_batch_labels() {
-    let cfg = ArchConfig::EdmVelocity(SongUnetConfig {
-        img_resolution: 16,
-        label_dim: 3,
-        model_channels: 8,
-        channel_mult: vec![1],
-        num_blocks: 1,
-        attn_resolutions: vec![],
-        dropout: 0.0,
-        ..SongUnetConfig::default()
-    });
-    let m = Model::new(&cfg, Device::Cpu).unwrap();
-    // EDM initialises the blocks' last convolutions and the output near zero (1e-5), which hides
-    // the label embedding below float32 precision; random weights everywhere expose it.
-    tch::manual_seed(3);
-    tch::no_grad(|| {
-        for (_, mut v) in m.vs.variables() {
-            let r = Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.2;
-            v.copy_(&r);
-        }
-    });
+    let m = TestNet::new(&[3, 16, 16], 3);
     let lp = Lpips::with_random_weights(LpipsConfig::default(), Device::Cpu, 0);
     let obj = LpipsHuber {
         lpips: &lp,
@@ -122,8 +98,8 @@ impl NoiseSource for Constant {
 
 #[test]
 fn flow_guided_draws_uniform_labels_and_source_noise_for_its_fresh_samples() {
-    let student = conditional_mlp();
-    let teacher = conditional_mlp();
+    let student = conditional_net();
+    let teacher = conditional_net();
     let b = batch(&[6, 2], &A);
     for source in [&StandardGaussian as &dyn NoiseSource, &Constant(2.5)] {
         let fg = FlowGuided {

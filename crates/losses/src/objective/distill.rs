@@ -8,7 +8,7 @@
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use slimflow_models::Model;
+use slimflow_sampling::Network;
 use slimflow_schedules::x1_from_velocity;
 use tch::{Kind, Tensor};
 
@@ -42,20 +42,20 @@ pub struct Distill<'a> {
 
 /// x̂1 of the one-step generator from noise z: [B, …].
 pub fn one_step(
-    student: &Model,
+    student: &dyn Network,
     z: &Tensor,
     eps: f64,
     labels: Option<&Tensor>,
     train: bool,
 ) -> Tensor {
     let t = Tensor::full([z.size()[0]], eps, (z.kind(), z.device()));
-    let v = student.net().forward_t(z, &t, labels, train);
+    let v = student.forward_t(z, &t, labels, train);
     x1_from_velocity(z, &t, &v)
 }
 
 impl Distill<'_> {
     /// The distillation term alone (batch mean, with graph to the student).
-    pub fn distill_term(&self, student: &Model, batch: &Batch) -> Result<Tensor> {
+    pub fn distill_term(&self, student: &dyn Network, batch: &Batch) -> Result<Tensor> {
         check_batch(batch)?;
         let (z, x1, labels) = (&batch.x0, &batch.x1, batch.labels.as_ref());
         let x1_hat = match self.form {
@@ -63,7 +63,7 @@ impl Distill<'_> {
             DistillForm::Slimflow => {
                 let t = Tensor::full([z.size()[0]], self.eps, (z.kind(), z.device()));
                 let x_eps = x1 * self.eps + z * (1.0 - self.eps);
-                z + student.net().forward_t(&x_eps, &t, labels, true)
+                z + student.forward_t(&x_eps, &t, labels, true)
             }
         };
         Ok(self.premetric.distance(&x1_hat, x1)?.mean(Kind::Float))
@@ -71,7 +71,12 @@ impl Distill<'_> {
 }
 
 impl Objective for Distill<'_> {
-    fn loss(&self, student: &Model, batch: &Batch, rng: &mut dyn RngCore) -> Result<LossTerms> {
+    fn loss(
+        &self,
+        student: &dyn Network,
+        batch: &Batch,
+        rng: &mut dyn RngCore,
+    ) -> Result<LossTerms> {
         let distill = self.distill_term(student, batch)?;
         let mut parts = vec![("distill", distill.double_value(&[]))];
         let total = match &self.guide {
@@ -89,15 +94,15 @@ impl Objective for Distill<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objective::test_net::TestNet;
     use crate::premetric::PremetricConfig;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
-    use slimflow_models::ArchConfig;
     use tch::Device;
 
     #[test]
     fn distill_loss_is_the_one_step_error() {
-        let m = Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu).unwrap();
+        let m = TestNet::new(&[2], 0);
         let z = Tensor::randn([6, 2], (Kind::Float, Device::Cpu));
         let x1 = Tensor::randn([6, 2], (Kind::Float, Device::Cpu));
         let obj = Distill {
@@ -115,7 +120,7 @@ mod tests {
             .loss(&m, &batch, &mut ChaCha20Rng::seed_from_u64(0))
             .unwrap();
         let t = Tensor::full([6], 1e-3, (Kind::Float, Device::Cpu));
-        let v = m.net().forward_t(&z, &t, None, false);
+        let v = m.forward_t(&z, &t, None, false);
         let manual = (&z + v * (1.0 - 1e-3) - &x1)
             .square()
             .mean(Kind::Float)

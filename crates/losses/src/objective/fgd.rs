@@ -8,7 +8,7 @@
 //! paper's d(ε + v_s, ε + v*) with v* = x' + (1 − t')·v_T − ε.
 
 use rand::{Rng, RngCore};
-use slimflow_models::Model;
+use slimflow_sampling::Network;
 use slimflow_schedules::x1_from_velocity;
 use tch::{Kind, Tensor};
 
@@ -22,7 +22,7 @@ use crate::random::{uniform_tensor, NoiseSource};
 #[derive(Debug)]
 pub struct FlowGuided<'a> {
     /// The frozen 2-rectified flow (never receives gradients).
-    pub teacher: &'a Model,
+    pub teacher: &'a dyn Network,
     /// Start time of the one-step generator.
     pub eps: f64,
     /// Range of t' (SlimFlow: 0.2 to 0.8).
@@ -40,7 +40,12 @@ impl FlowGuided<'_> {
     /// The term's batch mean (with graph to the student), drawing ε from the source, t' ~ U(lo, hi)
     /// and, for a class-conditional student, ε's labels uniformly over its classes (ε is fresh noise,
     /// not a pair, so it has no label of its own; student and teacher see the same labels).
-    pub fn term(&self, student: &Model, batch: &Batch, rng: &mut dyn RngCore) -> Result<Tensor> {
+    pub fn term(
+        &self,
+        student: &dyn Network,
+        batch: &Batch,
+        rng: &mut dyn RngCore,
+    ) -> Result<Tensor> {
         let x1 = &batch.x1;
         let b = x1.size()[0] as usize;
         let noise = self
@@ -49,7 +54,7 @@ impl FlowGuided<'_> {
             .to_kind(x1.kind());
         let raw: Vec<f64> = (0..b).map(|_| rng.gen::<f64>()).collect();
         let t_raw = uniform_tensor(&raw, x1.device()).to_kind(x1.kind());
-        let classes = student.config().label_dim();
+        let classes = student.label_dim();
         let labels = (classes > 0).then(|| {
             let l: Vec<i64> = (0..b).map(|_| rng.gen_range(0..classes)).collect();
             Tensor::from_slice(&l).to_device(x1.device())
@@ -61,7 +66,7 @@ impl FlowGuided<'_> {
     /// t' = lo + (hi − lo)·t_raw.
     pub fn term_with(
         &self,
-        student: &Model,
+        student: &dyn Network,
         noise: &Tensor,
         t_raw: &Tensor,
         labels: Option<&Tensor>,
@@ -70,7 +75,7 @@ impl FlowGuided<'_> {
         let (lo, hi) = self.t_range;
         let t = t_raw * (hi - lo) + lo;
         let eps_t = Tensor::full([noise.size()[0]], self.eps, (noise.kind(), noise.device()));
-        let v_s = student.net().forward_t(noise, &eps_t, labels, true);
+        let v_s = student.forward_t(noise, &eps_t, labels, true);
         let (pred, start) = match self.form {
             DistillForm::Euler => (noise + &v_s * (1.0 - self.eps), self.eps),
             DistillForm::Slimflow => (noise + &v_s, 0.0),
@@ -78,7 +83,7 @@ impl FlowGuided<'_> {
         let target = tch::no_grad(|| {
             let v = v_s.detach();
             let x_mid = noise + slimflow_schedules::expand_t(&(&t - start), &v) * &v;
-            let v_t = self.teacher.net().forward_t(&x_mid, &t, labels, false);
+            let v_t = self.teacher.forward_t(&x_mid, &t, labels, false);
             x1_from_velocity(&x_mid, &t, &v_t)
         });
         Ok(self.premetric.distance(&pred, &target)?.mean(Kind::Float))
@@ -98,17 +103,16 @@ impl FlowGuided<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objective::test_net::TestNet;
     use crate::premetric::PremetricConfig;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
-    use slimflow_models::ArchConfig;
     use tch::Device;
 
     #[test]
     fn teacher_gets_no_gradient_and_student_does() {
-        let cfg = ArchConfig::preset("mlp-toy-small").unwrap();
-        let student = Model::new(&cfg, Device::Cpu).unwrap();
-        let teacher = Model::new(&cfg, Device::Cpu).unwrap();
+        let student = TestNet::new(&[2], 0);
+        let teacher = TestNet::new(&[2], 0);
         let fg = FlowGuided {
             teacher: &teacher,
             eps: 1e-3,
@@ -143,9 +147,8 @@ mod tests {
         // A teacher whose field is the student's own constant velocity reproduces x̂1_s exactly. With
         // the student = teacher = a field that ignores x and t this holds for any weights: use zero
         // weights so v ≡ bias.
-        let cfg = ArchConfig::preset("mlp-toy-small").unwrap();
-        let student = Model::new(&cfg, Device::Cpu).unwrap();
-        let mut teacher = Model::new(&cfg, Device::Cpu).unwrap();
+        let student = TestNet::new(&[2], 0);
+        let mut teacher = TestNet::new(&[2], 0);
         tch::no_grad(|| {
             for (name, mut v) in student.vs.variables() {
                 if name.ends_with("weight") {

@@ -9,13 +9,15 @@ mod rf;
 
 #[cfg(test)]
 mod conditioning_tests;
+#[cfg(test)]
+pub(crate) mod test_net;
 
 pub use distill::{one_step, Distill, DistillForm};
 pub use fgd::FlowGuided;
 pub use rf::Rf;
 
 use rand::RngCore;
-use slimflow_models::Model;
+use slimflow_sampling::Network;
 use tch::Tensor;
 
 use crate::error::Result;
@@ -43,7 +45,12 @@ pub struct LossTerms {
 /// Something a training stage minimises.
 pub trait Objective {
     /// Loss on `batch` for `student` (in training mode); randomness from `rng`.
-    fn loss(&self, student: &Model, batch: &Batch, rng: &mut dyn RngCore) -> Result<LossTerms>;
+    fn loss(
+        &self,
+        student: &dyn Network,
+        batch: &Batch,
+        rng: &mut dyn RngCore,
+    ) -> Result<LossTerms>;
 }
 
 pub(crate) fn check_batch(batch: &Batch) -> Result<()> {

@@ -3,7 +3,7 @@
 //! is reflow (2-RF), with p(t) and d chosen by the recipe (U-shaped t and pseudo-Huber for rfpp).
 
 use rand::RngCore;
-use slimflow_models::Model;
+use slimflow_sampling::Network;
 use slimflow_schedules::{RectifiedPath, TimeDist};
 use tch::{Kind, Tensor};
 
@@ -23,12 +23,10 @@ pub struct Rf {
 impl Rf {
     /// The loss at given times t: [B] (the draws of [`Objective::loss`], made explicit so a
     /// reference step can be replayed).
-    pub fn loss_at(&self, student: &Model, batch: &Batch, t: &Tensor) -> Result<LossTerms> {
+    pub fn loss_at(&self, student: &dyn Network, batch: &Batch, t: &Tensor) -> Result<LossTerms> {
         check_batch(batch)?;
         let path = RectifiedPath.sample(&batch.x0, &batch.x1, t);
-        let v_hat = student
-            .net()
-            .forward_t(&path.x_t, t, batch.labels.as_ref(), true);
+        let v_hat = student.forward_t(&path.x_t, t, batch.labels.as_ref(), true);
         let per_sample = self.premetric.distance(&v_hat, &path.v)?;
         let total = per_sample.mean(Kind::Float);
         let value = total.double_value(&[]);
@@ -40,7 +38,12 @@ impl Rf {
 }
 
 impl Objective for Rf {
-    fn loss(&self, student: &Model, batch: &Batch, rng: &mut dyn RngCore) -> Result<LossTerms> {
+    fn loss(
+        &self,
+        student: &dyn Network,
+        batch: &Batch,
+        rng: &mut dyn RngCore,
+    ) -> Result<LossTerms> {
         let t = draw_times(&self.time, batch, rng)?;
         self.loss_at(student, batch, &t)
     }
@@ -49,17 +52,17 @@ impl Objective for Rf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objective::test_net::TestNet;
     use crate::random::uniform_tensor;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
-    use slimflow_models::ArchConfig;
     use slimflow_schedules::TimeDistribution;
     use tch::Device;
 
     #[test]
     fn rf_loss_matches_a_manual_computation_and_reaches_every_parameter() {
         tch::manual_seed(0);
-        let m = Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu).unwrap();
+        let m = TestNet::new(&[2], 0);
         let x0 = Tensor::randn([8, 2], (Kind::Float, Device::Cpu));
         let x1 = Tensor::randn([8, 2], (Kind::Float, Device::Cpu));
         let batch = Batch {
@@ -78,7 +81,7 @@ mod tests {
         let ts = TimeDist::Uniform { eps: 1e-3 }.sample(&mut ChaCha20Rng::seed_from_u64(3), 8);
         let t = uniform_tensor(&ts, Device::Cpu);
         let x_t = t.unsqueeze(1) * &x1 + (1.0 - t.unsqueeze(1)) * &x0;
-        let v = m.net().forward_t(&x_t, &t, None, true);
+        let v = m.forward_t(&x_t, &t, None, true);
         let manual = (v - (&x1 - &x0))
             .square()
             .mean(Kind::Float)

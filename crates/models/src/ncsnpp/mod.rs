@@ -480,6 +480,44 @@ impl Ncsnpp {
     }
 }
 
+impl crate::Architecture for Ncsnpp {
+    type Config = NcsnppConfig;
+
+    const IMPORT: crate::import::ImportFacts = crate::import::ImportFacts {
+        sources: &[crate::import::ImportSource::Ncsnpp],
+        ignored_keys: IGNORED_KEYS,
+        buffers: IGNORED_KEYS,
+        prefix: "",
+    };
+
+    fn problems(cfg: &NcsnppConfig) -> Vec<String> {
+        cfg.problems()
+    }
+
+    fn build(cfg: &NcsnppConfig, p: &nn::Path) -> Box<dyn crate::VelocityField> {
+        Box::new(Ncsnpp::new(p, cfg))
+    }
+
+    fn data_shape(cfg: &NcsnppConfig) -> Vec<i64> {
+        vec![cfg.num_channels, cfg.image_size, cfg.image_size]
+    }
+
+    /// Unconditional.
+    fn label_dim(_: &NcsnppConfig) -> i64 {
+        0
+    }
+
+    /// 16×16 with 16 base channels, attention at 8×8.
+    fn cpu_sized(cfg: &NcsnppConfig) -> NcsnppConfig {
+        NcsnppConfig {
+            image_size: 16,
+            nf: 16,
+            attn_resolutions: vec![8],
+            ..cfg.clone()
+        }
+    }
+}
+
 /// As a velocity field: SlimFlow's time rule, the network receives 999·t (reflow.py
 /// `model_forward_wrapper`). Unconditional.
 impl crate::VelocityField for Ncsnpp {

@@ -81,3 +81,27 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         Ok(training_outcome(dir, end))
     })
 }
+
+/// The stage's work: the distillation's terms and training samples.
+pub(crate) fn work(cfg: &crate::PipelineConfig) -> String {
+    format!(
+        "one-step distillation{}{}: {}",
+        if cfg.distill.lpips.is_some() {
+            " with LPIPS"
+        } else {
+            ""
+        },
+        if cfg.distill.flow_guided_weight > 0.0 {
+            ", flow-guided"
+        } else {
+            ""
+        },
+        crate::plan::images(cfg.distill.steps, cfg.distill.batch_size)
+    )
+}
+
+/// An LPIPS term needs the LPIPS weights.
+pub(crate) fn preflight(cfg: &crate::PipelineConfig) -> Vec<crate::stage::Need> {
+    let lpips = crate::stage::Need::Weights(slimflow_weights::Net::LpipsVgg, "LPIPS loss");
+    cfg.distill.lpips.map(|_| lpips).into_iter().collect()
+}

@@ -34,13 +34,6 @@ use crate::progress::Progress;
 use crate::run_dir::{run_stage, sha256_file, StageCtx, StageDir, StageOutcome};
 use crate::stage::{image_set, stage_seed};
 
-/// Models evaluated, by display name and producing stage.
-pub const MODELS: [(&str, &str); 3] = [
-    ("1-RF", "train"),
-    ("2-RF", "reflow"),
-    ("distilled", "distill"),
-];
-
 /// Seeds of the evaluation noise start here (disjoint from pair seeds).
 const EVAL_SEED_BASE: u64 = 1 << 48;
 
@@ -57,8 +50,9 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     let ec = &cfg.eval;
     let mut found = Vec::new();
     let mut shas = Vec::new();
-    for (name, stage) in MODELS {
-        let path = ctx.stage_path(stage).join("model.safetensors");
+    for (stage, model) in crate::stage::models() {
+        let (name, stage) = (model.label, stage.name);
+        let path = ctx.stage_path(stage).join(model.file);
         let complete = ctx
             .manifest(stage)?
             .is_some_and(|m| m.status == crate::run_dir::Status::Complete);
@@ -67,12 +61,13 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             found.push(Found { name, stage, path });
         }
     }
-    if found.is_empty() {
+    // No model yet: the error names the first stage that makes one.
+    if let Some((first, model)) = crate::stage::models().next().filter(|_| found.is_empty()) {
         return Err(Error::MissingInput {
             stage: "eval",
             what: "at least one trained model",
-            path: ctx.stage_path("train").join("model.safetensors"),
-            producer: "train",
+            path: ctx.stage_path(first.name).join(model.file),
+            producer: first.name,
         });
     }
     let target = cfg.data.resolve().map_err(Error::Invalid)?;
@@ -188,7 +183,7 @@ fn toy_rows(
             ("samples_ode".to_string(), many.x.shallow_clone()),
         ];
         tensors.extend(labels.map(|l| ("labels".to_string(), l)));
-        slimflow_models::checkpoint::write(&dir.path.join(&file), &tensors, &Default::default())?;
+        slimflow_tensor_io::write(&dir.path.join(&file), &tensors, &Default::default())?;
         dir.output(&format!("samples_{}", slug(f.name)), file);
         let flat = |x: &Tensor| x.flatten(1, -1);
         let sw = |x: &Tensor| {
@@ -460,6 +455,44 @@ fn class_grids(
         written.push(file);
     }
     Ok(written)
+}
+
+/// The stage's work: every model's samples at one step and along the solver.
+pub(crate) fn work(cfg: &crate::PipelineConfig) -> String {
+    format!(
+        "{} models × {} samples × (1 + NFE {}) ({})",
+        crate::stage::models().count(),
+        cfg.eval.samples,
+        crate::plan::solver_nfe(&cfg.eval.solver),
+        cfg.eval.solver.label()
+    )
+}
+
+/// The dataset, and for images the Inception weights and reference statistics the config names.
+pub(crate) fn preflight(cfg: &crate::PipelineConfig) -> Vec<crate::stage::Need> {
+    use crate::stage::Need;
+    let mut needs = vec![Need::Dataset];
+    if !matches!(cfg.data.resolve(), Ok(Target::Images(_))) {
+        return needs;
+    }
+    if cfg.eval.features == FeatureChoice::Inception {
+        needs.push(Need::Weights(
+            slimflow_weights::Net::Inception,
+            "eval.features = inception",
+        ));
+    }
+    if let Some(r) = &cfg.eval.reference {
+        match slimflow_weights::resolve_reference(r, None) {
+            Err(e) => needs.push(Need::Problem(format!("eval.reference: {e}"))),
+            Ok(p) if !p.is_file() => needs.push(Need::Problem(format!(
+                "eval.reference {}: no such file; {}",
+                p.display(),
+                crate::plan::reference_hint(&p, cfg.data.dataset.as_deref().unwrap_or("SPEC"))
+            ))),
+            Ok(_) => {}
+        }
+    }
+    needs
 }
 
 #[cfg(test)]

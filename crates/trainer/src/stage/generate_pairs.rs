@@ -260,3 +260,35 @@ fn import(ctx: &StageCtx, src: &std::path::Path) -> Result<StageOutcome> {
         Ok(StageOutcome::Completed)
     })
 }
+
+/// The stage's work: the pairs and the solver's NFE, or the import.
+pub(crate) fn work(cfg: &crate::PipelineConfig) -> String {
+    match &cfg.pairs.import {
+        Some(dir) => format!("import reference pairs from {}", dir.display()),
+        None => format!(
+            "{} pairs × NFE {} ({}, {} storage)",
+            cfg.pairs.count,
+            crate::plan::solver_nfe(&cfg.pairs.solver),
+            cfg.pairs.solver.label(),
+            serde_json::to_value(cfg.pairs.dtype)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// Imported pairs must be there in one of the known layouts.
+pub(crate) fn preflight(cfg: &crate::PipelineConfig) -> Vec<crate::stage::Need> {
+    let Some(dir) = &cfg.pairs.import else {
+        return Vec::new();
+    };
+    let found = dir.join("z0.npy").is_file() || slimflow_data::rfpp::is_rfpp_dir(dir);
+    if found {
+        return Vec::new();
+    }
+    vec![crate::stage::Need::Problem(format!(
+        "pairs.import {}: neither z0.npy / z1.npy nor z.zip / samples.zip there",
+        dir.display()
+    ))]
+}

@@ -1,11 +1,13 @@
-//! The pipeline stages. Each reads its inputs from the run directory, writes its outputs and a
-//! manifest into `<run>/<stage>/`, and is skipped when already complete for the same config.
+//! The pipeline stages, in order in [`STAGES`]. Each reads its inputs from the run directory, writes
+//! its outputs and a manifest into `<run>/<stage>/`, and is skipped when already complete for the
+//! same config.
 
 mod distill;
 mod eval;
 mod generate_pairs;
 mod reflow;
 mod sample;
+mod table;
 mod train;
 
 pub use distill::run as distill;
@@ -13,6 +15,7 @@ pub use eval::run as eval;
 pub use generate_pairs::run as generate_pairs;
 pub use reflow::run as reflow;
 pub use sample::{run as sample, SampleClasses, SampleRequest};
+pub use table::{find, models, Input, ModelOutput, Need, Stage, StageInfo};
 pub use train::run as train;
 
 use std::path::PathBuf;
@@ -27,8 +30,116 @@ use crate::error::{Error, Result};
 use crate::run_dir::{sha256_file, StageCtx, StageDir, StageOutcome};
 use crate::run_loop::LoopEnd;
 
-/// Stage names in pipeline order.
-pub const STAGES: [&str; 5] = ["train", "generate-pairs", "reflow", "distill", "eval"];
+/// The stages in pipeline order: the one table that the CLI, plan, preflight, summary, `eval` and
+/// `cargo xtask` follow. A new stage is its module above, a row here and its config section.
+pub static STAGES: &[Stage] = &[
+    Stage {
+        name: "train",
+        section: "train",
+        about: "Train the 1-rectified-flow teacher on independent (noise, data) pairs",
+        inputs: &[],
+        reads_models: false,
+        outputs: &["model.safetensors"],
+        model: Some(ModelOutput {
+            label: "1-RF",
+            file: "model.safetensors",
+        }),
+        report: None,
+        run: train::run,
+        work: train::work,
+        preflight: train::preflight,
+    },
+    Stage {
+        name: "generate-pairs",
+        section: "pairs",
+        about: "Solve the teacher's ODE from seeded noise into a sharded, resumable pair store",
+        inputs: &[Input {
+            producer: "train",
+            file: "model.safetensors",
+            what: "the teacher (1-RF) model",
+            when: Some("pairs.import is not set"),
+        }],
+        reads_models: false,
+        outputs: &["pairs/pairs.json"],
+        model: None,
+        report: None,
+        run: generate_pairs::run,
+        work: generate_pairs::work,
+        preflight: generate_pairs::preflight,
+    },
+    Stage {
+        name: "reflow",
+        section: "reflow",
+        about: "Train the 2-rectified flow on the teacher's pairs (optionally Annealing Reflow)",
+        inputs: &[
+            Input {
+                producer: "generate-pairs",
+                file: "pairs/pairs.json",
+                what: "the pair store",
+                when: None,
+            },
+            Input {
+                producer: "train",
+                file: "model.safetensors",
+                what: "the teacher model",
+                when: Some("reflow.init = \"teacher\""),
+            },
+        ],
+        reads_models: false,
+        outputs: &["model.safetensors"],
+        model: Some(ModelOutput {
+            label: "2-RF",
+            file: "model.safetensors",
+        }),
+        report: None,
+        run: reflow::run,
+        work: reflow::work,
+        preflight: reflow::preflight,
+    },
+    Stage {
+        name: "distill",
+        section: "distill",
+        about: "Distil the 2-rectified flow into a one-step generator (optionally flow-guided)",
+        inputs: &[
+            Input {
+                producer: "generate-pairs",
+                file: "pairs/pairs.json",
+                what: "the pair store",
+                when: None,
+            },
+            Input {
+                producer: "reflow",
+                file: "model.safetensors",
+                what: "the 2-RF model",
+                when: None,
+            },
+        ],
+        reads_models: false,
+        outputs: &["model.safetensors"],
+        model: Some(ModelOutput {
+            label: "distilled",
+            file: "model.safetensors",
+        }),
+        report: None,
+        run: distill::run,
+        work: distill::work,
+        preflight: distill::preflight,
+    },
+    Stage {
+        name: "eval",
+        section: "eval",
+        about: "Evaluate every trained model: distance to target at 1 and many steps, \
+                straightness, NFE",
+        inputs: &[],
+        reads_models: true,
+        outputs: &["report.json", "report.md"],
+        model: None,
+        report: Some("report.md"),
+        run: eval::run,
+        work: eval::work,
+        preflight: eval::preflight,
+    },
+];
 
 /// Per-stage salt mixed into the master seed so stages draw independent streams.
 pub(crate) fn stage_seed(seed: u64, salt: u64) -> u64 {
@@ -43,6 +154,10 @@ pub(crate) fn input(
     what: &'static str,
     rel: &str,
 ) -> Result<(PathBuf, String)> {
+    debug_assert!(
+        table::declares(stage, producer, what, rel),
+        "{stage} reads {producer}/{rel} ({what}), which its row in the stage table does not list"
+    );
     let path = ctx.stage_path(producer).join(rel);
     let complete = ctx
         .manifest(producer)?
@@ -257,13 +372,10 @@ pub(crate) fn lpips(
     preset: crate::config::LpipsPreset,
     device: tch::Device,
 ) -> Result<slimflow_losses::Lpips> {
-    let path = slimflow_weights::locate(slimflow_weights::Net::LpipsVgg, None)
-        .map_err(|e| Error::Invalid(format!("LPIPS loss: {e}")))?;
-    Ok(slimflow_losses::Lpips::load(
-        &path,
-        preset.config(),
-        device,
-    )?)
+    slimflow_losses::Lpips::from_installed(preset.config(), device).map_err(|e| match e {
+        slimflow_losses::Error::NotInstalled(e) => Error::Invalid(format!("LPIPS loss: {e}")),
+        e => e.into(),
+    })
 }
 
 /// Mixes `beta`-scaled fresh noise into the pair noise: SlimFlow's annealed z' (no draw when β = 0).

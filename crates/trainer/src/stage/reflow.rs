@@ -8,7 +8,7 @@
 
 use serde_json::json;
 use slimflow_losses::{LpipsHuber, Objective, Rf};
-use slimflow_models::{checkpoint, Model};
+use slimflow_models::Model;
 
 use rand::Rng;
 
@@ -59,7 +59,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         tch::manual_seed(stage_seed(cfg.seed, 2) as i64);
         let mut model = Model::new(&student_arch, ctx.device)?;
         if let Some((path, _)) = &teacher {
-            checkpoint::load_strict(&mut model.vs, &checkpoint::read(path)?, &[])?;
+            slimflow_tensor_io::load_strict(&mut model.vs, &slimflow_tensor_io::read(path)?, &[])?;
         }
         tracing::info!(
             "reflow: 2-RF student with {} parameters ({:?} init)",
@@ -114,4 +114,24 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         dir.output("pairs_sha256", pairs_sha.clone());
         Ok(training_outcome(dir, end))
     })
+}
+
+/// The stage's work: the student, its initialisation and loss, and its training samples.
+pub(crate) fn work(cfg: &crate::PipelineConfig) -> String {
+    let loss = match cfg.reflow.lpips_huber {
+        Some(_) => "LPIPS-Huber".to_string(),
+        None => format!("{:?}", cfg.reflow.premetric),
+    };
+    format!(
+        "2-RF {} ({:?} init, {loss}): {}",
+        cfg.student_arch().name(),
+        cfg.reflow.init,
+        crate::plan::images(cfg.reflow.steps, cfg.reflow.batch_size)
+    )
+}
+
+/// The LPIPS-Huber loss needs the LPIPS weights.
+pub(crate) fn preflight(cfg: &crate::PipelineConfig) -> Vec<crate::stage::Need> {
+    let lpips = crate::stage::Need::Weights(slimflow_weights::Net::LpipsVgg, "LPIPS loss");
+    cfg.reflow.lpips_huber.map(|_| lpips).into_iter().collect()
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use slimflow_data::{seeded_labels, seeded_source};
 use slimflow_metrics::plot;
-use slimflow_models::{checkpoint, Model};
+use slimflow_models::Model;
 use slimflow_sampling::{solve, SolverConfig};
 use tch::Tensor;
 
@@ -137,7 +137,7 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
     if !ls.is_empty() {
         tensors.push(("labels".to_string(), Tensor::cat(&ls, 0)));
     }
-    checkpoint::write(&req.out, &tensors, &Default::default())?;
+    slimflow_tensor_io::write(&req.out, &tensors, &Default::default())?;
     let sol_x = x;
     if shape.len() == 3 && req.classes == SampleClasses::All {
         // one row per class: the first CLASS_GRID_COLUMNS samples of each class's block

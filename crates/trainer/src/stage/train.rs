@@ -143,3 +143,29 @@ fn import_teacher(ctx: &StageCtx, teacher: &TeacherConfig) -> Result<StageOutcom
         Ok(StageOutcome::Completed)
     })
 }
+
+/// The stage's work: the 1-RF's training samples, or the teacher import.
+pub(crate) fn work(cfg: &crate::PipelineConfig) -> String {
+    match &cfg.teacher {
+        Some(t) => format!("import the {} checkpoint {}", t.from, t.file.display()),
+        None => format!(
+            "1-RF {}: {}",
+            cfg.model.name(),
+            crate::plan::images(cfg.train.steps, cfg.train.batch_size)
+        ),
+    }
+}
+
+/// A trained teacher needs the dataset; an imported one its file.
+pub(crate) fn preflight(cfg: &crate::PipelineConfig) -> Vec<crate::stage::Need> {
+    use crate::stage::Need;
+    match &cfg.teacher {
+        None => vec![Need::Dataset],
+        Some(t) if !t.file.is_file() => vec![Need::Problem(format!(
+            "teacher.file {}: no such file; {}",
+            t.file.display(),
+            crate::plan::teacher_hint(t)
+        ))],
+        Some(_) => Vec::new(),
+    }
+}

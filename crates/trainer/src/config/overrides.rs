@@ -1,0 +1,198 @@
+//! Reading a TOML document into any schema, with `--set a.b=value` overrides applied to the
+//! document *before* deserialisation, so that overrides pass the same checks as the file. Errors
+//! name the file, line and column, or the `--set` key that introduced the bad value.
+
+use std::path::Path;
+
+use super::ConfigError;
+
+/// Parses a `--set` value as TOML (number, bool, string, inline table, array), falling back to a bare
+/// string.
+fn parse_value(raw: &str) -> toml_edit::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml_edit::DocumentMut>() {
+        Ok(d) => d["v"].as_value().cloned().unwrap_or_else(|| raw.into()),
+        Err(_) => raw.into(),
+    }
+}
+
+/// Applies `a.b.c=value` to the document.
+fn apply_override(doc: &mut toml_edit::DocumentMut, arg: &str) -> Result<(), ConfigError> {
+    let bad = |reason: &str| ConfigError::BadOverride {
+        arg: arg.to_string(),
+        reason: reason.to_string(),
+    };
+    let (key, raw) = arg
+        .split_once('=')
+        .ok_or_else(|| bad("expected key=value"))?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(bad("empty key segment"));
+    }
+    let mut item = doc.as_item_mut();
+    for part in &parts[..parts.len() - 1] {
+        let table = item
+            .as_table_like_mut()
+            .ok_or_else(|| bad("parent is not a table"))?;
+        if table.get(part).is_none() {
+            table.insert(part, toml_edit::Item::Table(toml_edit::Table::new()));
+        }
+        item = table.get_mut(part).expect("just inserted");
+    }
+    let table = item
+        .as_table_like_mut()
+        .ok_or_else(|| bad("parent is not a table"))?;
+    table.insert(
+        parts[parts.len() - 1],
+        toml_edit::Item::Value(parse_value(raw.trim())),
+    );
+    Ok(())
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map(|i| before.len() - i)
+        .unwrap_or(before.len() + 1);
+    (line, col)
+}
+
+/// Deserialises `T` from TOML text with overrides applied; `origin` names the file in errors.
+pub fn parse_with_overrides<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &Path,
+    overrides: &[String],
+) -> Result<T, ConfigError> {
+    let file = origin.display().to_string();
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        ConfigError::Invalid {
+            location: format!("{file}:{line}:{col}"),
+            message: format!("invalid TOML: {}", e.message()),
+        }
+    })?;
+    for o in overrides {
+        apply_override(&mut doc, o)?;
+    }
+    let edited = doc.to_string();
+    let de = toml::Deserializer::new(&edited);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let overridden = overrides
+            .iter()
+            .filter_map(|o| o.split_once('=').map(|(k, _)| k.trim().to_string()))
+            .find(|k| {
+                path == *k
+                    || path.starts_with(&format!("{k}."))
+                    || k.starts_with(&format!("{path}."))
+            });
+        let location = match (overridden, inner.span()) {
+            (Some(k), _) => format!("--set {k}"),
+            (None, Some(span)) => {
+                let (line, col) = line_col(&edited, span.start);
+                format!("{file}:{line}:{col}")
+            }
+            (None, None) => file.clone(),
+        };
+        let key = if path == "." {
+            String::new()
+        } else {
+            format!("key `{path}`: ")
+        };
+        ConfigError::Invalid {
+            location,
+            message: format!("{key}{}", inner.message().trim()),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use slimflow_schedules::Anneal;
+
+    use super::super::test_support::{parse, MINIMAL};
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_reported_with_line_and_path() {
+        let text = MINIMAL.replace(
+            "batch_size = 8\n\n[pairs]",
+            "batch_size = 8\nbatchsize = 3\n\n[pairs]",
+        );
+        let err = parse(&text, &[]).unwrap_err().to_string();
+        assert!(err.starts_with("cfg.toml:15:"), "{err}");
+        assert!(err.contains("batchsize"), "{err}");
+    }
+
+    #[test]
+    fn mistyped_value_names_the_key() {
+        let text = MINIMAL.replace(
+            "steps = 10\nbatch_size = 8\n\n[pairs]",
+            "steps = \"ten\"\nbatch_size = 8\n\n[pairs]",
+        );
+        let err = parse(&text, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("cfg.toml:13:") && err.contains("train.steps"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn malformed_toml_is_reported_with_its_line() {
+        let text = MINIMAL.replace("seed = 1", "seed = = 1");
+        let err = parse(&text, &[]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("cfg.toml:3:") && err.contains("invalid TOML"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn overrides_edit_the_tree_and_are_checked() {
+        let c = parse(
+            MINIMAL,
+            &[
+                "train.optim.lr=0.01",
+                "reflow.anneal={ kind = \"linear\" }",
+                "reflow.anneal_steps=50",
+                "name=other",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.train.optim.lr, 0.01);
+        assert_eq!(c.reflow.anneal, Anneal::Linear {});
+        assert_eq!(c.name, "other");
+        let err = parse(MINIMAL, &["train.optim.lrr=0.01"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--set train.optim.lrr") && err.contains("lrr"),
+            "{err}"
+        );
+        let err = parse(MINIMAL, &["train.steps=abc"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--set train.steps"), "{err}");
+        assert!(parse(MINIMAL, &["novalue"]).is_err());
+    }
+
+    #[test]
+    fn any_schema_can_be_read() {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Small {
+            a: u32,
+        }
+        let o = ["a=7".to_string()];
+        let s: Small = parse_with_overrides("a = 1", Path::new("s.toml"), &o).unwrap();
+        assert_eq!(s.a, 7);
+        let err = parse_with_overrides::<Small>("b = 1", Path::new("s.toml"), &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.starts_with("s.toml:1:1: "), "{err}");
+    }
+}

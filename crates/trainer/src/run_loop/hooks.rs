@@ -1,0 +1,203 @@
+//! Work done after a training step besides the update: the [`StepHook`] trait, the [`StepView`] it
+//! receives, and the built-in hooks for sample grids and the checkpoint schedule.
+
+use std::path::{Path, PathBuf};
+
+use rand_chacha::ChaCha20Rng;
+use slimflow_models::{ArchConfig, Model};
+use tch::Tensor;
+
+use super::LoopEnd;
+use crate::checkpointing::{self, Action, TrainState};
+use crate::config::CheckpointConfig;
+use crate::ema::Ema;
+use crate::error::Result;
+use crate::optim::Adam;
+
+/// Runs after every optimizer step, after the metric sinks have received the step's record.
+pub trait StepHook {
+    /// The run starts (or resumes) after `start` completed steps.
+    fn begin(&mut self, start: u64) -> Result<()> {
+        let _ = start;
+        Ok(())
+    }
+
+    /// Step `view.step` is done.
+    fn after_step(&mut self, view: &StepView<'_>) -> Result<()>;
+
+    /// The run ended without error: all steps done and the final model written, or interrupted
+    /// with a state saved.
+    fn finish(&mut self, end: LoopEnd) -> Result<()> {
+        let _ = end;
+        Ok(())
+    }
+}
+
+/// Lets a caller keep a hook and read it after the loop has used it.
+impl<H: StepHook + ?Sized> StepHook for &mut H {
+    fn begin(&mut self, start: u64) -> Result<()> {
+        (**self).begin(start)
+    }
+
+    fn after_step(&mut self, view: &StepView<'_>) -> Result<()> {
+        (**self).after_step(view)
+    }
+
+    fn finish(&mut self, end: LoopEnd) -> Result<()> {
+        (**self).finish(end)
+    }
+}
+
+/// The loop right after a step.
+pub struct StepView<'a> {
+    /// Steps completed, this one included.
+    pub step: u64,
+    /// Steps of the whole run.
+    pub steps: u64,
+    /// The step's loss (mean over its micro-batches).
+    pub loss: f64,
+    /// What the metric sinks received at this step; `None` between logging steps.
+    pub record: Option<&'a [(&'a str, f64)]>,
+    /// The model being trained.
+    pub model: &'a Model,
+    pub(super) state: StateRef<'a>,
+}
+
+impl StepView<'_> {
+    /// Whether this was the run's last step.
+    pub fn is_last(&self) -> bool {
+        self.step == self.steps
+    }
+
+    /// The resumable state after this step (tensors shared with the loop, not copied).
+    pub fn train_state(&self) -> TrainState {
+        self.state.at(self.step)
+    }
+}
+
+/// The loop's parts of a [`TrainState`], borrowed.
+pub(super) struct StateRef<'a> {
+    pub(super) names: &'a [String],
+    pub(super) params: &'a [Tensor],
+    pub(super) adam: &'a Adam,
+    pub(super) ema: &'a Ema,
+    pub(super) rng: &'a ChaCha20Rng,
+    pub(super) arch: &'a ArchConfig,
+}
+
+impl StateRef<'_> {
+    /// The state as of `step` completed steps.
+    pub(super) fn at(&self, step: u64) -> TrainState {
+        TrainState {
+            step,
+            params: self
+                .names
+                .iter()
+                .cloned()
+                .zip(self.params.iter().map(|p| p.detach()))
+                .collect(),
+            ema: self.ema.values.iter().map(|t| t.shallow_clone()).collect(),
+            adam_m: self.adam.m.iter().map(|t| t.shallow_clone()).collect(),
+            adam_v: self.adam.v.iter().map(|t| t.shallow_clone()).collect(),
+            adam_t: self.adam.t,
+            rng: self.rng.clone(),
+            arch: self.arch.clone(),
+        }
+    }
+}
+
+/// Writes `samples/step-N.png` every `sample_every` steps and at the last one (image models; never
+/// when `sample_every` is 0).
+#[derive(Debug, Clone)]
+pub struct SampleGrid {
+    stage_dir: PathBuf,
+    every: u64,
+    solver_steps: usize,
+}
+
+impl SampleGrid {
+    /// Grids under `stage_dir` at the cadence of `cfg`.
+    pub fn new(stage_dir: &Path, cfg: &CheckpointConfig) -> Self {
+        SampleGrid {
+            stage_dir: stage_dir.to_path_buf(),
+            every: cfg.sample_every,
+            solver_steps: cfg.sample_steps,
+        }
+    }
+}
+
+impl StepHook for SampleGrid {
+    fn after_step(&mut self, view: &StepView<'_>) -> Result<()> {
+        if self.every > 0 && (view.step % self.every == 0 || view.is_last()) {
+            sample_grid(&self.stage_dir, view.model, view.step, self.solver_steps)?;
+        }
+        Ok(())
+    }
+}
+
+/// Euler samples of the current weights from fixed noise (and fixed labels for class-conditional
+/// models), as `samples/step-N.png` (image models).
+fn sample_grid(stage_dir: &Path, model: &Model, step: u64, steps: usize) -> Result<()> {
+    let shape = model.config().data_shape();
+    if shape.len() != 3 {
+        return Ok(());
+    }
+    let seeds: Vec<u64> = (0..64u64).map(|i| (1 << 50) + i).collect();
+    let z = slimflow_data::seeded_normal(&seeds, &shape, model.vs.device());
+    // Class-conditional models: row r of the 8×8 grid shows classes 8r … 8r + 7 (mod the classes).
+    let classes = model.config().label_dim();
+    let labels = (classes > 0).then(|| {
+        let l: Vec<i64> = (0..seeds.len() as i64).map(|i| i % classes).collect();
+        Tensor::from_slice(&l).to_device(model.vs.device())
+    });
+    let field = model.eval_field(labels.as_ref());
+    let solver = slimflow_sampling::SolverConfig::Euler {
+        steps: steps.max(1),
+    };
+    let x = slimflow_sampling::solve(&solver, &field, &z, 1e-3, 1.0, false)?.x;
+    let dir = stage_dir.join("samples");
+    std::fs::create_dir_all(&dir).map_err(crate::error::io_err(&dir))?;
+    slimflow_metrics::pictures::grid_png(&dir.join(format!("step-{step:07}.png")), &x, 8)?;
+    Ok(())
+}
+
+/// The keep-last-N schedule of [`checkpointing::plan`]: a state every `every` steps and at the last
+/// one, older ones deleted.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    dir: PathBuf,
+    every: u64,
+    keep_last: usize,
+}
+
+impl Checkpoints {
+    /// States in `dir` at the cadence of `cfg`.
+    pub fn new(dir: impl Into<PathBuf>, cfg: &CheckpointConfig) -> Self {
+        Checkpoints {
+            dir: dir.into(),
+            every: cfg.every,
+            keep_last: cfg.keep_last,
+        }
+    }
+}
+
+impl StepHook for Checkpoints {
+    fn after_step(&mut self, view: &StepView<'_>) -> Result<()> {
+        let existing = checkpointing::list_states(&self.dir);
+        for action in
+            checkpointing::plan(view.step, view.steps, self.every, self.keep_last, &existing)
+        {
+            match action {
+                Action::Save(s) => {
+                    let state = TrainState {
+                        step: s,
+                        ..view.train_state()
+                    };
+                    checkpointing::save_state(&self.dir, &state)?;
+                }
+                Action::Delete(s) => checkpointing::delete_state(&self.dir, s)?,
+            }
+        }
+        Ok(())
+    }
+}
