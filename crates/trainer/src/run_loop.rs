@@ -450,56 +450,6 @@ impl LossScale {
 mod tests {
     use super::*;
     use crate::sink::MemorySink;
-//TMPCMP-BEGIN
-    #[path = "/tmp/old_run_loop.rs"]
-    #[allow(dead_code, missing_docs, unused)]
-    mod old_run_loop;
-
-    #[test]
-    fn tmp_same_files_as_before() {
-        let init: Vec<Tensor> = sorted_variables(&model()).1.iter().map(|t| t.detach().copy()).collect();
-        let objective = Rf { time: TimeDist::Uniform { eps: 1e-3 }, premetric: PremetricConfig::L2Squared {} };
-        let optim = OptimConfig { warmup_steps: 2, accumulate: 2, ..OptimConfig::default() };
-        let checkpoint = CheckpointConfig { every: 3, keep_last: 2, log_every: 2, ..CheckpointConfig::default() };
-        let files = |new: bool, steps: u64, dir: &Path| {
-            let mut m = model();
-            tch::no_grad(|| for (p, v) in sorted_variables(&m).1.iter().zip(&init) { p.shallow_clone().copy_(v); });
-            let mut batches = |rng: &mut ChaCha20Rng, step: u64| {
-                let x1 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
-                let x0 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
-                Ok((Batch { x0, x1, labels: None }, vec![("beta", step as f64 * 0.1)]))
-            };
-            if new {
-                let s = LoopSettings { steps, optim: &optim, checkpoint: &checkpoint, seed: 9, label: "t" };
-                train(dir, &mut m, &s, &objective, &mut batches).unwrap();
-            } else {
-                let s = old_run_loop::LoopSettings { steps, optim: &optim, checkpoint: &checkpoint, seed: 9, label: "t" };
-                old_run_loop::train(dir, &mut m, &s, &objective, &mut batches).unwrap();
-            }
-        };
-        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        for steps in [7, 11] {
-            let mode = std::env::var("CMP_MODE").unwrap_or_default();
-            files(mode == "newnew", steps, a.path());
-            files(mode != "oldold", steps, b.path());
-        }
-        let mut n = 0;
-        for rel in ["metrics.jsonl", "model.safetensors", "checkpoints/state-00000009.safetensors", "checkpoints/state-00000011.safetensors"] {
-            let x = std::fs::read(a.path().join(rel)).unwrap();
-            let _ = std::fs::copy(a.path().join(rel), format!("/tmp/cmp_old_{n}"));
-            let _ = std::fs::copy(b.path().join(rel), format!("/tmp/cmp_new_{n}"));
-            let y = std::fs::read(b.path().join(rel)).unwrap();
-            if x != y { eprintln!("{rel} differs"); }
-            n += 1;
-        }
-        let la: Vec<_> = std::fs::read_dir(a.path().join("checkpoints")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        let mut la = la; la.sort();
-        let mut lb: Vec<_> = std::fs::read_dir(b.path().join("checkpoints")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        lb.sort();
-        assert_eq!(la, lb);
-        eprintln!("compared {n} files, checkpoints {la:?}");
-    }
-//TMPCMP-END
     use slimflow_losses::{PremetricConfig, Rf};
     use slimflow_models::ArchConfig;
     use slimflow_schedules::TimeDist;
