@@ -72,8 +72,11 @@ pub fn check(config: &ArchConfig, expected_params: Option<i64>) {
         params.len()
     );
 
+    // One directory per call: tests of the same architecture run in parallel in one process.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!(
-        "slimflow-conformance-{}-{name}",
+        "slimflow-conformance-{}-{name}-{call}",
         std::process::id()
     ));
     let path = dir.join("model.safetensors");

@@ -201,3 +201,54 @@ impl StepHook for Checkpoints {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use tch::Device;
+
+    #[test]
+    fn sample_grids_follow_the_cadence_and_the_last_step() {
+        let arch: ArchConfig = serde_json::from_value(serde_json::json!({
+            "arch": "ncsnpp", "image_size": 32, "nf": 8, "ch_mult": [1, 2],
+            "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0
+        }))
+        .unwrap();
+        let model = Model::new(&arch, Device::Cpu).unwrap();
+        let (names, params) = super::super::sorted_variables(&model);
+        let optim = crate::config::OptimConfig::default();
+        let (adam, ema) = (Adam::new(&optim, &params), Ema::new(0.9, false, &params));
+        let rng = ChaCha20Rng::seed_from_u64(0);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = CheckpointConfig {
+            sample_every: 2,
+            ..CheckpointConfig::default()
+        };
+        let mut grid = SampleGrid::new(dir.path(), &cfg);
+        for step in 1..=3 {
+            let view = StepView {
+                step,
+                steps: 3,
+                loss: 0.0,
+                record: None,
+                model: &model,
+                state: StateRef {
+                    names: &names,
+                    params: &params,
+                    adam: &adam,
+                    ema: &ema,
+                    rng: &rng,
+                    arch: &arch,
+                },
+            };
+            grid.after_step(&view).unwrap();
+        }
+        let mut written: Vec<String> = std::fs::read_dir(dir.path().join("samples"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        written.sort();
+        assert_eq!(written, ["step-0000002.png", "step-0000003.png"]);
+    }
+}
