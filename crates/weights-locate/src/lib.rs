@@ -251,7 +251,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-fn digest_file<D: sha2::Digest>(path: &Path) -> Result<String> {
+/// Hex digest of the file at `path` under `D` (SHA-256, MD5, …), read in 1 MiB blocks.
+pub fn digest_file<D: sha2::Digest>(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(io(path))?;
     let mut h = D::new();
     let mut buf = vec![0u8; 1 << 20];

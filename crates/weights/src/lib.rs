@@ -29,8 +29,9 @@ use slimflow_models::import::read_tensors;
 use tch::Device;
 
 pub use slimflow_weights_locate::{
-    default_dir, locate, locate_fid_ref, record_path, resolve_reference, verify_recorded, Checksum,
-    Error as LocateError, FidRef, Net, Source, FID_DIM, FID_REFS, FID_REF_PREFIX,
+    default_dir, digest_file, locate, locate_fid_ref, record_path, resolve_reference,
+    verify_recorded, Checksum, Error as LocateError, FidRef, Net, Source, FID_DIM, FID_REFS,
+    FID_REF_PREFIX,
 };
 
 /// Errors fetching, verifying or converting weights.
@@ -141,19 +142,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_path_buf(),
         source,
-    }
-}
-
-fn digest_file<D: sha2::Digest>(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
-    let mut h = D::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            return Ok(hex::encode(h.finalize()));
-        }
-        h.update(&buf[..n]);
     }
 }
 
