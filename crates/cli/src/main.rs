@@ -126,10 +126,10 @@ fn main() -> ExitCode {
         Parsed::Stage(stage, a) => commands::stage::run(&a, Which::One(stage)),
         Parsed::Other(c) => run(c),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", without_cpp_backtrace(&format!("{e:#}")));
             if e.chain()
                 .any(|c| c.downcast_ref::<slimflow_trainer::ConfigError>().is_some())
             {
@@ -138,7 +138,48 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+    };
+    report_peak_memory();
+    code
+}
+
+/// With `SLIMFLOW_REPORT_PEAK_MEMORY` set, prints the process's resident high-water mark
+/// (`VmHWM` of /proc/self/status) as `peak_rss_bytes=N` on stderr.
+fn report_peak_memory() {
+    if std::env::var_os("SLIMFLOW_REPORT_PEAK_MEMORY").is_none() {
+        return;
     }
+    let kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+    match kib {
+        Some(k) => eprintln!("peak_rss_bytes={}", k * 1024),
+        None => eprintln!("peak_rss_bytes=unknown"),
+    }
+}
+
+/// A message without the C++ backtrace libtorch appends to its errors (`Exception raised from …`
+/// and `frame #N: …` lines, printed whatever TORCH_SHOW_CPP_STACKTRACES says for some errors):
+/// its first line says what went wrong.
+fn without_cpp_backtrace(msg: &str) -> String {
+    let noise = |l: &str| {
+        let l = l.trim_start();
+        l.starts_with("Exception raised from ")
+            || l.strip_prefix("frame #").is_some_and(|r| {
+                r.split_once(':')
+                    .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+            })
+    };
+    msg.lines()
+        .filter(|l| !noise(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim_end()
+        .to_string()
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -180,6 +221,28 @@ mod tests {
                 Some(s.about.into())
             );
         }
+    }
+
+    #[test]
+    fn libtorch_backtraces_are_left_out_of_error_messages() {
+        let msg = "stage `train`: shape '[2, 3]' is invalid for input of size 7\n\
+                   Exception raised from view at aten/src/ATen/native/TensorShape.cpp:123 (most \
+                   recent call first):\n\
+                   frame #0: c10::Error::Error(c10::SourceLocation) + 0x9c (0x7f in libc10.so)\n\
+                   frame #1: <unknown function> + 0x3a9361 (0x5582 in slimflow)\n";
+        assert_eq!(
+            without_cpp_backtrace(msg),
+            "stage `train`: shape '[2, 3]' is invalid for input of size 7"
+        );
+        let err = tch::Tensor::zeros([7], (tch::Kind::Float, tch::Device::Cpu))
+            .f_view([2, 3])
+            .unwrap_err();
+        let shown = without_cpp_backtrace(&format!("{:#}", anyhow::Error::from(err)));
+        assert!(
+            !shown.contains("frame #") && shown.contains("invalid"),
+            "{shown}"
+        );
+        assert_eq!(shown.lines().count(), 1, "{shown}");
     }
 
     #[test]

@@ -64,8 +64,24 @@ pub(crate) fn read_limited(
     Ok(bytes)
 }
 
+/// Deflate's largest expansion (one 258-byte match per two bits, about 1032:1).
+pub(crate) const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// The most bytes a member can decompress to, judged from the bytes it occupies in an archive of
+/// `archive_len` bytes (not from the size its headers claim).
+pub(crate) fn justified_size<R: Read>(entry: &zip::read::ZipFile<'_, R>, archive_len: u64) -> u64 {
+    let packed = entry
+        .compressed_size()
+        .min(archive_len.saturating_sub(entry.data_start()));
+    match entry.compression() {
+        zip::CompressionMethod::Stored => packed,
+        _ => packed.saturating_mul(MAX_DEFLATE_RATIO),
+    }
+}
+
 /// Reads member `index` of `archive` (at `path`, whose length is `archive_len`), at most `limit`
-/// bytes; CRC and decompression errors name the member.
+/// bytes and at most what its compressed bytes can hold; CRC and decompression errors name the
+/// member.
 pub(crate) fn read_index<R: Read + Seek>(
     archive: &mut zip::ZipArchive<R>,
     index: usize,
@@ -82,6 +98,11 @@ pub(crate) fn read_index<R: Read + Seek>(
         claimed
     } else {
         claimed.min(INITIAL_CAPACITY)
+    };
+    let limit = if archive_len > 0 {
+        limit.min(justified_size(&entry, archive_len))
+    } else {
+        limit
     };
     let bytes = read_limited(entry, hint, limit, path, &format!("entry {name}"))?;
     Ok((name, bytes))

@@ -22,7 +22,7 @@ fn bad(origin: &str, offset: usize, reason: impl Into<String>) -> Error {
 }
 
 fn kind_of(descr: &str) -> Option<(Kind, usize)> {
-    let (endian, code) = descr.split_at(1);
+    let (endian, code) = descr.split_at_checked(1)?;
     if !matches!(endian, "<" | "|" | "=") {
         return None;
     }
@@ -135,8 +135,11 @@ impl NpyArray {
     }
 }
 
-/// Header fields of a `.npy` image: (kind, descr, shape, fortran order, data offset).
-fn parse_header(bytes: &[u8], origin: &str) -> Result<(Kind, String, Vec<i64>, bool, usize)> {
+/// Longest `.npy` header accepted (NumPy itself refuses headers past 10 000 bytes by default).
+const MAX_HEADER_BYTES: usize = 1 << 20;
+
+/// Where the header text of a `.npy` image lies: (start, length), from its first 12 bytes.
+fn header_span(bytes: &[u8], origin: &str) -> Result<(usize, usize)> {
     if !bytes.starts_with(MAGIC) || bytes.len() < 10 {
         return Err(bad(origin, 0, "not a .npy file (no \\x93NUMPY magic)"));
     }
@@ -149,6 +152,40 @@ fn parse_header(bytes: &[u8], origin: &str) -> Result<(Kind, String, Vec<i64>, b
         ),
         v => return Err(bad(origin, 6, format!("unsupported .npy version {v}"))),
     };
+    if len > MAX_HEADER_BYTES {
+        return Err(bad(
+            origin,
+            8,
+            format!("header of {len} bytes (at most {MAX_HEADER_BYTES} are read)"),
+        ));
+    }
+    Ok((start, len))
+}
+
+/// Header fields of a `.npy` image: (kind, descr, shape, fortran order, data offset).
+fn parse_header(bytes: &[u8], origin: &str) -> Result<(Kind, String, Vec<i64>, bool, usize)> {
+    let (fields, want) = parse_header_fields(bytes, origin)?;
+    let data_at = fields.4;
+    let have = bytes.len().saturating_sub(data_at);
+    if have != want {
+        return Err(bad(
+            origin,
+            data_at,
+            format!(
+                "shape {:?} of {} needs {want} data bytes, the file has {have}",
+                fields.2, fields.1
+            ),
+        ));
+    }
+    Ok(fields)
+}
+
+type Header = (Kind, String, Vec<i64>, bool, usize);
+
+/// The header fields of a `.npy` image whose first bytes (through the header) are `bytes`, and the
+/// number of data bytes its shape needs.
+fn parse_header_fields(bytes: &[u8], origin: &str) -> Result<(Header, usize)> {
+    let (start, len) = header_span(bytes, origin)?;
     let header = bytes
         .get(start..start.saturating_add(len))
         .ok_or_else(|| bad(origin, start, "header runs past the end of the file"))?;
@@ -186,16 +223,14 @@ fn parse_header(bytes: &[u8], origin: &str) -> Result<(Kind, String, Vec<i64>, b
         })
         .ok_or_else(|| bad(origin, start, format!("bad shape {shape_text}")))?;
     let data_at = start + len;
-    let want = numel.saturating_mul(size);
-    let have = bytes.len().saturating_sub(data_at);
-    if have != want {
-        return Err(bad(
+    let want = numel.checked_mul(size).ok_or_else(|| {
+        bad(
             origin,
-            data_at,
-            format!("shape {shape:?} of {descr} needs {want} data bytes, the file has {have}"),
-        ));
-    }
-    Ok((kind, descr.to_string(), shape, fortran, data_at))
+            start,
+            format!("shape {shape:?} of {descr} overflows a byte count"),
+        )
+    })?;
+    Ok(((kind, descr.to_string(), shape, fortran, data_at), want))
 }
 
 /// Parses one `.npy` image held in memory.
@@ -250,11 +285,74 @@ fn npz_members(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let len = crate::archive::file_len(path);
     let mut out = Vec::with_capacity(zip.len().min(1 << 10));
     for i in 0..zip.len() {
-        let (name, bytes) =
-            crate::archive::read_index(&mut zip, i, len, MAX_NPZ_MEMBER_BYTES, path)?;
-        out.push((name, bytes));
+        out.push(npz_member(&mut zip, i, len, path)?);
     }
     Ok(out)
+}
+
+/// Member `index` of a `.npz`, streamed: its header is read first, then exactly the data bytes
+/// its shape needs (a member that decompresses to more is an error as soon as the extra byte
+/// arrives), after checking that the member's compressed bytes can hold them.
+fn npz_member<R: std::io::Read + std::io::Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    index: usize,
+    archive_len: u64,
+    path: &Path,
+) -> Result<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut entry = zip.by_index(index).map_err(|e| {
+        bad(
+            &path.display().to_string(),
+            0,
+            format!("member {index}: {e}"),
+        )
+    })?;
+    let name = entry.name().to_string();
+    let origin = format!("{}:{name}", path.display());
+    let justified = crate::archive::justified_size(&entry, archive_len);
+    let io = |e: std::io::Error| bad(&origin, 0, format!("cannot decompress: {e}"));
+    let mut head = Vec::with_capacity(12);
+    (&mut entry).take(12).read_to_end(&mut head).map_err(io)?;
+    let (start, len) = header_span(&head, &origin)?;
+    let mut rest = Vec::with_capacity((start + len).saturating_sub(head.len()));
+    (&mut entry)
+        .take((start + len).saturating_sub(head.len()) as u64)
+        .read_to_end(&mut rest)
+        .map_err(io)?;
+    head.extend_from_slice(&rest);
+    drop(rest);
+    let ((_, descr, shape, _, data_at), want) = parse_header_fields(&head, &origin)?;
+    let total = data_at as u64 + want as u64;
+    if total > justified.min(MAX_NPZ_MEMBER_BYTES) {
+        return Err(bad(
+            &origin,
+            data_at,
+            format!(
+                "shape {shape:?} of {descr} needs {want} data bytes; the member's {} stored bytes cannot hold them (limit {})",
+                entry.compressed_size(),
+                justified.min(MAX_NPZ_MEMBER_BYTES)
+            ),
+        ));
+    }
+    head.reserve_exact(want);
+    (&mut entry)
+        .take(want as u64 + 1)
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    let have = head.len() - data_at;
+    if have != want {
+        let have = if have > want {
+            format!("more than {want}")
+        } else {
+            have.to_string()
+        };
+        return Err(bad(
+            &origin,
+            data_at,
+            format!("shape {shape:?} of {descr} needs {want} data bytes, the member has {have}"),
+        ));
+    }
+    Ok((name, head))
 }
 
 /// Reads every array of a `.npz` archive, in archive order, named without the `.npy` suffix.
@@ -437,5 +535,75 @@ impl NpyWriter {
         let file = self.file.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&self.tmp, &self.path).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}\n");
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&[1, 0]);
+        b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        b.extend_from_slice(header.as_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    fn npz(member: &[u8], method: zip::CompressionMethod) -> tempfile::NamedTempFile {
+        let f = tempfile::Builder::new().suffix(".npz").tempfile().unwrap();
+        let mut w = zip::ZipWriter::new(f.reopen().unwrap());
+        let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+        w.start_file("a.npy", opts).unwrap();
+        w.write_all(member).unwrap();
+        w.finish().unwrap();
+        f
+    }
+
+    #[test]
+    fn empty_and_non_ascii_dtypes_are_errors() {
+        for descr in ["", "é4", "\u{1F600}"] {
+            let err = parse_npy(&npy(descr, "(1,)", &[0; 4]), "bad.npy")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("bad.npy") && err.contains("unsupported dtype"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn npz_members_are_read_only_as_far_as_their_shape_needs() {
+        // 64 MiB of zeros after the header of a 4-element array
+        let mut member = npy("<f4", "(4,)", &[]);
+        member.resize(member.len() + (64 << 20), 0);
+        let f = npz(&member, zip::CompressionMethod::Deflated);
+        let start = std::time::Instant::now();
+        let err = read_npz(f.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(&f.path().display().to_string())
+                && err.contains("a.npy")
+                && err.contains("needs 16 data bytes, the member has more than 16"),
+            "{err}"
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        // a shape the member's compressed bytes cannot hold is refused before decompressing
+        let f = npz(
+            &npy("<f4", "(1000000000,)", &[0; 64]),
+            zip::CompressionMethod::Deflated,
+        );
+        let err = read_npz(f.path()).unwrap_err().to_string();
+        assert!(err.contains("cannot hold"), "{err}");
+        // and a good member still reads
+        let f = npz(
+            &npy("<f4", "(2,)", &[0, 0, 128, 63, 0, 0, 0, 64]),
+            zip::CompressionMethod::Deflated,
+        );
+        let got = read_npz(f.path()).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&got[0].1).unwrap(), vec![1.0, 2.0]);
     }
 }

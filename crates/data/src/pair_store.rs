@@ -9,7 +9,9 @@
 //! Crash safety: a shard file is written to a temporary name and renamed, then its checksum file the
 //! same way; a shard counts as present only when both exist and the sizes agree, so a killed writer
 //! leaves at worst a shard that is redone. Opening verifies every shard ([`Verify::Fast`]: presence
-//! and sizes; [`Verify::Full`]: every byte against its SHA-256). Shard i belongs to writer
+//! and sizes; [`Verify::Full`]: every byte against its SHA-256, shards hashed in parallel; the
+//! stages and `data info` verify in full). [`PairStore::damaged_shards`] lists shards whose bytes
+//! no longer match, so that they can be removed and regenerated. Shard i belongs to writer
 //! `i mod world`, so W processes (`--rank R --world W`) fill disjoint shards of one store.
 //!
 //! Reads: [`PairStore::load`] returns every pair; [`PairReader`] reads any pairs by index with
@@ -190,6 +192,11 @@ fn read_manifest(dir: &Path) -> Result<Option<PairStoreManifest>> {
                     ),
                 ));
             }
+            for (key, value) in [("count", m.count), ("shard_size", m.shard_size)] {
+                if value == 0 {
+                    return Err(corrupt(&path, format!("`{key}` must be positive, got 0")));
+                }
+            }
             Ok(Some(m))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -328,33 +335,87 @@ impl PairStore {
     /// Checks every shard; the error names the first bad shard and what is wrong with it.
     pub fn verify(&self, mode: Verify) -> Result<()> {
         for i in 0..self.num_shards() {
-            let path = self.shard_path(i);
-            let (digest, size) = self.recorded(i)?.ok_or_else(|| {
-                corrupt(
-                    &path,
-                    "shard missing or unfinished: the store is incomplete (re-run generate-pairs to finish it)",
-                )
-            })?;
-            let len = std::fs::metadata(&path)
-                .map_err(|_| corrupt(&path, "shard file missing (its checksum file exists)"))?
-                .len();
-            if len != size {
-                return Err(corrupt(
-                    &path,
-                    format!(
-                        "short or overlong shard: {len} bytes, its checksum file records {size} (data ends at offset {len})"
-                    ),
-                ));
+            self.verify_fast(i)?;
+        }
+        if mode == Verify::Full {
+            if let Some((_, e)) = self
+                .hash_mismatches(0..self.num_shards())
+                .into_iter()
+                .next()
+            {
+                return Err(e);
             }
-            if mode == Verify::Full {
-                let (got, _) = slimflow_tensor_io::sha256_file(&path)?;
-                if got != digest {
-                    return Err(corrupt(
-                        &path,
-                        format!("SHA-256 {got} does not match the recorded {digest}"),
-                    ));
-                }
+        }
+        Ok(())
+    }
+
+    /// Shards among `shards` whose bytes do not match their recorded SHA-256 (or that cannot be
+    /// read), in order, with the error; shards hashed in parallel.
+    fn hash_mismatches(&self, shards: Range<usize>) -> Vec<(usize, Error)> {
+        use rayon::prelude::*;
+        let mut bad: Vec<(usize, Error)> = shards
+            .into_par_iter()
+            .filter_map(|i| self.verify_hash(i).err().map(|e| (i, e)))
+            .collect();
+        bad.sort_by_key(|b| b.0);
+        bad
+    }
+
+    fn verify_hash(&self, i: usize) -> Result<()> {
+        let path = self.shard_path(i);
+        let Some((digest, _)) = self.recorded(i)? else {
+            return Ok(());
+        };
+        let (got, _) = slimflow_tensor_io::sha256_file(&path)?;
+        if got != digest {
+            return Err(corrupt(
+                &path,
+                format!("SHA-256 {got} does not match the recorded {digest}: the shard is damaged (re-run generate-pairs to regenerate it)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Complete shards (file and checksum present, sizes agreeing) whose bytes no longer match
+    /// their SHA-256, with what is wrong.
+    pub fn damaged_shards(&self) -> Vec<(usize, Error)> {
+        self.hash_mismatches(0..self.num_shards())
+            .into_iter()
+            .filter(|(i, _)| self.is_complete(*i))
+            .collect()
+    }
+
+    /// Removes shard `i` (checksum file first, so it never counts as present without its data).
+    pub fn remove_shard(&self, i: usize) -> Result<()> {
+        for path in [self.checksum_path(i), self.shard_path(i)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(Error::Io { path, source }),
             }
+        }
+        Ok(())
+    }
+
+    /// Presence and size of shard `i`.
+    fn verify_fast(&self, i: usize) -> Result<()> {
+        let path = self.shard_path(i);
+        let (_, size) = self.recorded(i)?.ok_or_else(|| {
+            corrupt(
+                &path,
+                "shard missing or unfinished: the store is incomplete (re-run generate-pairs to finish it)",
+            )
+        })?;
+        let len = std::fs::metadata(&path)
+            .map_err(|_| corrupt(&path, "shard file missing (its checksum file exists)"))?
+            .len();
+        if len != size {
+            return Err(corrupt(
+                &path,
+                format!(
+                    "short or overlong shard: {len} bytes, its checksum file records {size} (data ends at offset {len})"
+                ),
+            ));
         }
         Ok(())
     }
@@ -756,6 +817,49 @@ mod tests {
         assert_eq!(pairs.seed.int64_value(&[9]), 109);
         assert_eq!(pairs.x1.double_value(&[0, 0]), 2.0);
         assert!(pairs.labels.is_none());
+    }
+
+    #[test]
+    fn flipped_bytes_are_found_and_the_shard_can_be_redone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PairStore::create_or_resume(dir.path(), manifest(8)).unwrap();
+        let z = Tensor::ones([4, 2], (Kind::Float, Device::Cpu));
+        store.write_shard(0, &z, &z, None).unwrap();
+        store.write_shard(1, &z, &(&z * 3.0), None).unwrap();
+        let original = std::fs::read(store.shard_path(1)).unwrap();
+        let mut bytes = original.clone();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40; // a data byte of `z`, `x1` or `seed`: sizes unchanged
+        std::fs::write(store.shard_path(1), &bytes).unwrap();
+        store.verify(Verify::Fast).unwrap();
+        let err = store.verify(Verify::Full).unwrap_err().to_string();
+        assert!(
+            err.contains("pairs-000001.safetensors") && err.contains("damaged"),
+            "{err}"
+        );
+        let damaged = store.damaged_shards();
+        assert_eq!(damaged.iter().map(|d| d.0).collect::<Vec<_>>(), vec![1]);
+        store.remove_shard(1).unwrap();
+        assert_eq!(store.missing_shards(), vec![1]);
+        store.write_shard(1, &z, &(&z * 3.0), None).unwrap();
+        assert_eq!(std::fs::read(store.shard_path(1)).unwrap(), original);
+        store.verify(Verify::Full).unwrap();
+    }
+
+    #[test]
+    fn a_zero_shard_size_is_an_error_naming_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        PairStore::create_or_resume(dir.path(), manifest(8)).unwrap();
+        let path = dir.path().join(MANIFEST);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace("\"shard_size\": 4", "\"shard_size\": 0");
+        std::fs::write(&path, text).unwrap();
+        let err = PairStore::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("pairs.json") && err.contains("`shard_size`"),
+            "{err}"
+        );
+        assert!(PairStore::create_or_resume(dir.path(), manifest(8)).is_err());
     }
 
     #[test]

@@ -6,22 +6,24 @@
 //!   [`Weighted`] sums any of them (SlimFlow's LPIPS + L1 / LPIPS + L2).
 //! - Objectives ([`Objective`]): rectified-flow regression on (x0, x1) pairs ([`Rf`]), one-step
 //!   distillation ([`Distill`]) and SlimFlow's flow-guided regulariser ([`FlowGuided`]), training
-//!   any [`slimflow_sampling::Network`].
+//!   any [`slimflow_sampling::Network`]. A stage names its objective as configuration
+//!   ([`ObjectiveSpec`], [`DistanceSpec`]) and builds it here, perceptual network included.
 //!
 //! Randomness (times, fresh noise) comes from the caller's RNG so that the training loop's saved
 //! generator state reproduces a run exactly.
 
 mod error;
 pub mod lpips;
-mod lpips_huber;
 pub mod objective;
 mod premetric;
 mod random;
 
 pub use error::{Error, Result};
 pub use lpips::{Lpips, LpipsConfig, LpipsPreset};
-pub use lpips_huber::{lpips_huber_terms, LpipsHuber};
-pub use objective::{Batch, Distill, DistillForm, FlowGuided, LossTerms, Objective, Rf};
+pub use objective::{
+    lpips_huber_terms, Batch, Distance, DistanceSpec, Distill, DistillForm, FlowGuided, LossTerms,
+    LpipsHuber, LpipsTerm, Objective, ObjectiveSpec, Rf,
+};
 pub use premetric::{Premetric, PremetricConfig, Weighted};
 pub use random::{normal_tensor, uniform_tensor, NoiseSource, StandardGaussian};
 

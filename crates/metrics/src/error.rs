@@ -26,6 +26,9 @@ pub enum Error {
         #[source]
         source: png::EncodingError,
     },
+    /// Pretrained weights are not installed (the message names the commands that provide them).
+    #[error(transparent)]
+    NotInstalled(slimflow_weights_locate::Error),
     /// An error from libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 // What `stats_of_set` reads, so callers need not name the data crate.
+use serde::{Deserialize, Serialize};
 pub use slimflow_data::images::{DatasetSpec, ImageSet};
 use tch::{Device, Kind, Tensor};
 
@@ -117,4 +118,136 @@ pub fn standin_for(
     })?;
     net.save(&cache)?;
     Ok((net, Some(acc)))
+}
+
+/// Which feature network an evaluation uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureChoice {
+    /// Inception when its weights are installed, else the stand-in.
+    #[default]
+    Auto,
+    /// pytorch-fid's Inception (FID).
+    Inception,
+    /// A small classifier trained on the dataset's labels (a stand-in, never called FID).
+    Standin,
+}
+
+/// What [`choose`] needs to build either network.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureRequest<'a> {
+    /// The network wanted.
+    pub choice: FeatureChoice,
+    /// Inception weights; `None`: the installed file (`slimflow weights fetch inception`).
+    pub inception_weights: Option<&'a Path>,
+    /// The labelled dataset spec the stand-in trains on.
+    pub standin_spec: &'a str,
+    /// Training batches of the stand-in.
+    pub standin_steps: usize,
+    /// Where the trained stand-in is cached.
+    pub cache_dir: &'a Path,
+}
+
+/// The network [`choose`] built, and what the caller may want to tell the user.
+#[derive(Debug)]
+pub struct Chosen {
+    /// The network.
+    pub net: FeatureNet,
+    /// `Auto` found no Inception weights and took the stand-in.
+    pub inception_missing: bool,
+    /// The stand-in was trained now (not read from the cache): its held-out accuracy.
+    pub standin_accuracy: Option<f64>,
+}
+
+/// The feature network of `request`: Inception from its weights, or the stand-in classifier loaded
+/// from the cache or trained; `Auto` takes Inception when the weights are installed. Missing
+/// Inception weights are [`Error::NotInstalled`], naming the commands that provide them.
+pub fn choose(request: &FeatureRequest, device: Device) -> Result<Chosen> {
+    use slimflow_weights_locate::{locate, Net};
+    let inception_path = || match request.inception_weights {
+        Some(p) => Ok(p.to_path_buf()),
+        None => locate(Net::Inception, None).map_err(Error::NotInstalled),
+    };
+    let standin = |inception_missing| -> Result<Chosen> {
+        let spec = request.standin_spec;
+        let (net, acc) = standin_for(spec, request.cache_dir, request.standin_steps, device)?;
+        Ok(Chosen {
+            net: FeatureNet::Standin {
+                net,
+                spec: spec.to_string(),
+            },
+            inception_missing,
+            standin_accuracy: acc,
+        })
+    };
+    let inception = |path: std::path::PathBuf| -> Result<Chosen> {
+        Ok(Chosen {
+            net: FeatureNet::Inception(Box::new(FidInception::load(&path, device)?)),
+            inception_missing: false,
+            standin_accuracy: None,
+        })
+    };
+    match request.choice {
+        FeatureChoice::Inception => inception(inception_path()?),
+        FeatureChoice::Standin => standin(false),
+        FeatureChoice::Auto => match inception_path() {
+            Ok(path) => inception(path),
+            Err(_) => standin(true),
+        },
+    }
+}
+
+#[cfg(test)]
+mod chooser_tests {
+    use super::*;
+
+    #[test]
+    fn an_explicit_inception_file_that_is_missing_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("inception.safetensors");
+        let request = FeatureRequest {
+            choice: FeatureChoice::Inception,
+            inception_weights: Some(&missing),
+            standin_spec: "shapes:8",
+            standin_steps: 1,
+            cache_dir: dir.path(),
+        };
+        let e = choose(&request, Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("inception.safetensors"), "{e}");
+        // Auto with given weights does not fall back either: it was asked for that file.
+        let auto = FeatureRequest {
+            choice: FeatureChoice::Auto,
+            ..request
+        };
+        assert!(choose(&auto, Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn the_standin_is_trained_once_then_read_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = FeatureRequest {
+            choice: FeatureChoice::Standin,
+            inception_weights: None,
+            standin_spec: "shapes:16,count=64",
+            standin_steps: 2,
+            cache_dir: dir.path(),
+        };
+        let first = choose(&request, Device::Cpu).unwrap();
+        assert!(first.standin_accuracy.is_some() && !first.inception_missing);
+        assert_eq!(first.net.metric_name(), "FD-standin");
+        let second = choose(&request, Device::Cpu).unwrap();
+        assert_eq!(second.standin_accuracy, None);
+        let set: ImageSet = request
+            .standin_spec
+            .parse::<DatasetSpec>()
+            .unwrap()
+            .load()
+            .unwrap();
+        let x = set.batch(&[0, 1]);
+        assert!(first
+            .net
+            .features(&x)
+            .unwrap()
+            .equal(&second.net.features(&x).unwrap()));
+    }
 }

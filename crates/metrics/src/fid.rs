@@ -204,13 +204,54 @@ mod tests {
         assert!(frechet_distance(&nan, &s1, &m1, &s1).is_err());
         assert!(frechet_distance(&m1, &s1, &m1.narrow(0, 0, 3), &s1).is_err());
     }
+
+    #[test]
+    fn reference_statistics_that_are_no_covariance_are_reported_with_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mu, sigma) = random_stats(3, 0.0);
+        let good = GaussianStats { mu, sigma };
+        assert!(good.covariance_problems().is_empty());
+        let path = dir.path().join("ref.npz");
+        let asym = good.sigma.copy();
+        let _ = asym.get(0).get(1).fill_(100.0);
+        let bad = GaussianStats {
+            mu: good.mu.copy(),
+            sigma: asym,
+        };
+        let p = bad.covariance_problems();
+        assert!(p.iter().any(|m| m.contains("not symmetric")), "{p:?}");
+        let indefinite = GaussianStats {
+            mu: good.mu.copy(),
+            sigma: -good.sigma.copy(),
+        };
+        let p = indefinite.covariance_problems();
+        assert!(
+            p.iter().any(|m| m.contains("not positive semi-definite")),
+            "{p:?}"
+        );
+        bad.save_npz(&path).unwrap();
+        assert!(GaussianStats::load_npz(&path).is_ok());
+        let nan = good.sigma.copy();
+        let _ = nan.get(2).get(2).fill_(f64::NAN);
+        GaussianStats {
+            mu: good.mu.copy(),
+            sigma: nan,
+        }
+        .save_npz(&path)
+        .unwrap();
+        let e = GaussianStats::load_npz(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("ref.npz") && e.contains("`sigma` contains NaN"),
+            "{e}"
+        );
+    }
 }
 
 /// Gaussian statistics (μ, Σ) of a feature set, as stored in pytorch-fid's and EDM's reference
-/// `.npz` files (`mu` [D], `sigma` [D, D], float64).
+/// `.npz` files (`mu`: \[D\], `sigma`: \[D, D\], float64).
 #[derive(Debug)]
 pub struct GaussianStats {
-    /// Mean [D].
+    /// Mean \[D\].
     pub mu: Tensor,
     /// Covariance [D, D].
     pub sigma: Tensor,
@@ -251,7 +292,44 @@ impl GaussianStats {
                 sigma.size()
             )));
         }
-        Ok(GaussianStats { mu, sigma })
+        for (name, t) in [("mu", &mu), ("sigma", &sigma)] {
+            if t.isfinite().all().int64_value(&[]) == 0 {
+                return Err(Error::BadInput(format!(
+                    "{}: `{name}` contains NaN or infinity",
+                    path.display()
+                )));
+            }
+        }
+        let stats = GaussianStats { mu, sigma };
+        for p in stats.covariance_problems() {
+            tracing::warn!("{}: {p}", path.display());
+        }
+        Ok(stats)
+    }
+
+    /// What makes `sigma` no covariance matrix: asymmetry or negative eigenvalues beyond round-off
+    /// (relative 1e-6). The distance still uses it: its lower triangle as a symmetric matrix,
+    /// negative eigenvalues as 0.
+    pub fn covariance_problems(&self) -> Vec<String> {
+        let s = self.sigma.to_kind(Kind::Double).to_device(tch::Device::Cpu);
+        let scale = s.abs().max().double_value(&[]).max(f64::MIN_POSITIVE);
+        let asym = (&s - s.transpose(0, 1)).abs().max().double_value(&[]);
+        let mut p = Vec::new();
+        if asym > 1e-6 * scale {
+            p.push(format!(
+                "`sigma` is not symmetric (max |Σ − Σᵀ| = {asym:.3e}, largest entry {scale:.3e}); \
+                 the FID uses its lower triangle"
+            ));
+        }
+        let eig = s.linalg_eigvalsh("L");
+        let (lo, hi) = (eig.min().double_value(&[]), eig.max().double_value(&[]));
+        if lo < -1e-6 * hi.abs().max(scale) {
+            p.push(format!(
+                "`sigma` is not positive semi-definite (smallest eigenvalue {lo:.3e}, largest \
+                 {hi:.3e}); the FID treats negative eigenvalues as 0"
+            ));
+        }
+        p
     }
 
     /// Writes `mu` and `sigma` (float64) as a `.npz` that `np.load` and pytorch-fid read.

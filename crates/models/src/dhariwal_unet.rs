@@ -482,6 +482,15 @@ impl crate::Architecture for DhariwalUnet {
             ..cfg.clone()
         }
     }
+
+    fn size_bound(cfg: &DhariwalUnetConfig) -> crate::SizeBound {
+        crate::size::unet_bound(
+            cfg.img_resolution,
+            cfg.model_channels,
+            &cfg.channel_mult,
+            cfg.num_blocks,
+        )
+    }
 }
 
 /// As a velocity field directly, SlimFlow's way: noise labels 999·t, class labels as indices `[B]`

@@ -259,6 +259,15 @@ impl crate::Architecture for EdmVelocity {
             ..cfg.clone()
         }
     }
+
+    fn size_bound(cfg: &SongUnetConfig) -> crate::SizeBound {
+        crate::size::unet_bound(
+            cfg.img_resolution,
+            cfg.model_channels,
+            &cfg.channel_mult,
+            cfg.num_blocks,
+        )
+    }
 }
 
 /// The `edm_velocity_adm` architecture: an [`EdmVelocity`] around EDM's DhariwalUNet
@@ -290,6 +299,10 @@ impl crate::Architecture for EdmVelocityAdm {
 
     fn cpu_sized(cfg: &DhariwalUnetConfig) -> DhariwalUnetConfig {
         <DhariwalUnet as crate::Architecture>::cpu_sized(cfg)
+    }
+
+    fn size_bound(cfg: &DhariwalUnetConfig) -> crate::SizeBound {
+        <DhariwalUnet as crate::Architecture>::size_bound(cfg)
     }
 }
 

@@ -54,6 +54,14 @@ impl Model {
     /// Validates `config` and builds a freshly initialised network on `device`.
     pub fn new(config: &ArchConfig, device: Device) -> Result<Self> {
         config.validate()?;
+        let bound = config.size_bound();
+        let what = format!("`{}` with {:.3e} parameters", config.name(), bound.params);
+        crate::size::check_bytes(
+            &what,
+            bound.param_bytes(),
+            crate::size::memory_limit(device),
+        )
+        .map_err(|e| Error::InvalidConfig(vec![e]))?;
         let vs = nn::VarStore::new(device);
         let net = config.build(&vs.root());
         Ok(Model { vs, net })
@@ -77,7 +85,13 @@ impl Model {
             path: path.to_path_buf(),
             reason: format!("architecture metadata: {e}"),
         })?;
-        let mut model = Model::new(&config, device)?;
+        let mut model = Model::new(&config, device).map_err(|e| match e {
+            Error::InvalidConfig(p) => Error::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("architecture metadata: {}", p.join("; ")),
+            },
+            other => other,
+        })?;
         slimflow_tensor_io::load_strict(&mut model.vs, &file, &[])?;
         Ok(model)
     }

@@ -25,9 +25,11 @@ pub mod import;
 mod mlp;
 pub mod ncsnpp;
 mod registry;
+pub mod size;
 pub mod song_unet;
 
 pub use error::{Error, Result};
 pub use field::{EvalField, Model, Precision, VelocityField};
 pub use mlp::{Mlp, MlpConfig};
 pub use registry::{ArchConfig, Architecture, Preset, PRESETS};
+pub use size::SizeBound;

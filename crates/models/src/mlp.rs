@@ -91,6 +91,18 @@ impl Architecture for Mlp {
     fn cpu_sized(cfg: &MlpConfig) -> MlpConfig {
         cfg.clone()
     }
+
+    /// Exact parameter count; one hidden activation per layer and sample.
+    fn size_bound(cfg: &MlpConfig) -> crate::SizeBound {
+        let f = |v: i64| v.max(0) as f64;
+        let (d, h, n) = (f(cfg.data_dim), f(cfg.hidden), f(cfg.depth));
+        let first = (d + f(cfg.time_embed_dim) + 1.0) * h;
+        let hidden = (n - 1.0).max(0.0) * (h + 1.0) * h;
+        crate::SizeBound {
+            params: first + hidden + (h + 1.0) * d + f(cfg.label_dim) * h,
+            activations_per_sample: n * h,
+        }
+    }
 }
 
 /// The MLP velocity field. Keys: `layers.{i}.weight|bias`, `label_embed.weight`.

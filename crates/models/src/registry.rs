@@ -13,6 +13,7 @@ use crate::field::VelocityField;
 use crate::import::{ImportFacts, ImportSource};
 use crate::mlp::{Mlp, MlpConfig};
 use crate::ncsnpp::{Ncsnpp, NcsnppConfig};
+use crate::size::SizeBound;
 use crate::song_unet::{DecoderType, EmbeddingType, EncoderType, SongUnetConfig};
 
 /// An architecture as the registry sees it, implemented in the architecture's file: on its network
@@ -41,6 +42,18 @@ pub trait Architecture {
     /// `cfg` small enough for the CPU conformance tests: the same kind of network with the same
     /// levels, blocks per level and options, at a smaller width and resolution.
     fn cpu_sized(cfg: &Self::Config) -> Self::Config;
+
+    /// Lower bounds of its memory needs ([`SizeBound`]), from the config alone; by default one
+    /// data sample of activations and no parameters.
+    fn size_bound(cfg: &Self::Config) -> SizeBound {
+        SizeBound {
+            params: 0.0,
+            activations_per_sample: Self::data_shape(cfg)
+                .iter()
+                .map(|&d| d.max(0) as f64)
+                .product(),
+        }
+    }
 }
 
 /// Generates [`ArchConfig`] and its dispatch from one line per architecture:
@@ -120,6 +133,15 @@ macro_rules! architectures {
                 match self {
                     $(ArchConfig::$variant(c) => {
                         ArchConfig::$variant(<$($module::)?$arch as Architecture>::cpu_sized(c))
+                    })*
+                }
+            }
+
+            /// Lower bounds of the network's memory needs ([`Architecture::size_bound`]).
+            pub fn size_bound(&self) -> SizeBound {
+                match self {
+                    $(ArchConfig::$variant(c) => {
+                        <$($module::)?$arch as Architecture>::size_bound(c)
                     })*
                 }
             }
@@ -565,6 +587,26 @@ mod tests {
             "{err}"
         );
         assert!(Model::new(&cfg, Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn attention_at_a_resolution_the_network_never_has_is_refused() {
+        let ncsnpp = ArchConfig::Ncsnpp(NcsnppConfig {
+            attn_resolutions: vec![3],
+            ..NcsnppConfig::default()
+        });
+        let song = ArchConfig::EdmVelocity(SongUnetConfig {
+            attn_resolutions: vec![3],
+            ..SongUnetConfig::default()
+        });
+        for cfg in [ncsnpp, song] {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("attn_resolutions: 3 is not one of"), "{e}");
+        }
+        for p in PRESETS {
+            (p.config)().validate().unwrap();
+            (p.config)().cpu_sized().validate().unwrap();
+        }
     }
 
     #[test]

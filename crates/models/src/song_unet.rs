@@ -147,6 +147,16 @@ impl SongUnetConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             p.push(format!("dropout must lie in [0, 1), got {}", self.dropout));
         }
+        let resolutions: Vec<i64> = (0..levels.min(16))
+            .map(|l| self.img_resolution >> l)
+            .collect();
+        for r in &self.attn_resolutions {
+            if !resolutions.contains(r) {
+                p.push(format!(
+                    "attn_resolutions: {r} is not one of the network's resolutions {resolutions:?}"
+                ));
+            }
+        }
         if self.resample_filter.is_empty() || self.resample_filter.iter().sum::<f64>() == 0.0 {
             p.push("resample_filter must be non-empty with a non-zero sum".into());
         }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use tch::{nn, Device, Kind, Tensor};
 
 /// Metadata key holding the writing library's version.
@@ -128,7 +128,8 @@ fn tensor_bytes(t: &Tensor) -> Vec<u8> {
 }
 
 /// Writes tensors and metadata atomically (temp file, fsync, rename). The library version is added
-/// to the metadata.
+/// to the metadata. The bytes depend only on the inputs: metadata keys are written sorted and the
+/// tensors in a fixed order (by decreasing alignment, then name).
 pub fn write(
     path: &Path,
     tensors: &[(String, Tensor)],
@@ -143,29 +144,103 @@ pub fn write(
         let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
         owned.push((name.clone(), dtype, shape, tensor_bytes(t)));
     }
-    let views: Vec<(String, TensorView<'_>)> = owned
-        .iter()
-        .map(|(n, d, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(*d, s.clone(), b).expect("byte length matches shape and dtype"),
-            )
-        })
-        .collect();
-    let mut meta: HashMap<String, String> = metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut meta = metadata.clone();
     meta.insert(VERSION_KEY.into(), env!("CARGO_PKG_VERSION").into());
-    let bytes = safetensors::serialize(views, &Some(meta)).map_err(|e| Error::Corrupt {
+    let bytes = serialize(&owned, &meta).map_err(|reason| Error::Corrupt {
         path: path.to_path_buf(),
-        reason: format!("serialising: {e}"),
+        reason,
     })?;
     atomic_write(path, &bytes)
 }
 
-/// Writes `bytes` to `path` through `path.tmp` + fsync + rename.
+/// Name of a dtype in a safetensors header.
+fn dtype_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::F64 => "F64",
+        Dtype::F32 => "F32",
+        Dtype::F16 => "F16",
+        Dtype::BF16 => "BF16",
+        Dtype::I64 => "I64",
+        Dtype::I32 => "I32",
+        Dtype::U8 => "U8",
+        Dtype::I8 => "I8",
+        _ => "BOOL",
+    }
+}
+
+/// The safetensors encoding of `tensors` (name, dtype, shape, little-endian bytes) and `meta`:
+/// header length, JSON header (metadata keys sorted, tensors in data order), padding, data.
+fn serialize(
+    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
+    meta: &BTreeMap<String, String>,
+) -> std::result::Result<Vec<u8>, String> {
+    let json = |s: &str| serde_json::to_string(s).expect("strings serialise");
+    let mut order: Vec<&(String, Dtype, Vec<usize>, Vec<u8>)> = tensors.iter().collect();
+    order.sort_by(|a, b| b.1.size().cmp(&a.1.size()).then_with(|| a.0.cmp(&b.0)));
+    for w in order.windows(2) {
+        if w[0].0 == w[1].0 {
+            return Err(format!("tensor `{}` given twice", w[0].0));
+        }
+    }
+    let mut header = String::from("{");
+    let entries: Vec<String> = meta
+        .iter()
+        .map(|(k, v)| format!("{}:{}", json(k), json(v)))
+        .collect();
+    header.push_str(&format!("\"__metadata__\":{{{}}}", entries.join(",")));
+    let mut offset = 0usize;
+    for (name, dtype, shape, data) in &order {
+        let numel: usize = shape.iter().product();
+        if numel * dtype.size() != data.len() {
+            return Err(format!(
+                "tensor `{name}`: byte length does not match its shape"
+            ));
+        }
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        header.push_str(&format!(
+            ",{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
+            json(name),
+            dtype_name(*dtype),
+            dims.join(","),
+            offset,
+            offset + data.len()
+        ));
+        offset += data.len();
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + header.len() + offset);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for (_, _, _, data) in &order {
+        out.extend_from_slice(data);
+    }
+    Ok(out)
+}
+
+/// Writes `bytes` to `path` through `<path>.tmp<pid>` + fsync + rename. On failure the temporary
+/// file is removed and the error names `path`.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomic_write_with(path, bytes, |f, b| f.write_all(b))
+}
+
+/// The temporary name [`atomic_write`] uses for `path` in process `pid`.
+fn temp_path(path: &Path, pid: u32) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{TEMP_MARK}{pid}"));
+    PathBuf::from(tmp)
+}
+
+const TEMP_MARK: &str = "tmp";
+
+/// [`atomic_write`] with the write of the bytes into the temporary file done by `fill`.
+fn atomic_write_with(
+    path: &Path,
+    bytes: &[u8],
+    fill: impl FnOnce(&mut std::fs::File, &[u8]) -> std::io::Result<()>,
+) -> Result<()> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -176,15 +251,78 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         }
     }
     // per-process temporary name: concurrent writers (sharded generation) never share one
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
+    let tmp = temp_path(path, std::process::id());
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        fill(&mut f, bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
     }
-    std::fs::rename(&tmp, path).map_err(io)
+    Ok(())
+}
+
+/// Whether process `pid` of this host is alive; `None` where that cannot be told (no `/proc`).
+pub fn pid_alive(pid: u32) -> Option<bool> {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return None;
+    }
+    Some(proc.join(pid.to_string()).exists())
+}
+
+/// Removes the temporary files of interrupted [`atomic_write`]s under `dir` (recursively) whose
+/// writing process is no longer alive; returns them. Nothing is removed where liveness cannot be
+/// told.
+pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    if pid_alive(std::process::id()).is_none() {
+        return Ok(removed);
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(Error::Io { path: d, source }),
+        };
+        for entry in entries.flatten() {
+            let p = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(temp_pid) else {
+                continue;
+            };
+            if pid_alive(pid) == Some(false) {
+                std::fs::remove_file(&p).map_err(|source| Error::Io {
+                    path: p.clone(),
+                    source,
+                })?;
+                removed.push(p);
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// The pid in a temporary name `<name>.tmp<pid>`.
+fn temp_pid(name: &str) -> Option<u32> {
+    let (stem, pid) = name.rsplit_once(&format!(".{TEMP_MARK}"))?;
+    if stem.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
 }
 
 /// SHA-256 (hex) and size in bytes of a file, read in 1 MiB blocks.
@@ -337,6 +475,92 @@ mod tests {
         assert!(f.get("a").unwrap().equal(&a));
         assert!(f.get("b").unwrap().equal(&b));
         assert!(f.get("c").is_err());
+    }
+
+    #[test]
+    fn two_writes_of_the_same_tensors_are_byte_identical() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: BTreeMap<String, String> = (0..16)
+            .map(|i| (format!("key{i:02}"), format!("value \"{i}\"")))
+            .collect();
+        let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+        let b = Tensor::from_slice(&[4i64, 5]);
+        let c = Tensor::from_slice(&[1u8, 2, 3]);
+        let tensors = vec![
+            ("a".to_string(), a.shallow_clone()),
+            ("b".to_string(), b.shallow_clone()),
+            ("c".to_string(), c.shallow_clone()),
+        ];
+        let (p1, p2) = (dir.path().join("1"), dir.path().join("2"));
+        write(&p1, &tensors, &meta).unwrap();
+        let reversed: Vec<(String, Tensor)> = tensors
+            .iter()
+            .rev()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        write(&p2, &reversed, &meta).unwrap();
+        let (x, y) = (std::fs::read(&p1).unwrap(), std::fs::read(&p2).unwrap());
+        assert_eq!(x, y);
+        // the safetensors reference reader accepts it, metadata in sorted order
+        let n = u64::from_le_bytes(x[..8].try_into().unwrap()) as usize;
+        assert_eq!((8 + n) % 8, 0);
+        let header = std::str::from_utf8(&x[8..8 + n]).unwrap();
+        let keys: Vec<usize> = (0..16)
+            .map(|i| header.find(&format!("key{i:02}")).unwrap())
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{header}");
+        safetensors::SafeTensors::deserialize(&x).unwrap();
+        let f = read(&p1).unwrap();
+        assert_eq!(f.metadata.len(), 17);
+        assert!(f.get("a").unwrap().equal(&a));
+        assert!(f.get("b").unwrap().equal(&b));
+        assert!(f.get("c").unwrap().equal(&c));
+    }
+
+    #[test]
+    fn a_failed_write_names_the_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.safetensors");
+        std::fs::write(&path, b"old").unwrap();
+        // the device fills up half-way through the temporary file
+        let err = atomic_write_with(&path, &[7u8; 4096], |f, b| {
+            f.write_all(&b[..2048])?;
+            Err(std::io::Error::from_raw_os_error(28))
+        })
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("state.safetensors"), "{msg}");
+        assert!(matches!(&err, Error::Io { source, .. } if source.raw_os_error() == Some(28)));
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["state.safetensors"]);
+        assert_eq!(std::fs::read(&path).unwrap(), b"old", "target untouched");
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("checkpoints");
+        std::fs::create_dir_all(&sub).unwrap();
+        // a pid above any pid_max (2^22) is never alive
+        let dead = sub.join("state-00000010.safetensors.tmp4999999");
+        let live = dir
+            .path()
+            .join(format!("manifest.json.tmp{}", std::process::id()));
+        let other = dir.path().join("notes.tmpx");
+        for p in [&dead, &live, &other] {
+            std::fs::write(p, b"partial").unwrap();
+        }
+        if pid_alive(1).is_none() {
+            return; // no /proc: nothing is removed
+        }
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), vec![dead.clone()]);
+        assert!(!dead.exists() && live.exists() && other.exists());
+        assert_eq!(temp_pid("a.tmp12"), Some(12));
+        assert_eq!(temp_pid(".tmp12"), None);
+        assert_eq!(temp_pid("a.tmp"), None);
     }
 
     #[test]

@@ -15,12 +15,12 @@ mod pickle;
 mod value;
 mod write;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-pub use value::{DType, Object, RawTensor, Storage, TensorView, Value};
+pub use value::{DType, Object, RawTensor, Storage, TensorView, Value, MAX_REPEATED_VIEW_BYTES};
 pub use write::{save, Node};
 
 /// Errors reading a PyTorch file; each names the file and, where it applies, the byte offset or key.
@@ -112,6 +112,19 @@ pub fn parse(bytes: &[u8], origin: &str) -> Result<TorchFile> {
 
 const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 const MAX_NESTING: usize = 4;
+
+/// Deepest nesting of containers (dicts, lists, modules) below the walked root; deeper values,
+/// and cyclic ones, are refused.
+pub const MAX_DEPTH: usize = 128;
+/// Most values one walk of a file visits; a sub-tree shared through memo references counts once
+/// per path that reaches it, so a few hundred bytes cannot ask for an exponential walk.
+pub const MAX_VISITS: usize = 1 << 22;
+/// Most tensors one [`TorchFile::state_dict`] returns.
+pub const MAX_TENSORS: usize = 100_000;
+/// Deflate's largest expansion (one 258-byte match per two bits, about 1032:1).
+const MAX_DEFLATE_RATIO: u64 = 1032;
+/// Largest buffer reserved before a compressed member's bytes arrive.
+const INITIAL_CAPACITY: u64 = 64 << 20;
 
 fn format_err(origin: &str, offset: usize, reason: impl Into<String>) -> Error {
     Error::Format {
@@ -242,20 +255,14 @@ fn parse_zip(bytes: &[u8], origin: &str, depth: usize) -> Result<Value> {
         .map(str::to_string)
         .ok_or_else(|| zip_err("zip archive without data.pkl: not a torch.save file".into()))?;
     let prefix = pkl.trim_end_matches("data.pkl").to_string();
-    let read_entry = |archive: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str| {
-        let mut f = archive
-            .by_name(name)
-            .map_err(|e| zip_err(format!("entry `{name}`: {e}")))?;
-        let mut out = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut out)
-            .map_err(|e| zip_err(format!("entry `{name}`: {e}")))?;
-        Ok::<_, Error>(out)
-    };
+    let mut members = Members::new(bytes.len() as u64);
     if archive
         .file_names()
         .any(|n| n == format!("{prefix}byteorder"))
     {
-        let order = read_entry(&mut archive, &format!("{prefix}byteorder"))?;
+        let order = members
+            .read(&mut archive, &format!("{prefix}byteorder"), None)
+            .map_err(zip_err)?;
         if order != b"little" {
             return Err(zip_err(format!(
                 "byte order `{}` is not supported",
@@ -263,7 +270,7 @@ fn parse_zip(bytes: &[u8], origin: &str, depth: usize) -> Result<Value> {
             )));
         }
     }
-    let data = read_entry(&mut archive, &pkl)?;
+    let data = members.read(&mut archive, &pkl, None).map_err(zip_err)?;
     let mut loader = Loader::new(
         &format!("{origin}:{pkl}"),
         depth,
@@ -271,49 +278,139 @@ fn parse_zip(bytes: &[u8], origin: &str, depth: usize) -> Result<Value> {
             archive,
             prefix,
             loaded: HashMap::new(),
+            members,
         },
     );
     let (root, _) = run(&data, 0, &mut loader)?;
     Ok(root)
 }
 
-/// Checks that every legacy storage received its data.
-fn resolve_lazy(root: &Value, origin: &str) -> Result<()> {
-    let mut missing = None;
-    visit_tensors(root, &mut |t| {
-        if t.storage.bytes.get().is_none() {
-            missing = Some(());
+/// Reads members of one in-memory archive. A member's header sizes are trusted only as far as the
+/// archive justifies them: a stored member holds at most its bytes in the file, a deflated one at
+/// most [`MAX_DEFLATE_RATIO`] times those; and no two members may share bytes (overlapping members
+/// would let a small file decompress the same data many times).
+struct Members {
+    archive_len: u64,
+    /// Data ranges already read: start → (end, member name).
+    ranges: BTreeMap<u64, (u64, String)>,
+}
+
+impl Members {
+    fn new(archive_len: u64) -> Self {
+        Members {
+            archive_len,
+            ranges: BTreeMap::new(),
         }
-    });
-    match missing {
-        Some(()) => Err(format_err(origin, 0, "a tensor's storage has no data")),
-        None => Ok(()),
+    }
+
+    /// Member `name`, at most `want` bytes of it (all of it when `None`).
+    fn read(
+        &mut self,
+        archive: &mut zip::ZipArchive<Cursor<&[u8]>>,
+        name: &str,
+        want: Option<usize>,
+    ) -> std::result::Result<Vec<u8>, String> {
+        let f = archive
+            .by_name(name)
+            .map_err(|e| format!("entry `{name}`: {e}"))?;
+        let start = f.data_start();
+        let packed = f
+            .compressed_size()
+            .min(self.archive_len.saturating_sub(start));
+        let end = start + packed;
+        let before = self.ranges.range(..end).next_back();
+        if let Some((&s, (e, other))) = before {
+            if *e > start && !(s == start && other == name) {
+                return Err(format!(
+                    "entry `{name}` (bytes {start}..{end}) overlaps entry `{other}` (bytes {s}..{e}): not a torch.save archive"
+                ));
+            }
+        }
+        self.ranges.insert(start, (end, name.to_string()));
+        let justified = match f.compression() {
+            zip::CompressionMethod::Stored => packed,
+            _ => packed.saturating_mul(MAX_DEFLATE_RATIO),
+        };
+        let limit = match want {
+            Some(w) if w as u64 > justified => {
+                return Err(format!(
+                    "entry `{name}` ({packed} bytes, {:?}) cannot hold the {w} bytes its header asks for",
+                    f.compression()
+                ))
+            }
+            Some(w) => w as u64,
+            None => justified,
+        };
+        let reserve = match f.compression() {
+            zip::CompressionMethod::Stored => limit,
+            _ => limit.min(INITIAL_CAPACITY),
+        };
+        let mut out = Vec::with_capacity(reserve as usize);
+        f.take(limit.saturating_add(u64::from(want.is_none())))
+            .read_to_end(&mut out)
+            .map_err(|e| format!("entry `{name}`: {e}"))?;
+        if want.is_none() && out.len() as u64 > limit {
+            return Err(format!(
+                "entry `{name}` decompresses to more than {limit} bytes, more than its {packed} compressed bytes can hold"
+            ));
+        }
+        Ok(out)
     }
 }
 
-fn visit_tensors(v: &Value, f: &mut dyn FnMut(&TensorView)) {
-    fn go(v: &Value, f: &mut dyn FnMut(&TensorView), depth: usize) {
-        if depth > 256 {
-            return;
+/// Checks that every legacy storage received its data.
+fn resolve_lazy(root: &Value, origin: &str) -> Result<()> {
+    let mut missing = false;
+    visit_tensors(root, origin, &mut |t| {
+        if t.storage.bytes.get().is_none() {
+            missing = true;
         }
-        match v {
+    })?;
+    if missing {
+        return Err(format_err(origin, 0, "a tensor's storage has no data"));
+    }
+    Ok(())
+}
+
+/// Calls `f` on every tensor reachable from `v` (through objects' arguments and state too),
+/// iteratively, within [`MAX_DEPTH`] and [`MAX_VISITS`].
+fn visit_tensors(v: &Value, origin: &str, f: &mut dyn FnMut(&TensorView)) -> Result<()> {
+    let mut stack = vec![(v.clone(), 0usize)];
+    let mut visits = 0usize;
+    while let Some((v, depth)) = stack.pop() {
+        visits += 1;
+        if visits > MAX_VISITS {
+            return Err(format_err(
+                origin,
+                0,
+                format!("more than {MAX_VISITS} values to walk (sub-trees shared by many paths?)"),
+            ));
+        }
+        let mut kids = Vec::new();
+        match &v {
             Value::Tensor(t) => f(t),
-            Value::Tuple(items) => items.iter().for_each(|x| go(x, f, depth + 1)),
-            Value::List(items) => items.borrow().iter().for_each(|x| go(x, f, depth + 1)),
-            Value::Dict(d) => d.borrow().iter().for_each(|(_, x)| go(x, f, depth + 1)),
+            Value::Tuple(items) => kids.extend(items.iter().cloned()),
+            Value::List(items) => kids.extend(items.borrow().iter().cloned()),
+            Value::Dict(d) => kids.extend(d.borrow().iter().map(|(_, x)| x.clone())),
             Value::Object(o) => {
                 let o = o.borrow();
-                go(&o.args, f, depth + 1);
-                if let Some(s) = &o.state {
-                    go(s, f, depth + 1);
-                }
-                o.items.iter().for_each(|x| go(x, f, depth + 1));
-                o.entries.iter().for_each(|(_, x)| go(x, f, depth + 1));
+                kids.push(o.args.clone());
+                kids.extend(o.state.clone());
+                kids.extend(o.items.iter().cloned());
+                kids.extend(o.entries.iter().map(|(_, x)| x.clone()));
             }
             _ => {}
         }
+        if !kids.is_empty() && depth >= MAX_DEPTH {
+            return Err(format_err(
+                origin,
+                0,
+                format!("values nest more than {MAX_DEPTH} levels (a cyclic structure?)"),
+            ));
+        }
+        stack.extend(kids.into_iter().rev().map(|x| (x, depth + 1)));
     }
-    go(v, f, 0)
+    Ok(())
 }
 
 enum Source<'a> {
@@ -326,6 +423,7 @@ enum Source<'a> {
         archive: zip::ZipArchive<Cursor<&'a [u8]>>,
         prefix: String,
         loaded: HashMap<String, Rc<Storage>>,
+        members: Members,
     },
 }
 
@@ -333,6 +431,8 @@ struct Loader<'a> {
     origin: String,
     depth: usize,
     source: Source<'a>,
+    /// Embedded storages already parsed, by the address of their bytes (held, so it stays theirs).
+    embedded: HashMap<usize, (Rc<Vec<u8>>, Value)>,
 }
 
 impl<'a> Loader<'a> {
@@ -341,6 +441,7 @@ impl<'a> Loader<'a> {
             origin: origin.to_string(),
             depth,
             source,
+            embedded: HashMap::new(),
         }
     }
 }
@@ -403,25 +504,24 @@ impl pickle::Hooks for Loader<'_> {
                 archive,
                 prefix,
                 loaded,
+                members,
             } => {
                 if let Some(s) = loaded.get(&key) {
                     return Ok(Value::Storage(s.clone()));
                 }
                 let name = format!("{prefix}data/{key}");
-                let mut f = archive
-                    .by_name(&name)
-                    .map_err(|e| format!("storage entry `{name}`: {e}"))?;
-                let mut bytes = Vec::with_capacity(f.size() as usize);
-                f.read_to_end(&mut bytes)
-                    .map_err(|e| format!("storage entry `{name}`: {e}"))?;
-                let want = numel.saturating_mul(dtype.size());
+                let want = numel.checked_mul(dtype.size()).ok_or_else(|| {
+                    format!("storage `{key}`: {numel} {dtype} elements overflow a byte count")
+                })?;
+                let bytes = members
+                    .read(archive, &name, Some(want))
+                    .map_err(|e| format!("storage {e}"))?;
                 if bytes.len() < want {
                     return Err(format!(
                         "storage entry `{name}` has {} bytes, its header says {numel} {dtype} elements ({want} bytes)",
                         bytes.len()
                     ));
                 }
-                bytes.truncate(want);
                 let s = Rc::new(Storage::with_bytes(dtype, bytes));
                 loaded.insert(key, s.clone());
                 Ok(Value::Storage(s))
@@ -470,11 +570,21 @@ impl pickle::Hooks for Loader<'_> {
                 }
             }
             ("torch._tensor", "_rebuild_from_type_v2" | "_rebuild_from_type") => {
-                let (Some(Value::Global(f)), Some(inner)) = (a.first(), a.get(2)) else {
-                    return Ok(None);
-                };
-                let (m, n) = (f.0.clone(), f.1.clone());
-                return self.reduce(&m, &n, inner);
+                // `(func, type, args, state)`: unwrapped iteratively (its args may be itself)
+                let mut a = a;
+                for _ in 0..MAX_NESTING {
+                    let (Some(Value::Global(f)), Some(inner)) = (a.first(), a.get(2)) else {
+                        return Ok(None);
+                    };
+                    let (m, n) = (f.0.clone(), f.1.clone());
+                    if m == "torch._tensor" && n.starts_with("_rebuild_from_type") {
+                        a = inner.items().unwrap_or_default();
+                        continue;
+                    }
+                    let inner = inner.clone();
+                    return self.reduce(&m, &n, &inner);
+                }
+                return Err("tensor subclass wrappers nested too deeply".into());
             }
             ("collections", "OrderedDict") | ("builtins" | "__builtin__", "dict") => {
                 let pairs = a
@@ -500,10 +610,17 @@ impl pickle::Hooks for Loader<'_> {
                 let Some(Value::Bytes(b)) = a.first() else {
                     return Err("expects bytes".into());
                 };
+                let at = Rc::as_ptr(b) as usize;
+                if let Some((_, v)) = self.embedded.get(&at) {
+                    return Ok(Some(v.clone()));
+                }
                 let origin = format!("{} (embedded storage)", self.origin);
                 let (_, v) = parse_value(b, &origin, self.depth + 1).map_err(|e| e.to_string())?;
                 match v {
-                    Value::Storage(_) | Value::Tensor(_) => v,
+                    Value::Storage(_) | Value::Tensor(_) => {
+                        self.embedded.insert(at, (b.clone(), v.clone()));
+                        v
+                    }
                     other => return Err(format!("embedded bytes hold a {}", other.kind())),
                 }
             }
@@ -516,30 +633,42 @@ impl pickle::Hooks for Loader<'_> {
 /// The dict that describes an object: a module's `__dict__`, a persistence meta's `state`, or a
 /// plain dict.
 fn object_dict(v: &Value) -> Option<Value> {
-    match v {
-        Value::Dict(_) => Some(v.clone()),
-        Value::Object(o) => {
-            let o = o.borrow();
-            // EDM's `persistence` classes: `_reconstruct_persistent_obj(meta)`, state in meta
-            if let Value::Global(g) = &o.callable {
-                if g.1 == "_reconstruct_persistent_obj" {
-                    if let Some(state) = o.args.items().and_then(|a| a.first()?.get("state")) {
-                        return object_dict(&state);
+    let mut cur = v.clone();
+    // EDM's `persistence` classes: `_reconstruct_persistent_obj(meta)`, state in meta; followed
+    // iteratively, a bounded number of times (the state may lead back to the object)
+    for _ in 0..MAX_DEPTH {
+        let next = match &cur {
+            Value::Dict(_) => return Some(cur),
+            Value::Object(o) => {
+                let o = o.borrow();
+                let persistent = match &o.callable {
+                    Value::Global(g) if g.1 == "_reconstruct_persistent_obj" => {
+                        o.args.items().and_then(|a| a.first()?.get("state"))
+                    }
+                    _ => None,
+                };
+                match persistent {
+                    Some(state) => state,
+                    None => {
+                        return match &o.state {
+                            Some(s @ Value::Dict(_)) => Some(s.clone()),
+                            // `(dict, slots)` state
+                            Some(Value::Tuple(t)) => {
+                                t.iter().find(|x| matches!(x, Value::Dict(_))).cloned()
+                            }
+                            _ if !o.entries.is_empty() => Some(Value::Dict(Rc::new(
+                                std::cell::RefCell::new(o.entries.clone()),
+                            ))),
+                            _ => None,
+                        };
                     }
                 }
             }
-            match &o.state {
-                Some(s @ Value::Dict(_)) => Some(s.clone()),
-                // `(dict, slots)` state
-                Some(Value::Tuple(t)) => t.iter().find(|x| matches!(x, Value::Dict(_))).cloned(),
-                _ if !o.entries.is_empty() => Some(Value::Dict(Rc::new(std::cell::RefCell::new(
-                    o.entries.clone(),
-                )))),
-                _ => None,
-            }
-        }
-        _ => None,
+            _ => return None,
+        };
+        cur = next;
     }
+    None
 }
 
 fn key_string(k: &Value) -> Option<String> {
@@ -547,14 +676,6 @@ fn key_string(k: &Value) -> Option<String> {
         Value::Str(s) => Some(s.clone()),
         Value::Int(i) => Some(i.to_string()),
         _ => None,
-    }
-}
-
-fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}.{name}")
     }
 }
 
@@ -584,44 +705,102 @@ impl TorchFile {
     }
 
     /// All tensors under `path` (or the root) with `nn.Module.state_dict()`-style dotted names, in
-    /// file order. Non-tensor leaves (step counters, configs) are skipped.
+    /// file order. Non-tensor leaves (step counters, configs) are skipped. The walk is iterative and
+    /// bounded: [`MAX_DEPTH`] levels, [`MAX_VISITS`] values, [`MAX_TENSORS`] tensors, and dense
+    /// copies that add up to at most the storages' bytes plus [`MAX_REPEATED_VIEW_BYTES`].
     pub fn state_dict(&self, path: Option<&str>) -> Result<Vec<(String, RawTensor)>> {
         let start = match path {
             Some(p) => self.select(p)?,
             None => self.root.clone(),
         };
         let mut out = Vec::new();
-        self.flatten(&start, String::new(), 0, &mut out)?;
+        self.flatten(&start, &mut out)?;
         Ok(out)
     }
 
-    fn flatten(
-        &self,
-        v: &Value,
-        prefix: String,
-        depth: usize,
-        out: &mut Vec<(String, RawTensor)>,
-    ) -> Result<()> {
-        if depth > 128 {
-            return Err(format_err(
-                &self.origin,
-                0,
-                format!("`{prefix}` nests more than 128 levels (a cyclic structure?)"),
-            ));
-        }
-        if let Value::Tensor(t) = v {
-            let raw = t.materialize().map_err(|reason| Error::Tensor {
-                origin: self.origin.clone(),
-                name: prefix.clone(),
-                reason,
-            })?;
-            out.push((prefix, raw));
-            return Ok(());
-        }
-        for (k, child) in children(v) {
-            self.flatten(&child, join(&prefix, &k), depth + 1, out)?;
+    fn flatten(&self, start: &Value, out: &mut Vec<(String, RawTensor)>) -> Result<()> {
+        let mut stack: Vec<(Option<Rc<Name>>, Value, usize)> = vec![(None, start.clone(), 0)];
+        let mut visits = 0usize;
+        let mut storages = HashSet::new();
+        let (mut storage_bytes, mut dense_bytes) = (0usize, 0usize);
+        let too_many = |what: String| format_err(&self.origin, 0, what);
+        while let Some((name, v, depth)) = stack.pop() {
+            if let Value::Tensor(t) = &v {
+                let name = Name::full(&name);
+                if out.len() >= MAX_TENSORS {
+                    return Err(too_many(format!(
+                        "more than {MAX_TENSORS} tensors (the same tensors reached by many paths?)"
+                    )));
+                }
+                if storages.insert(Rc::as_ptr(&t.storage) as usize) {
+                    storage_bytes = storage_bytes.saturating_add(t.storage.data().len());
+                }
+                let bytes = t.dense_bytes().unwrap_or(usize::MAX);
+                let allowed = storage_bytes.saturating_add(MAX_REPEATED_VIEW_BYTES);
+                // (a view past its own bound is refused by `materialize`, with its numbers)
+                let own = t.storage.data().len().max(MAX_REPEATED_VIEW_BYTES);
+                if bytes <= own && dense_bytes.saturating_add(bytes) > allowed {
+                    return Err(Error::Tensor {
+                        origin: self.origin.clone(),
+                        name,
+                        reason: format!(
+                            "the tensors so far copy {dense_bytes} bytes and this one {bytes} more, past the {storage_bytes} bytes of their storages plus {MAX_REPEATED_VIEW_BYTES} (the same data reached by many paths?)"
+                        ),
+                    });
+                }
+                let raw = t.materialize().map_err(|reason| Error::Tensor {
+                    origin: self.origin.clone(),
+                    name: name.clone(),
+                    reason,
+                })?;
+                dense_bytes += raw.data.len();
+                out.push((name, raw));
+                continue;
+            }
+            let kids = children(&v);
+            if kids.is_empty() {
+                continue;
+            }
+            if depth >= MAX_DEPTH {
+                return Err(too_many(format!(
+                    "`{}` nests more than {MAX_DEPTH} levels (a cyclic structure?)",
+                    Name::full(&name)
+                )));
+            }
+            visits += kids.len();
+            if visits > MAX_VISITS {
+                return Err(too_many(format!(
+                    "more than {MAX_VISITS} values on the way to the tensors (sub-trees shared by many paths?)"
+                )));
+            }
+            for (k, child) in kids.into_iter().rev() {
+                let node = Name {
+                    parent: name.clone(),
+                    key: k,
+                };
+                stack.push((Some(Rc::new(node)), child, depth + 1));
+            }
         }
         Ok(())
+    }
+}
+
+/// A dotted name under construction, shared by the entries below it.
+struct Name {
+    parent: Option<Rc<Name>>,
+    key: String,
+}
+
+impl Name {
+    fn full(name: &Option<Rc<Name>>) -> String {
+        let mut parts = Vec::new();
+        let mut cur = name.as_deref();
+        while let Some(n) = cur {
+            parts.push(n.key.as_str());
+            cur = n.parent.as_deref();
+        }
+        parts.reverse();
+        parts.join(".")
     }
 }
 
@@ -637,7 +816,10 @@ fn children(v: &Value) -> Vec<(String, Value)> {
             .map(|(i, x)| (i.to_string(), x))
             .collect(),
         _ => {
-            let Some(Value::Dict(d)) = object_dict(v) else {
+            let Some(dict) = object_dict(v) else {
+                return Vec::new();
+            };
+            let Value::Dict(d) = &dict else {
                 return Vec::new();
             };
             let d = d.borrow();
@@ -646,7 +828,7 @@ fn children(v: &Value) -> Vec<(String, Value)> {
                     .find(|(k, _)| k.as_str() == Some(name))
                     .map(|(_, v)| v.clone())
             };
-            let entries = |v: Option<Value>| match v {
+            let entries = |v: Option<Value>| match &v {
                 Some(Value::Dict(e)) => e
                     .borrow()
                     .iter()

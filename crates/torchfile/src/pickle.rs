@@ -34,6 +34,35 @@ enum Slot {
     Mark,
 }
 
+type Entries = Rc<RefCell<Vec<(Value, Value)>>>;
+
+/// A hashable dict key: strings, ints and bools compare within their own kind; other keys are
+/// never merged.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl Key {
+    fn of(v: &Value) -> Option<Key> {
+        match v {
+            Value::Str(s) => Some(Key::Str(s.clone())),
+            Value::Int(i) => Some(Key::Int(*i)),
+            Value::Bool(b) => Some(Key::Bool(*b)),
+            _ => None,
+        }
+    }
+}
+
+/// Positions of a dict's keys, so that `SETITEM(S)` is linear in the number of items; holds the
+/// dict so that its address is not reused while indexed.
+struct DictIndex {
+    _dict: Entries,
+    positions: HashMap<Key, usize>,
+}
+
 /// Runs one pickle starting at `start`; returns the value and the offset after `STOP`.
 pub(crate) fn run(data: &[u8], start: usize, hooks: &mut dyn Hooks) -> PResult<(Value, usize)> {
     Machine {
@@ -42,6 +71,7 @@ pub(crate) fn run(data: &[u8], start: usize, hooks: &mut dyn Hooks) -> PResult<(
         op_at: start,
         stack: Vec::new(),
         memo: HashMap::new(),
+        dicts: HashMap::new(),
         hooks,
     }
     .run()
@@ -53,6 +83,7 @@ struct Machine<'a> {
     op_at: usize,
     stack: Vec<Slot>,
     memo: HashMap<u32, Value>,
+    dicts: HashMap<usize, DictIndex>,
     hooks: &'a mut dyn Hooks,
 }
 
@@ -198,12 +229,31 @@ impl Machine<'_> {
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
             pairs.push((k, v));
         }
-        match self.top()? {
+        let top = self.top()?.clone();
+        match &top {
             Value::Dict(d) => {
+                let index = self.dicts.entry(Rc::as_ptr(d) as usize).or_insert_with(|| {
+                    let mut positions = HashMap::new();
+                    for (i, (k, _)) in d.borrow().iter().enumerate() {
+                        if let Some(k) = Key::of(k) {
+                            positions.entry(k).or_insert(i);
+                        }
+                    }
+                    DictIndex {
+                        _dict: d.clone(),
+                        positions,
+                    }
+                });
                 let mut d = d.borrow_mut();
                 for (k, v) in pairs {
-                    match d.iter_mut().find(|(old, _)| old.same_key(&k)) {
-                        Some(slot) => slot.1 = v,
+                    match Key::of(&k) {
+                        Some(key) => match index.positions.get(&key) {
+                            Some(&i) => d[i].1 = v,
+                            None => {
+                                index.positions.insert(key, d.len());
+                                d.push((k, v));
+                            }
+                        },
                         None => d.push((k, v)),
                     }
                 }
@@ -444,8 +494,11 @@ impl Machine<'_> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    match (module, name) {
-                        (Value::Str(m), Value::Str(n)) => self.push(Value::Global(Rc::new((m, n)))),
+                    match (module.as_str(), name.as_str()) {
+                        (Some(m), Some(n)) => {
+                            let g = Value::Global(Rc::new((m.to_string(), n.to_string())));
+                            self.push(g)
+                        }
                         _ => return self.err("STACK_GLOBAL needs two strings"),
                     }
                 }

@@ -179,27 +179,62 @@ fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
+/// Most bytes a view that repeats elements (stride 0, overlapping strides) may materialise beyond
+/// the size of its storage.
+pub const MAX_REPEATED_VIEW_BYTES: usize = 256 << 20;
+
 impl TensorView {
-    /// Copies the view into a dense row-major tensor; fails if it reads outside its storage.
+    /// Elements of the view (`None` if the product overflows).
+    pub fn numel(&self) -> Option<usize> {
+        self.shape.iter().try_fold(1usize, |a, &n| a.checked_mul(n))
+    }
+
+    /// Bytes of the dense copy that [`TensorView::materialize`] makes (`None` on overflow).
+    pub fn dense_bytes(&self) -> Option<usize> {
+        self.numel()?.checked_mul(self.storage.dtype.size())
+    }
+
+    /// Copies the view into a dense row-major tensor; fails if it reads outside its storage or
+    /// would materialise more than its storage holds plus [`MAX_REPEATED_VIEW_BYTES`].
     pub fn materialize(&self) -> Result<RawTensor, String> {
-        let numel: usize = self.shape.iter().product();
         let size = self.storage.dtype.size();
-        if numel > 0 {
-            let last = self
-                .shape
-                .iter()
-                .zip(&self.stride)
-                .map(|(&n, &s)| (n - 1).saturating_mul(s))
-                .fold(self.offset, usize::saturating_add);
-            if last >= self.storage.numel() {
-                return Err(format!(
-                    "view (offset {}, shape {:?}, stride {:?}) reads element {last} of a storage with {}",
-                    self.offset,
-                    self.shape,
-                    self.stride,
-                    self.storage.numel()
-                ));
-            }
+        let have = self.storage.numel();
+        let describe = || {
+            format!(
+                "view (offset {}, shape {:?}, stride {:?})",
+                self.offset, self.shape, self.stride
+            )
+        };
+        let numel = self
+            .numel()
+            .ok_or_else(|| format!("{}: element count overflows", describe()))?;
+        if numel == 0 {
+            return Ok(RawTensor {
+                dtype: self.storage.dtype,
+                shape: self.shape.clone(),
+                data: Vec::new(),
+            });
+        }
+        let last = self
+            .shape
+            .iter()
+            .zip(&self.stride)
+            .map(|(&n, &s)| (n - 1).saturating_mul(s))
+            .fold(self.offset, usize::saturating_add);
+        if last >= have {
+            return Err(format!(
+                "{} reads element {last} of a storage with {have}",
+                describe()
+            ));
+        }
+        let bytes = numel.saturating_mul(size);
+        let storage_bytes = have * size;
+        if bytes > storage_bytes.max(MAX_REPEATED_VIEW_BYTES) {
+            return Err(format!(
+                "{} would materialise {bytes} bytes from a storage of {storage_bytes} bytes \
+                 (views that repeat elements may hold at most {MAX_REPEATED_VIEW_BYTES})",
+                describe()
+            ));
         }
         let contiguous = {
             let mut expect = 1usize;
@@ -208,15 +243,16 @@ impl TensorView {
                 if n != 1 && s != expect {
                     ok = false;
                 }
-                expect *= n;
+                expect = expect.saturating_mul(n);
             }
             ok
         };
         let src = self.storage.data();
+        // every index below is at most `last`, checked above
         let data = if contiguous {
             src[self.offset * size..(self.offset + numel) * size].to_vec()
         } else {
-            let mut out = Vec::with_capacity(numel * size);
+            let mut out = Vec::with_capacity(bytes);
             let mut idx = vec![0usize; self.shape.len()];
             for _ in 0..numel {
                 let e = self.offset
@@ -259,8 +295,9 @@ pub struct Object {
     pub entries: Vec<(Value, Value)>,
 }
 
-/// An unpickled value.
-#[derive(Clone, Debug)]
+/// An unpickled value. Containers are shared (`Rc`), so cloning is cheap and memo references
+/// are not copied; dropping is iterative, so nesting depth does not consume the call stack.
+#[derive(Clone)]
 pub enum Value {
     /// `None`
     None,
@@ -349,13 +386,136 @@ impl Value {
             _ => None,
         }
     }
+}
 
-    pub(crate) fn same_key(&self, other: &Value) -> bool {
-        match (self, other) {
-            (Value::Str(a), Value::Str(b)) => a == b,
-            (Value::Int(a), Value::Int(b)) => a == b,
-            (Value::Bool(a), Value::Bool(b)) => a == b,
-            _ => false,
+impl Drop for Value {
+    fn drop(&mut self) {
+        let mut pending = Vec::new();
+        detach_children(self, &mut pending);
+        while let Some(mut v) = pending.pop() {
+            detach_children(&mut v, &mut pending);
         }
+    }
+}
+
+/// Moves the children of `v` into `out` when `v` holds the last reference to its container, so
+/// that dropping `v` itself recurses no further.
+fn detach_children(v: &mut Value, out: &mut Vec<Value>) {
+    match v {
+        Value::Tuple(t) => {
+            if let Some(items) = Rc::get_mut(t) {
+                out.append(items);
+            }
+        }
+        Value::List(l) => {
+            if let Some(items) = Rc::get_mut(l) {
+                out.append(items.get_mut());
+            }
+        }
+        Value::Dict(d) => {
+            if let Some(entries) = Rc::get_mut(d) {
+                for (k, x) in entries.get_mut().drain(..) {
+                    out.push(k);
+                    out.push(x);
+                }
+            }
+        }
+        Value::Object(o) => {
+            if let Some(o) = Rc::get_mut(o) {
+                let o = o.get_mut();
+                out.push(std::mem::replace(&mut o.callable, Value::None));
+                out.push(std::mem::replace(&mut o.args, Value::None));
+                out.extend(o.state.take());
+                out.append(&mut o.items);
+                for (k, x) in o.entries.drain(..) {
+                    out.push(k);
+                    out.push(x);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Containers deeper than this, or more items than [`DEBUG_ITEMS`], are elided in `{:?}`.
+const DEBUG_DEPTH: usize = 6;
+/// Items written by one `{:?}` of a value before the rest is elided.
+const DEBUG_ITEMS: usize = 64;
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut budget = DEBUG_ITEMS;
+        debug_short(self, f, 0, &mut budget)
+    }
+}
+
+/// Writes `v` with nesting and item count bounded (the recursion is at most [`DEBUG_DEPTH`] deep).
+fn debug_short(
+    v: &Value,
+    f: &mut fmt::Formatter<'_>,
+    depth: usize,
+    budget: &mut usize,
+) -> fmt::Result {
+    let seq = |f: &mut fmt::Formatter<'_>,
+               open: &str,
+               close: &str,
+               items: &mut dyn Iterator<Item = (Option<&Value>, &Value)>,
+               budget: &mut usize|
+     -> fmt::Result {
+        f.write_str(open)?;
+        for (i, (k, x)) in items.enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            if depth >= DEBUG_DEPTH || *budget == 0 {
+                f.write_str("…")?;
+                break;
+            }
+            *budget -= 1;
+            if let Some(k) = k {
+                debug_short(k, f, depth + 1, budget)?;
+                f.write_str(": ")?;
+            }
+            debug_short(x, f, depth + 1, budget)?;
+        }
+        f.write_str(close)
+    };
+    match v {
+        Value::None => f.write_str("None"),
+        Value::Bool(b) => write!(f, "{}", if *b { "True" } else { "False" }),
+        Value::Int(i) => write!(f, "{i}"),
+        Value::BigInt(b) => write!(f, "<int of {} bytes>", b.len()),
+        Value::Float(x) => write!(f, "{x:?}"),
+        Value::Str(s) if s.len() > 80 => {
+            let cut = (0..=80).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+            write!(f, "{:?}…", &s[..cut])
+        }
+        Value::Str(s) => write!(f, "{s:?}"),
+        Value::Bytes(b) => write!(f, "<{} bytes>", b.len()),
+        Value::Tuple(t) => seq(f, "(", ")", &mut t.iter().map(|x| (None, x)), budget),
+        Value::List(l) => match l.try_borrow() {
+            Ok(l) => seq(f, "[", "]", &mut l.iter().map(|x| (None, x)), budget),
+            Err(_) => f.write_str("[…]"),
+        },
+        Value::Dict(d) => match d.try_borrow() {
+            Ok(d) => seq(
+                f,
+                "{",
+                "}",
+                &mut d.iter().map(|(k, x)| (Some(k), x)),
+                budget,
+            ),
+            Err(_) => f.write_str("{…}"),
+        },
+        Value::Global(g) => write!(f, "{}.{}", g.0, g.1),
+        Value::Object(o) => match o.try_borrow() {
+            Ok(o) => match &o.callable {
+                Value::Global(g) => write!(f, "<{}.{} object>", g.0, g.1),
+                other => write!(f, "<object built by a {}>", other.kind()),
+            },
+            Err(_) => f.write_str("<object>"),
+        },
+        Value::Storage(s) => write!(f, "<{} storage of {} bytes>", s.dtype, s.data().len()),
+        Value::Tensor(t) => write!(f, "<{} tensor {:?}>", t.storage.dtype, t.shape),
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! A state file `checkpoints/state-<step>.safetensors` holds parameters (`param.*`), EMA (`ema.*`),
 //! Adam moments (`adam_m.*`, `adam_v.*`) and, in its metadata, the step, Adam's t, the RNG state and
-//! the architecture. It is written atomically; on resume the newest file that reads back intact wins,
-//! so a truncated latest checkpoint falls back to the previous one.
+//! the architecture, plus `slimflow.sha256`: a SHA-256 over every tensor (name, dtype, shape, bytes)
+//! and the other metadata. It is written atomically; on resume the newest file that reads back
+//! intact wins: one that is truncated, fails its checksum, names another step than its file name or
+//! holds non-finite values is reported and skipped, falling back to the previous one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -84,7 +86,33 @@ pub fn list_states(dir: &Path) -> Vec<u64> {
     steps
 }
 
-/// Writes a state atomically.
+/// Metadata key of a state's content checksum.
+pub const DIGEST_KEY: &str = "slimflow.sha256";
+
+/// SHA-256 (hex) over `tensors` (sorted by name: name, dtype, shape, bytes) and `meta` without the
+/// checksum and version keys.
+fn content_digest(tensors: &[(String, Tensor)], meta: &BTreeMap<String, String>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in sorted {
+        let t = t.to_device(tch::Device::Cpu).contiguous();
+        h.update(format!("{name}\0{:?}\0{:?}\0", t.kind(), t.size()).as_bytes());
+        let n = t.numel();
+        let mut buf = vec![0u8; n * t.kind().elt_size_in_bytes()];
+        t.copy_data_u8(&mut buf, n);
+        h.update(&buf);
+    }
+    for (k, v) in meta {
+        if k != DIGEST_KEY && k != slimflow_tensor_io::VERSION_KEY {
+            h.update(format!("{k}\0{v}\0").as_bytes());
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// Writes a state atomically, with its content checksum.
 pub fn save_state(dir: &Path, s: &TrainState) -> Result<PathBuf> {
     let mut tensors = Vec::with_capacity(4 * s.params.len());
     for (i, (name, p)) in s.params.iter().enumerate() {
@@ -93,7 +121,7 @@ pub fn save_state(dir: &Path, s: &TrainState) -> Result<PathBuf> {
         tensors.push((format!("adam_m.{name}"), s.adam_m[i].shallow_clone()));
         tensors.push((format!("adam_v.{name}"), s.adam_v[i].shallow_clone()));
     }
-    let meta = BTreeMap::from([
+    let mut meta = BTreeMap::from([
         ("slimflow.step".to_string(), s.step.to_string()),
         ("slimflow.adam_t".to_string(), s.adam_t.to_string()),
         (
@@ -105,6 +133,7 @@ pub fn save_state(dir: &Path, s: &TrainState) -> Result<PathBuf> {
             serde_json::to_string(&s.arch).expect("arch serialises"),
         ),
     ]);
+    meta.insert(DIGEST_KEY.to_string(), content_digest(&tensors, &meta));
     let path = state_path(dir, s.step);
     slimflow_tensor_io::write(&path, &tensors, &meta)?;
     Ok(path)
@@ -122,9 +151,33 @@ pub fn load_state(path: &Path, names: &[String]) -> Result<TrainState> {
             .get(key)
             .ok_or_else(|| bad(format!("missing metadata `{key}`")))
     };
-    let step = meta("slimflow.step")?
+    match file.metadata.get(DIGEST_KEY) {
+        Some(want) => {
+            let got = content_digest(&file.tensors, &file.metadata);
+            if &got != want {
+                return Err(bad(format!(
+                    "checksum mismatch (content SHA-256 {got}, recorded {want}): the file is damaged"
+                )));
+            }
+        }
+        None => tracing::debug!("{}: no checksum recorded", path.display()),
+    }
+    let step: u64 = meta("slimflow.step")?
         .parse()
         .map_err(|e| bad(format!("step: {e}")))?;
+    let named = path.file_name().and_then(|n| n.to_str()).and_then(|n| {
+        n.strip_prefix("state-")?
+            .strip_suffix(".safetensors")?
+            .parse::<u64>()
+            .ok()
+    });
+    if let Some(named) = named {
+        if named != step {
+            return Err(bad(format!(
+                "its metadata says step {step} but its name says step {named}"
+            )));
+        }
+    }
     let adam_t = meta("slimflow.adam_t")?
         .parse()
         .map_err(|e| bad(format!("adam_t: {e}")))?;
@@ -159,19 +212,40 @@ pub fn load_state(path: &Path, names: &[String]) -> Result<TrainState> {
         s.adam_m.push(get("adam_m", name)?);
         s.adam_v.push(get("adam_v", name)?);
     }
+    for (prefix, values) in [
+        ("param", s.params.iter().map(|p| &p.1).collect::<Vec<_>>()),
+        ("ema", s.ema.iter().collect()),
+        ("adam_m", s.adam_m.iter().collect()),
+        ("adam_v", s.adam_v.iter().collect()),
+    ] {
+        for (name, t) in names.iter().zip(values) {
+            let finite = !t.is_floating_point() || t.isfinite().all().int64_value(&[]) != 0;
+            if !finite {
+                return Err(bad(format!(
+                    "`{prefix}.{name}` holds NaN or infinite values"
+                )));
+            }
+        }
+    }
     Ok(s)
 }
 
-/// The newest state in `dir` that loads; unreadable newer ones are reported and skipped.
-pub fn latest_state(dir: &Path, names: &[String]) -> Option<TrainState> {
+/// The newest state in `dir` that loads and is intact, with its path; newer ones that are
+/// unreadable, damaged or non-finite are reported (which and why) and skipped.
+pub fn latest_good(dir: &Path, names: &[String]) -> Option<(PathBuf, TrainState)> {
     for step in list_states(dir).into_iter().rev() {
         let path = state_path(dir, step);
         match load_state(&path, names) {
-            Ok(s) => return Some(s),
-            Err(e) => tracing::warn!("skipping unreadable checkpoint: {e}"),
+            Ok(s) => return Some((path, s)),
+            Err(e) => tracing::warn!("skipping checkpoint: {e}; falling back to an older one"),
         }
     }
     None
+}
+
+/// The newest state in `dir` that loads and is intact (see [`latest_good`]).
+pub fn latest_state(dir: &Path, names: &[String]) -> Option<TrainState> {
+    latest_good(dir, names).map(|(_, s)| s)
 }
 
 /// Deletes the state at `step`.
@@ -203,6 +277,51 @@ mod tests {
         );
         // The final step always saves, even off-cadence.
         assert_eq!(plan(95, 95, 10, 3, &[90]), vec![Action::Save(95)]);
+    }
+
+    fn state(step: u64, value: f32) -> TrainState {
+        use rand::SeedableRng;
+        let t = || Tensor::from_slice(&[value, 1.0, 2.0]);
+        TrainState {
+            step,
+            params: vec![("w".to_string(), t())],
+            ema: vec![t()],
+            adam_m: vec![t()],
+            adam_v: vec![t()],
+            adam_t: step,
+            rng: ChaCha20Rng::seed_from_u64(step),
+            arch: ArchConfig::preset("mlp-toy-small").unwrap(),
+        }
+    }
+
+    #[test]
+    fn damaged_mislabelled_and_non_finite_states_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["w".to_string()];
+        save_state(dir.path(), &state(10, 0.5)).unwrap();
+        assert_eq!(latest_state(dir.path(), &names).unwrap().step, 10);
+        // NaN values with a valid checksum: not "last good"
+        save_state(dir.path(), &state(20, f32::NAN)).unwrap();
+        let err = load_state(&state_path(dir.path(), 20), &names)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NaN"), "{err}");
+        // a flipped data byte
+        let p30 = save_state(dir.path(), &state(30, 0.5)).unwrap();
+        let mut bytes = std::fs::read(&p30).unwrap();
+        let n = bytes.len();
+        bytes[n - 2] ^= 0x01;
+        std::fs::write(&p30, &bytes).unwrap();
+        let err = load_state(&p30, &names).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+        // a state under another step's name
+        std::fs::copy(state_path(dir.path(), 10), state_path(dir.path(), 40)).unwrap();
+        let err = load_state(&state_path(dir.path(), 40), &names)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("step 10") && err.contains("step 40"), "{err}");
+        let (path, s) = latest_good(dir.path(), &names).unwrap();
+        assert_eq!((path, s.step), (state_path(dir.path(), 10), 10));
     }
 
     #[test]

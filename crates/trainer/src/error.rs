@@ -32,6 +32,14 @@ pub enum Error {
         /// Hash of the current config.
         expected: String,
     },
+    /// Another writer holds the stage directory.
+    #[error("{}: the stage directory is in use by {holder}; wait for it to finish or stop it", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// Who holds it.
+        holder: String,
+    },
     /// The loss became NaN or infinite.
     #[error("non-finite loss ({value}) at step {step}; the run stopped. Last good checkpoint: {}", checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none yet".into()))]
     NonFiniteLoss {

@@ -3,6 +3,14 @@
 //! `<run>/<stage>/` holds `manifest.json`, `config.toml` (the resolved config), `checkpoints/`,
 //! `metrics.jsonl` and the stage's outputs. The manifest records status, the config hash (over the
 //! settings the stage depends on and the SHA-256 of its input files), seed, versions and wall time.
+//!
+//! One process writes a stage directory at a time: [`StageCtx::begin`] takes `<stage>/.lock`
+//! ([`StageLock`]; `.lock.<rank>-of-<world>` for each writer of a sharded stage) before it reads the
+//! manifest, and a single writer then removes the temporary files that killed writes left behind.
+
+mod lock;
+
+pub use lock::{host_name, Holder, StageLock};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -110,6 +118,54 @@ pub struct StageDir {
     pub path: PathBuf,
     manifest: Manifest,
     started: Instant,
+    lock: StageLock,
+}
+
+/// Name of the lock file of writer `rank` of `world` in a stage directory.
+pub fn lock_name(rank: usize, world: usize) -> String {
+    if world <= 1 {
+        ".lock".to_string()
+    } else {
+        format!(".lock.{rank}-of-{world}")
+    }
+}
+
+/// The stage directory (one holding a `manifest.json` of a stage) that `path` is in or under, if
+/// any. Relative paths are taken from the working directory; symbolic links are resolved where the
+/// directories exist.
+pub fn stage_dir_containing(path: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(path).ok()?;
+    let mut dir = abs.parent();
+    while let Some(d) = dir {
+        let real = std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf());
+        let manifest = real.join("manifest.json");
+        if manifest.is_file()
+            && std::fs::read_to_string(&manifest)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Manifest>(&t).ok())
+                .is_some()
+        {
+            return Some(real);
+        }
+        dir = d.parent();
+    }
+    None
+}
+
+/// Empties `dir` except for the file `keep`.
+fn clear_except(dir: &Path, keep: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let p = entry.map_err(io_err(dir))?.path();
+        if p == keep {
+            continue;
+        }
+        if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
+        } else {
+            std::fs::remove_file(&p).map_err(io_err(&p))?;
+        }
+    }
+    Ok(())
 }
 
 impl StageCtx {
@@ -137,15 +193,42 @@ impl StageCtx {
     /// stage directory (fresh or to resume). A stage dir holding another config's run is an error
     /// unless `force`, which clears it.
     pub fn begin(&self, stage: &str, hash_input: &serde_json::Value) -> Result<Option<StageDir>> {
+        self.begin_checked(stage, hash_input, |_| Ok(true))
+    }
+
+    /// [`StageCtx::begin`] where a run of the same config found on disk is first checked by
+    /// `intact` (given the stage directory, under the lock): a complete stage whose check fails
+    /// (returns false, having removed what is damaged) resumes instead of being skipped.
+    pub fn begin_checked(
+        &self,
+        stage: &str,
+        hash_input: &serde_json::Value,
+        intact: impl FnOnce(&Path) -> Result<bool>,
+    ) -> Result<Option<StageDir>> {
         let hash = hex::encode(Sha256::digest(hash_input.to_string().as_bytes()));
         let path = self.stage_path(stage);
+        std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+        let lock = StageLock::acquire(&path.join(lock_name(self.rank, self.world)))?;
+        if self.world <= 1 {
+            for p in slimflow_tensor_io::remove_stale_temps(&path)? {
+                tracing::info!("removed {} (left by an interrupted write)", p.display());
+            }
+        }
         if let Some(m) = self.manifest(stage)? {
-            if m.config_hash == hash && m.status == Status::Complete {
-                tracing::info!(
-                    "stage `{stage}` already complete ({}), skipping",
-                    path.display()
-                );
-                return Ok(None);
+            if m.config_hash == hash {
+                let ok = intact(&path)?;
+                if m.status == Status::Complete && ok {
+                    tracing::info!(
+                        "stage `{stage}` already complete ({}), skipping",
+                        path.display()
+                    );
+                    return Ok(None);
+                }
+                if m.status == Status::Complete {
+                    tracing::warn!(
+                        "stage `{stage}` was complete but its outputs are damaged: repairing"
+                    );
+                }
             }
             if m.config_hash != hash {
                 if !self.force {
@@ -157,7 +240,7 @@ impl StageCtx {
                     });
                 }
                 tracing::warn!("discarding {} (made with another config)", path.display());
-                std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+                clear_except(&path, lock.path())?;
             } else {
                 tracing::info!("resuming stage `{stage}` ({:?})", m.status);
             }
@@ -165,7 +248,7 @@ impl StageCtx {
         std::fs::create_dir_all(path.join("checkpoints")).map_err(io_err(&path))?;
         let cfg_path = path.join("config.toml");
         let toml = crate::config::to_toml(&self.config).expect("configs serialise to TOML");
-        std::fs::write(&cfg_path, toml).map_err(io_err(&cfg_path))?;
+        slimflow_tensor_io::atomic_write(&cfg_path, toml.as_bytes())?;
         let dir = StageDir {
             path,
             manifest: Manifest {
@@ -183,6 +266,7 @@ impl StageCtx {
                 error: None,
             },
             started: Instant::now(),
+            lock,
         };
         dir.write_manifest()?;
         Ok(Some(dir))
@@ -216,6 +300,11 @@ impl StageDir {
     pub fn checkpoints(&self) -> PathBuf {
         self.path.join("checkpoints")
     }
+
+    /// The lock this writer holds on the directory.
+    pub fn lock(&self) -> &StageLock {
+        &self.lock
+    }
 }
 
 /// Runs `body` inside a started stage, recording completion, interruption or failure in its manifest.
@@ -225,7 +314,18 @@ pub fn run_stage(
     hash_input: serde_json::Value,
     body: impl FnOnce(&mut StageDir) -> Result<StageOutcome>,
 ) -> Result<StageOutcome> {
-    let Some(mut dir) = ctx.begin(stage, &hash_input)? else {
+    run_stage_checked(ctx, stage, hash_input, |_| Ok(true), body)
+}
+
+/// [`run_stage`] with the check of [`StageCtx::begin_checked`].
+pub fn run_stage_checked(
+    ctx: &StageCtx,
+    stage: &str,
+    hash_input: serde_json::Value,
+    intact: impl FnOnce(&Path) -> Result<bool>,
+    body: impl FnOnce(&mut StageDir) -> Result<StageOutcome>,
+) -> Result<StageOutcome> {
+    let Some(mut dir) = ctx.begin_checked(stage, &hash_input, intact)? else {
         return Ok(StageOutcome::Skipped);
     };
     match body(&mut dir) {
@@ -243,8 +343,94 @@ pub fn run_stage(
             Ok(outcome)
         }
         Err(e) => {
-            dir.finish(Status::Failed, Some(e.to_string()))?;
+            // the stage's own error wins: recording it may fail for the same reason (disk full)
+            if let Err(m) = dir.finish(Status::Failed, Some(e.to_string())) {
+                tracing::warn!("cannot mark the stage failed: {m}");
+            }
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy(run_dir: &Path, force: bool) -> StageCtx {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let config = crate::load_config(&root.join("configs/toy/checkerboard.toml"), &[])
+            .expect("the toy config loads");
+        StageCtx {
+            run_dir: run_dir.to_path_buf(),
+            config,
+            device: Device::Cpu,
+            force,
+            rank: 0,
+            world: 1,
+        }
+    }
+
+    fn manifest(dir: &Path) -> Manifest {
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_even_with_force() {
+        let run = tempfile::tempdir().unwrap();
+        let ctx = toy(run.path(), false);
+        let first = ctx.begin("train", &serde_json::json!(1)).unwrap().unwrap();
+        for (force, hash) in [(false, 1), (true, 2)] {
+            let err = toy(run.path(), force)
+                .begin("train", &serde_json::json!(hash))
+                .unwrap_err();
+            assert!(matches!(err, Error::Locked { .. }), "{err}");
+            assert!(err.to_string().contains(".lock"), "{err}");
+        }
+        assert_eq!(
+            manifest(&first.path).config_hash,
+            first.manifest.config_hash
+        );
+        drop(first);
+        assert!(ctx.begin("train", &serde_json::json!(1)).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_failed_write_is_the_stage_error_and_stale_temporaries_go() {
+        let run = tempfile::tempdir().unwrap();
+        let ctx = toy(run.path(), false);
+        let stage = run.path().join("train");
+        // a write that fails (its folder is a file) and names its file
+        let out = run_stage(&ctx, "train", serde_json::json!(1), |dir| {
+            std::fs::write(dir.path.join("blocked"), b"").unwrap();
+            slimflow_tensor_io::atomic_write(&dir.path.join("blocked/state.bin"), b"x")?;
+            Ok(StageOutcome::Completed)
+        });
+        let err = out.unwrap_err().to_string();
+        assert!(err.contains("blocked/state.bin"), "{err}");
+        let m = manifest(&stage);
+        assert_eq!(m.status, Status::Failed);
+        assert!(m.error.unwrap().contains("state.bin"));
+        // the manifest itself cannot be written any more: the stage's error still wins
+        let out = run_stage(&ctx, "train", serde_json::json!(1), |dir| {
+            std::fs::remove_file(dir.path.join("manifest.json")).unwrap();
+            std::fs::create_dir(dir.path.join("manifest.json")).unwrap();
+            slimflow_tensor_io::atomic_write(&dir.path.join("blocked/other.bin"), b"x")?;
+            Ok(StageOutcome::Completed)
+        });
+        let err = out.unwrap_err().to_string();
+        assert!(
+            err.contains("other.bin") && !err.contains("manifest"),
+            "{err}"
+        );
+        std::fs::remove_dir(stage.join("manifest.json")).unwrap();
+        // a temporary left by a killed writer is removed when the next writer starts
+        let stale = stage.join("checkpoints/state-00000010.safetensors.tmp4999999");
+        std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+        std::fs::write(&stale, b"partial").unwrap();
+        let dir = ctx.begin("train", &serde_json::json!(1)).unwrap().unwrap();
+        if slimflow_tensor_io::pid_alive(1).is_some() {
+            assert!(!stale.exists());
+        }
+        drop(dir);
     }
 }

@@ -189,9 +189,7 @@ pub fn train_with(
             Pass::Done { loss, parts } => (loss, parts),
             Pass::NonFinite(value) => {
                 progress.finish();
-                let checkpoint = checkpointing::list_states(&ckpt_dir)
-                    .last()
-                    .map(|&s| checkpointing::state_path(&ckpt_dir, s));
+                let checkpoint = checkpointing::latest_good(&ckpt_dir, &st.names).map(|g| g.0);
                 return Err(Error::NonFiniteLoss {
                     step,
                     value,

@@ -65,7 +65,8 @@ pub enum Error {
     },
     /// The download does not have the published digest (the partial file is deleted).
     #[error(
-        "{url}: SHA-256 {got} does not match the published {expected}; the download was discarded"
+        "{url}: {} {got} does not match the published {expected}; the download was discarded",
+        if expected.starts_with("MD5 ") { "MD5" } else { "SHA-256" }
     )]
     Checksum {
         /// The address.
@@ -89,6 +90,16 @@ pub enum Error {
         /// The address.
         url: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// An environment setting is malformed.
+    #[error("{name}={value}: {reason}")]
+    Setting {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
         reason: String,
     },
     /// Locating or verifying installed files failed.
@@ -145,10 +156,87 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
+/// How long a download may take and how slow it may get before it is given up (the `.part` file
+/// is kept, so the same command resumes it). Defaults: 2 hours in all, and at least 1 KiB/s over
+/// every 60 s; `SLIMFLOW_DOWNLOAD_DEADLINE` (seconds), `SLIMFLOW_DOWNLOAD_MIN_RATE` (bytes per
+/// second, 0 for none) and `SLIMFLOW_DOWNLOAD_RATE_WINDOW` (seconds) override them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DownloadLimits {
+    /// The whole request, connecting included.
+    pub deadline: Duration,
+    /// The least average rate over each `window`, in bytes per second.
+    pub min_rate: f64,
+    /// The span the rate is averaged over.
+    pub window: Duration,
+}
+
+impl Default for DownloadLimits {
+    fn default() -> Self {
+        DownloadLimits {
+            deadline: Duration::from_secs(2 * 3600),
+            min_rate: 1024.0,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl DownloadLimits {
+    /// The defaults with the environment's overrides; a malformed value is an error naming it.
+    pub fn from_env() -> Result<Self> {
+        let mut l = DownloadLimits::default();
+        let var = |name: &'static str| -> Result<Option<f64>> {
+            let Ok(v) = std::env::var(name) else {
+                return Ok(None);
+            };
+            match v.trim().parse::<f64>() {
+                Ok(x) if x.is_finite() && x >= 0.0 => Ok(Some(x)),
+                _ => Err(Error::Setting {
+                    name,
+                    value: v,
+                    reason: "expected a non-negative number".into(),
+                }),
+            }
+        };
+        let secs = |name: &'static str, x: f64| {
+            if x > 0.0 && x < 1e9 {
+                Ok(Duration::from_secs_f64(x))
+            } else {
+                Err(Error::Setting {
+                    name,
+                    value: x.to_string(),
+                    reason: "expected a positive number of seconds".into(),
+                })
+            }
+        };
+        if let Some(x) = var("SLIMFLOW_DOWNLOAD_DEADLINE")? {
+            l.deadline = secs("SLIMFLOW_DOWNLOAD_DEADLINE", x)?;
+        }
+        if let Some(x) = var("SLIMFLOW_DOWNLOAD_MIN_RATE")? {
+            l.min_rate = x;
+        }
+        if let Some(x) = var("SLIMFLOW_DOWNLOAD_RATE_WINDOW")? {
+            l.window = secs("SLIMFLOW_DOWNLOAD_RATE_WINDOW", x)?;
+        }
+        Ok(l)
+    }
+}
+
 /// Downloads `url` to `dest` and verifies it. An existing `dest` with the right digest is kept; a
 /// `<dest>.part` left by an interrupted run is continued with a range request (restarted if the
 /// server ignores ranges). Progress is drawn when `progress` is set and stderr is a terminal.
+/// Limits come from [`DownloadLimits::from_env`].
 pub fn download(url: &str, dest: &Path, checksum: Checksum, progress: bool) -> Result<()> {
+    download_with(url, dest, checksum, progress, &DownloadLimits::from_env()?)
+}
+
+/// [`download`] within explicit `limits`.
+pub fn download_with(
+    url: &str,
+    dest: &Path,
+    checksum: Checksum,
+    progress: bool,
+    limits: &DownloadLimits,
+) -> Result<()> {
     if dest.is_file() && checksum.keeps(dest)? {
         return Ok(());
     }
@@ -159,9 +247,12 @@ pub fn download(url: &str, dest: &Path, checksum: Checksum, progress: bool) -> R
     part_name.push(".part");
     let part = dest.with_file_name(part_name);
     let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let started = std::time::Instant::now();
+    let read_timeout = Duration::from_secs(60).min(limits.window.max(Duration::from_millis(100)));
     let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(30))
-        .timeout_read(Duration::from_secs(60))
+        .timeout_connect(Duration::from_secs(30).min(limits.deadline))
+        .timeout_read(read_timeout)
+        .timeout(limits.deadline)
         .build();
     let mut req = agent.get(url);
     if have > 0 {
@@ -177,7 +268,7 @@ pub fn download(url: &str, dest: &Path, checksum: Checksum, progress: bool) -> R
         // the part file is already complete (or longer than the file): start over
         Err(ureq::Error::Status(416, _)) => {
             std::fs::remove_file(&part).map_err(io(&part))?;
-            return download(url, dest, checksum, progress);
+            return download_with(url, dest, checksum, progress, limits);
         }
         Err(ureq::Error::Status(status, _)) => {
             return Err(Error::Http {
@@ -222,12 +313,21 @@ pub fn download(url: &str, dest: &Path, checksum: Checksum, progress: bool) -> R
     let mut reader = resp.into_reader();
     let mut buf = vec![0u8; 1 << 16];
     let mut written = start;
+    let (mut window_start, mut window_bytes) = (std::time::Instant::now(), 0u64);
     loop {
         let n = match reader.read(&mut buf) {
             Ok(n) => n,
             Err(e) => {
                 let _ = file.sync_all();
-                return Err(network(e.to_string(), written));
+                let reason = if started.elapsed() >= limits.deadline {
+                    format!(
+                        "not complete within the deadline of {:.0} s (SLIMFLOW_DOWNLOAD_DEADLINE)",
+                        limits.deadline.as_secs_f64()
+                    )
+                } else {
+                    e.to_string()
+                };
+                return Err(network(reason, written));
             }
         };
         if n == 0 {
@@ -236,6 +336,22 @@ pub fn download(url: &str, dest: &Path, checksum: Checksum, progress: bool) -> R
         file.write_all(&buf[..n]).map_err(io(&part))?;
         written += n as u64;
         bar.set_position(written);
+        window_bytes += n as u64;
+        let span = window_start.elapsed();
+        if span >= limits.window {
+            let rate = window_bytes as f64 / span.as_secs_f64();
+            if rate < limits.min_rate {
+                let _ = file.sync_all();
+                let reason = format!(
+                    "{rate:.1} bytes/s over the last {:.0} s, below the minimum of {} bytes/s \
+                     (SLIMFLOW_DOWNLOAD_MIN_RATE, SLIMFLOW_DOWNLOAD_RATE_WINDOW)",
+                    span.as_secs_f64(),
+                    limits.min_rate
+                );
+                return Err(network(reason, written));
+            }
+            (window_start, window_bytes) = (std::time::Instant::now(), 0);
+        }
     }
     file.sync_all().map_err(io(&part))?;
     drop(file);

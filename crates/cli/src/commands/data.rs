@@ -34,7 +34,8 @@ enum DataCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// Pair stores: check every byte against its SHA-256 (default: sizes only).
+        /// Pair stores: every byte is checked against its SHA-256 in any case; accepted for
+        /// compatibility.
         #[arg(long)]
         full: bool,
     },
@@ -89,9 +90,9 @@ enum DataCommand {
     },
 }
 
-fn store_info(dir: &Path, full: bool) -> Result<serde_json::Value> {
+fn store_info(dir: &Path) -> Result<serde_json::Value> {
     let store = PairStore::open(dir)?;
-    store.verify(if full { Verify::Full } else { Verify::Fast })?;
+    store.verify(Verify::Full)?;
     let m = store.manifest();
     let reader = store.reader()?;
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
@@ -116,7 +117,7 @@ fn store_info(dir: &Path, full: bool) -> Result<serde_json::Value> {
         "sample_shape": m.sample_shape,
         "dtype": m.dtype,
         "shards": store.num_shards(),
-        "verified": if full { "sha256" } else { "sizes" },
+        "verified": "sha256",
         "value_range": [lo, hi],
         "num_classes": m.num_classes,
         "label_counts": counts,
@@ -165,12 +166,12 @@ fn dataset_info(spec: &str) -> Result<serde_json::Value> {
 /// Runs the command.
 pub fn run(args: &DataArgs) -> Result<ExitCode> {
     match &args.command {
-        DataCommand::Info { spec, json, full } => {
+        DataCommand::Info { spec, json, .. } => {
             let path = Path::new(spec);
             let info = if path.join("pairs.json").is_file() {
-                store_info(path, *full)?
+                store_info(path)?
             } else if path.join("generate-pairs/pairs/pairs.json").is_file() {
-                store_info(&path.join("generate-pairs/pairs"), *full)?
+                store_info(&path.join("generate-pairs/pairs"))?
             } else if path.exists() {
                 anyhow::bail!(
                     "{spec}: not a pair store (no pairs.json); datasets are named kind:PATH, e.g. folder:{spec} or cifar10:{spec}"

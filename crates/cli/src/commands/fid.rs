@@ -13,7 +13,6 @@ use clap::Args;
 use slimflow_data::images::DatasetSpec;
 use slimflow_data::PairStore;
 use slimflow_metrics::fid::{FeatureStats, GaussianStats};
-use slimflow_metrics::inception::FidInception;
 use tch::{Device, Tensor};
 
 /// Options shared by both commands.
@@ -35,7 +34,7 @@ pub struct FidOptions {
     features: String,
 }
 
-use slimflow_metrics::features::FeatureNet as Features;
+use slimflow_metrics::features::{choose, FeatureChoice, FeatureNet as Features, FeatureRequest};
 
 /// Options of `fid-ref`.
 #[derive(Debug, Args)]
@@ -63,51 +62,41 @@ pub struct FidArgs {
 }
 
 fn device(opts: &FidOptions) -> Result<Device> {
-    Ok(match opts.device.as_deref() {
-        None | Some("auto") => Device::cuda_if_available(),
-        Some("cpu") => Device::Cpu,
-        Some("cuda") => Device::Cuda(0),
-        Some(d) => match d.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
-            Some(i) => Device::Cuda(i),
-            None => bail!("--device {d}: use cpu, cuda, cuda:N or auto"),
-        },
-    })
+    let choice = opts.device.clone().unwrap_or_else(|| "auto".into());
+    match slimflow_trainer::config::DeviceChoice::try_from(choice.clone()) {
+        Ok(d) => Ok(d.device()),
+        Err(_) => bail!("--device {choice}: use cpu, cuda, cuda:N or auto"),
+    }
 }
 
 fn network(opts: &FidOptions) -> Result<Features> {
-    if let Some(spec) = opts.features.strip_prefix("classifier:") {
-        return standin(spec, opts).map(|net| Features::Standin {
-            net,
-            spec: spec.to_string(),
-        });
-    }
-    if opts.features != "inception" {
-        bail!(
+    let (choice, spec) = match opts.features.strip_prefix("classifier:") {
+        Some(spec) => (FeatureChoice::Standin, spec),
+        None if opts.features == "inception" => (FeatureChoice::Inception, ""),
+        None => bail!(
             "--features {}: use inception or classifier:SPEC",
             opts.features
+        ),
+    };
+    let cache = slimflow_weights::default_dir();
+    if choice == FeatureChoice::Standin {
+        eprintln!(
+            "stand-in classifier for {spec} (trained once, cached in {})",
+            cache.display()
         );
     }
-    let path = match &opts.weights {
-        Some(p) => p.clone(),
-        None => slimflow_weights::locate(slimflow_weights::Net::Inception, None)?,
+    let request = FeatureRequest {
+        choice,
+        inception_weights: opts.weights.as_deref(),
+        standin_spec: spec,
+        standin_steps: 600,
+        cache_dir: &cache,
     };
-    let net = FidInception::load(&path, device(opts)?)
-        .with_context(|| format!("loading Inception weights {}", path.display()))?;
-    Ok(Features::Inception(Box::new(net)))
-}
-
-/// The stand-in classifier for `spec`, trained once (seeded) and cached in the weights folder.
-fn standin(spec: &str, opts: &FidOptions) -> Result<slimflow_metrics::standin::StandinNet> {
-    let dir = slimflow_weights::default_dir();
-    eprintln!(
-        "stand-in classifier for {spec} (trained once, cached in {})",
-        dir.display()
-    );
-    let (net, acc) = slimflow_metrics::features::standin_for(spec, &dir, 600, device(opts)?)?;
-    if let Some(acc) = acc {
+    let chosen = choose(&request, device(opts)?).context("loading the feature network")?;
+    if let Some(acc) = chosen.standin_accuracy {
         eprintln!("stand-in classifier: held-out accuracy {:.1}%", acc * 100.0);
     }
-    Ok(net)
+    Ok(chosen.net)
 }
 
 /// Feature statistics of images delivered in [-1, 1] batches by `next`, with a progress bar.

@@ -15,7 +15,7 @@ use super::stage::{context, StageArgs};
 pub struct SampleArgs {
     #[command(flatten)]
     stage: StageArgs,
-    /// Stage whose model to sample (train, reflow, distill).
+    /// Stage whose model to sample (any stage that makes one: `slimflow stages` lists them).
     #[arg(long, default_value = "distill")]
     model_stage: String,
     /// Sample this model checkpoint instead of a stage's model.

@@ -51,6 +51,12 @@ pub enum Which {
 pub fn context(args: &StageArgs) -> Result<StageCtx> {
     let mut overrides = args.overrides.clone();
     if let Some(d) = &args.device {
+        DeviceChoice::try_from(d.clone()).map_err(|message| {
+            slimflow_trainer::ConfigError::Invalid {
+                location: format!("--device {d}"),
+                message,
+            }
+        })?;
         overrides.push(format!("device=\"{d}\""));
     }
     if args.world == 0 || args.rank >= args.world {

@@ -22,6 +22,8 @@ pub const CIFAR10_CLASSES: [&str; 10] = [
     "truck",
 ];
 
+/// Records in one batch file.
+const BATCH_RECORDS: usize = 10_000;
 const RECORD: usize = 1 + 3 * 32 * 32;
 
 /// The official address of the binary distribution.
@@ -110,8 +112,27 @@ pub(crate) fn load(path: &Path, test: bool) -> Result<ImageSet> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             if wanted.contains(&name) {
+                if found.iter().any(|(n, _)| *n == name) {
+                    return Err(Error::Corrupt {
+                        path: path.to_path_buf(),
+                        reason: format!("the archive holds {name} twice"),
+                    });
+                }
+                // a batch holds 10 000 records; a larger entry is refused as soon as it shows
+                let limit = (BATCH_RECORDS * RECORD) as u64;
                 let mut bytes = Vec::new();
-                entry.read_to_end(&mut bytes).map_err(tar_err)?;
+                (&mut entry)
+                    .take(limit + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(tar_err)?;
+                if bytes.len() as u64 > limit {
+                    return Err(Error::Corrupt {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "{name} holds more than {BATCH_RECORDS} records of {RECORD} bytes"
+                        ),
+                    });
+                }
                 found.push((name, bytes));
             }
         }

@@ -415,25 +415,44 @@ fn expand_home(p: &str) -> PathBuf {
     }
 }
 
-/// Reads a whole file, gunzipping it when it is gzip-compressed.
-pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+/// Opens a file, gunzipping it when it is gzip-compressed; also returns the most bytes its
+/// contents can be (its length, or deflate's largest expansion of it when gzipped), so that
+/// callers read no further than their headers justify.
+pub(crate) fn open_maybe_gz(path: &Path) -> Result<(Box<dyn std::io::Read>, u64)> {
+    use std::io::{BufReader, Read, Seek, SeekFrom};
+    let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Ok(bytes);
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut magic = Vec::with_capacity(2);
+    (&mut file).take(2).read_to_end(&mut magic).map_err(io)?;
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    let file = BufReader::new(file);
+    if magic == [0x1f, 0x8b] {
+        let most = len.saturating_mul(crate::archive::MAX_DEFLATE_RATIO);
+        Ok((Box::new(flate2::read::GzDecoder::new(file)), most))
+    } else {
+        Ok((Box::new(file), len))
     }
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes.as_slice())
-        .read_to_end(&mut out)
+}
+
+/// Reads up to `n` more bytes of a (possibly gzipped) stream onto `out`; errors name the file.
+pub(crate) fn read_up_to(
+    reader: &mut dyn std::io::Read,
+    n: u64,
+    out: &mut Vec<u8>,
+    path: &Path,
+) -> Result<()> {
+    use std::io::Read;
+    let before = out.len();
+    reader
+        .take(n)
+        .read_to_end(out)
+        .map(|_| ())
         .map_err(|e| Error::Corrupt {
             path: path.to_path_buf(),
-            reason: format!(
-                "gzip stream broken after {} decompressed bytes: {e}",
-                out.len()
-            ),
-        })?;
-    Ok(out)
+            reason: format!("stream broken after {} bytes: {e}", out.len() - before),
+        })
 }

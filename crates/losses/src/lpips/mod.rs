@@ -298,8 +298,11 @@ impl Lpips {
     pub fn with_random_weights(config: LpipsConfig, device: Device, seed: i64) -> Self {
         tch::manual_seed(seed);
         let lp = Self::build(config, device);
+        // in name order: the draws (and so the weights) follow from the seed alone
+        let mut vars: Vec<_> = lp.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
         tch::no_grad(|| {
-            for (name, mut v) in lp.vs.variables() {
+            for (name, mut v) in vars {
                 let opts = (Kind::Float, v.device());
                 if name.starts_with("net.") && name.ends_with("weight") {
                     let fan_in: i64 = v.size()[1..].iter().product();

@@ -78,7 +78,7 @@ fn lpips_huber_passes_the_batch_labels() {
     let m = TestNet::new(&[3, 16, 16], 3);
     let lp = Lpips::with_random_weights(LpipsConfig::default(), Device::Cpu, 0);
     let obj = LpipsHuber {
-        lpips: &lp,
+        lpips: lp,
         time: TimeDist::Uniform { eps: 1e-3 },
         divide_by_one_minus_t: false,
     };

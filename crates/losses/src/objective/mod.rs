@@ -5,7 +5,9 @@
 
 pub(crate) mod distill;
 mod fgd;
+mod lpips_huber;
 mod rf;
+mod spec;
 
 #[cfg(test)]
 mod conditioning_tests;
@@ -14,7 +16,9 @@ pub(crate) mod test_net;
 
 pub use distill::{one_step, Distill, DistillForm};
 pub use fgd::FlowGuided;
+pub use lpips_huber::{lpips_huber_terms, LpipsHuber};
 pub use rf::Rf;
+pub use spec::{Distance, DistanceSpec, LpipsTerm, ObjectiveSpec};
 
 use rand::RngCore;
 use slimflow_sampling::Network;
@@ -79,4 +83,17 @@ pub(crate) fn draw_times(
         crate::random::uniform_tensor(&time.sample(rng, b), batch.x1.device())
             .to_kind(batch.x1.kind()),
     )
+}
+
+/// The straight path at times t and the student's velocity on it, (path, v̂): the prelude of every
+/// rectified-flow regression.
+pub(crate) fn velocity_on_path(
+    student: &dyn Network,
+    batch: &Batch,
+    t: &Tensor,
+) -> Result<(slimflow_schedules::PathSample, Tensor)> {
+    check_batch(batch)?;
+    let path = slimflow_schedules::RectifiedPath.sample(&batch.x0, &batch.x1, t);
+    let v_hat = student.forward_t(&path.x_t, t, batch.labels.as_ref(), true);
+    Ok((path, v_hat))
 }

@@ -4,11 +4,11 @@
 
 use rand::RngCore;
 use slimflow_sampling::Network;
-use slimflow_schedules::{RectifiedPath, TimeDist};
+use slimflow_schedules::TimeDist;
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
-use crate::objective::{check_batch, draw_times, Batch, LossTerms, Objective};
+use crate::objective::{draw_times, velocity_on_path, Batch, LossTerms, Objective};
 use crate::premetric::{Premetric, PremetricConfig};
 
 /// Rectified-flow regression on paired endpoints.
@@ -24,9 +24,7 @@ impl Rf {
     /// The loss at given times t: [B] (the draws of [`Objective::loss`], made explicit so a
     /// reference step can be replayed).
     pub fn loss_at(&self, student: &dyn Network, batch: &Batch, t: &Tensor) -> Result<LossTerms> {
-        check_batch(batch)?;
-        let path = RectifiedPath.sample(&batch.x0, &batch.x1, t);
-        let v_hat = student.forward_t(&path.x_t, t, batch.labels.as_ref(), true);
+        let (path, v_hat) = velocity_on_path(student, batch, t)?;
         let per_sample = self.premetric.distance(&v_hat, &path.v)?;
         let total = per_sample.mean(Kind::Float);
         let value = total.double_value(&[]);

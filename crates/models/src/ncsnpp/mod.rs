@@ -77,6 +77,14 @@ impl NcsnppConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             p.push(format!("dropout must lie in [0, 1), got {}", self.dropout));
         }
+        let resolutions: Vec<i64> = (0..levels.min(16)).map(|l| self.image_size >> l).collect();
+        for r in &self.attn_resolutions {
+            if !resolutions.contains(r) {
+                p.push(format!(
+                    "attn_resolutions: {r} is not one of the network's resolutions {resolutions:?}"
+                ));
+            }
+        }
         p
     }
 }
@@ -515,6 +523,10 @@ impl crate::Architecture for Ncsnpp {
             attn_resolutions: vec![8],
             ..cfg.clone()
         }
+    }
+
+    fn size_bound(cfg: &NcsnppConfig) -> crate::SizeBound {
+        crate::size::unet_bound(cfg.image_size, cfg.nf, &cfg.ch_mult, cfg.num_res_blocks)
     }
 }
 

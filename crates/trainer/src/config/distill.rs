@@ -1,21 +1,9 @@
 //! `[distill]`: stage `distill`, the one-step generator (optionally flow-guided).
 
-use serde::{Deserialize, Serialize};
-use slimflow_losses::{DistillForm, LpipsPreset, PremetricConfig};
+use slimflow_losses::{DistanceSpec, DistillForm, LpipsTerm, PremetricConfig};
 
 use super::training::training_section;
 use super::{check, default_eps, Training};
-
-/// An LPIPS term of the distillation distance.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LpipsTerm {
-    /// LPIPS variant (SlimFlow: `slimflow`).
-    pub preset: LpipsPreset,
-    /// Weight of the term.
-    #[serde(default = "one")]
-    pub weight: f64,
-}
 
 fn one() -> f64 {
     1.0
@@ -54,9 +42,20 @@ fn default_fg_range() -> [f64; 2] {
 }
 
 impl DistillConfig {
+    /// The distance distillation (and the flow-guided term) minimises.
+    pub fn distance(&self) -> DistanceSpec {
+        DistanceSpec {
+            premetric: self.premetric,
+            premetric_weight: self.premetric_weight,
+            lpips: self.lpips,
+        }
+    }
+
     /// Every problem of the section, as `key: message`.
     pub fn problems(&self) -> Vec<String> {
         let mut p = self.training_problems("distill");
+        let ok = self.eps > 0.0 && self.eps < 1.0;
+        check(&mut p, "distill.eps", ok, "must lie in (0, 1)");
         let [lo, hi] = self.flow_guided_t;
         let ok = self.eps <= lo && lo < hi && hi <= 1.0;
         check(
@@ -99,7 +98,10 @@ mod tests {
         )
         .unwrap();
         let lpips = c.distill.lpips.unwrap();
-        assert_eq!((lpips.preset, lpips.weight), (LpipsPreset::Slimflow, 1.0));
+        assert_eq!(
+            (lpips.preset, lpips.weight),
+            (slimflow_losses::LpipsPreset::Slimflow, 1.0)
+        );
         assert_eq!(c.distill.form, DistillForm::Slimflow);
         let e = err(&["distill.flow_guided_t=[0.9, 0.1]"]);
         assert!(e.contains("distill.flow_guided_t"), "{e}");

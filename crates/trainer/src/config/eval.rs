@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use slimflow_metrics::features::FeatureChoice;
 use slimflow_sampling::SolverConfig;
 
 use super::{check, default_eps, note};
@@ -62,6 +63,27 @@ impl EvalConfig {
         let mut p = Vec::new();
         note(&mut p, "eval.solver", self.solver.validate());
         check(&mut p, "eval.samples", self.samples >= 2, "need at least 2");
+        let ok = self.eps > 0.0 && self.eps < 1.0;
+        check(&mut p, "eval.eps", ok, "must lie in (0, 1)");
+        check(
+            &mut p,
+            "eval.projections",
+            self.projections >= 1,
+            "need at least 1",
+        );
+        let ok = self.plot_extent.is_finite() && self.plot_extent > 0.0;
+        check(
+            &mut p,
+            "eval.plot_extent",
+            ok,
+            "must be finite and positive",
+        );
+        check(
+            &mut p,
+            "eval.batch_size",
+            self.batch_size >= 1,
+            "must be positive",
+        );
         let ok = self.straightness_steps >= 1;
         check(&mut p, "eval.straightness_steps", ok, "need at least 1");
         p
@@ -94,19 +116,6 @@ fn default_eval_batch() -> usize {
 }
 fn default_standin_steps() -> usize {
     600
-}
-
-/// Feature network of the image Fréchet distance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FeatureChoice {
-    /// Inception when its weights are installed, else the stand-in.
-    #[default]
-    Auto,
-    /// pytorch-fid's Inception (FID).
-    Inception,
-    /// A small classifier trained on the dataset's labels (a stand-in, never called FID).
-    Standin,
 }
 
 fn default_straightness_samples() -> usize {

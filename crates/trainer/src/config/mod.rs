@@ -22,18 +22,21 @@ mod optim;
 mod overrides;
 mod pairs;
 mod reflow;
+mod resources;
 mod train;
 mod training;
 
 pub use data::{DataConfig, Target};
 pub use device::DeviceChoice;
-pub use distill::{DistillConfig, LpipsTerm};
-pub use eval::{ClassLabels, EvalConfig, FeatureChoice};
+pub use distill::DistillConfig;
+pub use eval::{ClassLabels, EvalConfig};
 pub use fidelity::{is_gaussian, is_standard};
 pub use optim::{GradGuard, OptimConfig, WarmupRule};
 pub use overrides::parse_with_overrides;
 pub use pairs::{PairDirection, PairLabels, PairsConfig};
 pub use reflow::{Init, LpipsHuberConfig, PairFlip, ReflowConfig};
+pub use slimflow_losses::LpipsTerm;
+pub use slimflow_metrics::features::FeatureChoice;
 pub use train::{TeacherConfig, TrainConfig};
 pub use training::{CheckpointConfig, Training};
 
@@ -103,7 +106,26 @@ impl PipelineConfig {
     /// Semantic checks beyond the schema, all problems at once: each section's, in pipeline
     /// order, and those across sections.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = self.problems();
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                location: "config".into(),
+                message: p.join("; "),
+            })
+        }
+    }
+
+    /// Every problem [`PipelineConfig::validate`] reports, as `key: message`.
+    pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        let plain = {
+            let mut c = Path::new(&self.name).components();
+            matches!((c.next(), c.next()), (Some(std::path::Component::Normal(n)), None) if n == self.name.as_str())
+        };
+        let msg = "must be a plain directory name (no `/`, `..` or absolute path): the run goes to runs/<name>";
+        check(&mut p, "name", plain, msg);
         note(&mut p, "model", self.model.validate());
         p.extend(self.data.problems());
         if matches!(self.data.resolve(), Ok(Target::Images(_))) {
@@ -128,14 +150,28 @@ impl PipelineConfig {
         );
         p.extend(self.distill.problems());
         p.extend(self.eval.problems());
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid {
-                location: "config".into(),
-                message: p.join("; "),
-            })
+        p.extend(self.shape_problems());
+        p.extend(self.resource_problems());
+        p
+    }
+
+    /// Whether the networks' data shapes agree with the data and with each other.
+    fn shape_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let teacher = self.model.data_shape();
+        if self.data.toy().is_some() && teacher != [2] {
+            p.push(format!(
+                "model: the toy target is 2-D ([2]) but the network's data shape is {teacher:?}"
+            ));
         }
+        let student = self.student_arch().data_shape();
+        if student != teacher {
+            p.push(format!(
+                "reflow.model: the student's data shape {student:?} differs from the pairs' \
+                 {teacher:?} (the teacher's, `model`)"
+            ));
+        }
+        p
     }
 
     /// The reflow/distill student's architecture.
@@ -188,14 +224,32 @@ pub fn load_config(path: &Path, overrides: &[String]) -> Result<PipelineConfig, 
         source,
     })?;
     let cfg: PipelineConfig = parse_with_overrides(&text, path, overrides)?;
-    cfg.validate().map_err(|e| match e {
-        ConfigError::Invalid { message, .. } => ConfigError::Invalid {
-            location: path.display().to_string(),
-            message,
-        },
-        other => other,
-    })?;
-    Ok(cfg)
+    let problems = cfg.problems();
+    match problems.split_first() {
+        None => Ok(cfg),
+        Some((first, rest)) => Err(locate_problems(first, rest, &text, path, overrides)),
+    }
+}
+
+/// The problems of [`PipelineConfig::problems`], each with its place: `file:line` of its key (of
+/// its section when the key takes its default), or the `--set` that gave it.
+fn locate_problems(
+    first: &str,
+    rest: &[String],
+    text: &str,
+    path: &Path,
+    overrides: &[String],
+) -> ConfigError {
+    let file = path.display().to_string();
+    let place = |p: &str| overrides::locate(text, &file, overrides, p);
+    let message = std::iter::once(first.to_string())
+        .chain(rest.iter().map(|p| format!("{}: {p}", place(p))))
+        .collect::<Vec<_>>()
+        .join("; ");
+    ConfigError::Invalid {
+        location: place(first),
+        message,
+    }
 }
 
 /// A small valid config and a parser for the section tests.
@@ -256,6 +310,101 @@ mod tests {
         assert_eq!(c.train.optim.lr, 2e-4);
         assert_eq!(c.data.source, Toy::Gaussian { std: 1.0 });
         assert_eq!(c.student_arch(), &c.model);
+    }
+
+    #[test]
+    fn meaningless_values_are_refused_by_key() {
+        for (set, want) in [
+            ("distill.eps=-1.0", "distill.eps: must lie in (0, 1)"),
+            ("pairs.eps=0.0", "pairs.eps: must lie in (0, 1)"),
+            ("train.steps=0", "train.steps: must be positive"),
+            ("reflow.steps=0", "reflow.steps: must be positive"),
+            ("distill.steps=0", "distill.steps: must be positive"),
+            ("eval.projections=0", "eval.projections: need at least 1"),
+            ("eval.plot_extent=nan", "eval.plot_extent: must be finite"),
+            ("eval.plot_extent=-1.0", "eval.plot_extent: must be finite"),
+            ("name=\"../../x\"", "name: must be a plain directory name"),
+            ("name=\"/tmp/x\"", "name: must be a plain directory name"),
+            ("name=\"a/b\"", "name: must be a plain directory name"),
+            ("name=\"..\"", "name: must be a plain directory name"),
+            ("name=\"\"", "name: must be a plain directory name"),
+            (
+                "model={ arch = \"mlp\", data_dim = 3 }",
+                "model: the toy target is 2-D",
+            ),
+            (
+                "reflow.model={ arch = \"mlp\", data_dim = 3 }",
+                "reflow.model: the student's data shape [3] differs from the pairs' [2]",
+            ),
+        ] {
+            let e = parse(MINIMAL, &[set]).unwrap_err().to_string();
+            assert!(e.contains(want), "{set}: {e}");
+        }
+        assert_eq!(
+            parse(MINIMAL, &["name=\"run-1.b\""]).unwrap().name,
+            "run-1.b"
+        );
+    }
+
+    #[test]
+    fn semantic_problems_name_the_line_of_their_key_or_their_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cfg.toml");
+        let line =
+            |text: &str, start: &str| text.lines().position(|l| l.starts_with(start)).unwrap() + 1;
+        let text = MINIMAL.replace(
+            "[eval]\nsamples = 16",
+            "[eval]\nsamples = 16\nplot_extent = nan",
+        );
+        std::fs::write(&path, &text).unwrap();
+        let e = super::load_config(&path, &[]).unwrap_err().to_string();
+        let want = format!(
+            "cfg.toml:{}: eval.plot_extent: ",
+            line(&text, "plot_extent")
+        );
+        assert!(e.contains(&want), "{e}");
+        // A key given by --set is placed at the --set; one left at its default, at its section.
+        let sets = [
+            "eval.plot_extent=1.0".to_string(),
+            "eval.projections=0".into(),
+        ];
+        let e = super::load_config(&path, &sets).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--set eval.projections: eval.projections"),
+            "{e}"
+        );
+        let text = MINIMAL.replace(
+            "[eval]\nsamples = 16",
+            "[eval]\nsamples = 16\nprojections = 0",
+        );
+        std::fs::write(&path, &text).unwrap();
+        let sets = ["train.steps=0".to_string()];
+        let e = super::load_config(&path, &sets).unwrap_err().to_string();
+        let want = format!(
+            "--set train.steps: train.steps: must be positive (with 0 steps the stage would mark \
+             an untrained model complete); {}:{}: eval.projections",
+            path.display(),
+            line(&text, "projections")
+        );
+        assert!(e.contains(&want), "{e}");
+        std::fs::write(
+            &path,
+            MINIMAL.replace("[pairs]\ncount = 16", "[pairs]\ncount = 16\neps = 0.0"),
+        )
+        .unwrap();
+        let e = super::load_config(&path, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "cfg.toml:{}: pairs.eps",
+                line(MINIMAL, "[pairs]") + 2
+            )),
+            "{e}"
+        );
+        std::fs::write(&path, MINIMAL).unwrap();
+        let e = super::load_config(&path, &["eval.eps=2.0".to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--set eval.eps: "), "{e}");
     }
 
     #[test]

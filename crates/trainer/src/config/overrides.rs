@@ -33,7 +33,7 @@ fn apply_override(doc: &mut toml_edit::DocumentMut, arg: &str) -> Result<(), Con
     for part in &parts[..parts.len() - 1] {
         let table = item
             .as_table_like_mut()
-            .ok_or_else(|| bad("parent is not a table"))?;
+            .ok_or_else(|| bad(&format!("the parent of `{part}` is not a table")))?;
         if table.get(part).is_none() {
             table.insert(part, toml_edit::Item::Table(toml_edit::Table::new()));
         }
@@ -59,6 +59,61 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// The line of `key` (a dotted path) in the TOML `text`; when the key is absent (its default
+/// applies), the line of its nearest ancestor present (the section), if any.
+pub(super) fn key_line(text: &str, key: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = doc.as_item();
+    let mut line = None;
+    for part in key.split('.') {
+        let Some((k, next)) = item.as_table_like().and_then(|t| t.get_key_value(part)) else {
+            break;
+        };
+        if let Some(span) = k.span() {
+            line = Some(line_col(text, span.start).0);
+        }
+        item = next;
+    }
+    line
+}
+
+/// Where the problem `key: message` found by validation lies: the `--set` that gave the key, else
+/// `file:line`, else the file.
+pub(super) fn locate(text: &str, file: &str, overrides: &[String], problem: &str) -> String {
+    let key = problem.split_once(": ").map_or("", |(k, _)| k);
+    if let Some(k) = blamed_override(key, overrides) {
+        return format!("--set {k}");
+    }
+    match key_line(text, key) {
+        Some(line) => format!("{file}:{line}"),
+        None => file.to_string(),
+    }
+}
+
+/// The key of the `--set` that gave the value at `path`: the key itself, else its nearest
+/// ancestor, else (a table replaced whole) the last one given below it.
+pub(super) fn blamed_override(path: &str, overrides: &[String]) -> Option<String> {
+    let keys: Vec<&str> = overrides
+        .iter()
+        .filter_map(|o| o.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    let exact = keys.iter().rev().find(|k| **k == path);
+    let ancestor = || {
+        keys.iter()
+            .filter(|k| path.starts_with(&format!("{k}.")))
+            .max_by_key(|k| k.len())
+    };
+    let below = || {
+        keys.iter()
+            .rev()
+            .find(|k| k.starts_with(&format!("{path}.")))
+    };
+    exact
+        .or_else(ancestor)
+        .or_else(below)
+        .map(|k| k.to_string())
+}
+
 /// Deserialises `T` from TOML text with overrides applied; `origin` names the file in errors.
 pub fn parse_with_overrides<T: serde::de::DeserializeOwned>(
     text: &str,
@@ -81,14 +136,7 @@ pub fn parse_with_overrides<T: serde::de::DeserializeOwned>(
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let overridden = overrides
-            .iter()
-            .filter_map(|o| o.split_once('=').map(|(k, _)| k.trim().to_string()))
-            .find(|k| {
-                path == *k
-                    || path.starts_with(&format!("{k}."))
-                    || k.starts_with(&format!("{path}."))
-            });
+        let overridden = blamed_override(&path, overrides);
         let location = match (overridden, inner.span()) {
             (Some(k), _) => format!("--set {k}"),
             (None, Some(span)) => {
@@ -177,6 +225,27 @@ mod tests {
             .to_string();
         assert!(err.contains("--set train.steps"), "{err}");
         assert!(parse(MINIMAL, &["novalue"]).is_err());
+    }
+
+    #[test]
+    fn the_override_that_gave_the_bad_value_is_blamed() {
+        let err = parse(MINIMAL, &["train.steps=10", "train=5"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--set train: "), "{err}");
+        let sets = [
+            "train.optim={ lr = 1.0 }".to_string(),
+            "train.optim.lr=\"x\"".into(),
+        ];
+        assert_eq!(
+            blamed_override("train.optim.lr", &sets).as_deref(),
+            Some("train.optim.lr")
+        );
+        assert_eq!(
+            blamed_override("train.optim.eps", &sets).as_deref(),
+            Some("train.optim")
+        );
+        assert_eq!(blamed_override("eval", &sets), None);
     }
 
     #[test]

@@ -78,6 +78,14 @@ impl PairsConfig {
         note(&mut p, "pairs.solver", self.solver.validate());
         let ok = self.batch_size > 0;
         check(&mut p, "pairs.batch_size", ok, "must be positive");
+        let ok = self.eps > 0.0 && self.eps < 1.0;
+        check(&mut p, "pairs.eps", ok, "must lie in (0, 1)");
+        check(
+            &mut p,
+            "pairs.shard_size",
+            self.shard_size > 0,
+            "must be positive",
+        );
         p
     }
 }

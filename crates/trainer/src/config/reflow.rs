@@ -2,7 +2,7 @@
 //! LPIPS-Huber loss as options).
 
 use serde::{Deserialize, Serialize};
-use slimflow_losses::{LpipsPreset, PremetricConfig};
+use slimflow_losses::{LpipsPreset, ObjectiveSpec, PremetricConfig};
 use slimflow_models::ArchConfig;
 use slimflow_schedules::{Anneal, TimeDist};
 
@@ -71,6 +71,21 @@ training_section! {
 }
 
 impl ReflowConfig {
+    /// The objective: LPIPS-Huber when configured, else the premetric on the velocity.
+    pub fn objective(&self) -> ObjectiveSpec {
+        match self.lpips_huber {
+            Some(l) => ObjectiveSpec::LpipsHuber {
+                time: self.time,
+                lpips: l.lpips,
+                divide_by_one_minus_t: l.divide_by_one_minus_t,
+            },
+            None => ObjectiveSpec::Rf {
+                time: self.time,
+                premetric: self.premetric,
+            },
+        }
+    }
+
     /// Every problem of the section, as `key: message` (whether `init` suits the student is
     /// checked with the whole config).
     pub fn problems(&self) -> Vec<String> {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use slimflow_losses::PremetricConfig;
+use slimflow_losses::{ObjectiveSpec, PremetricConfig};
 use slimflow_schedules::TimeDist;
 
 use super::training::training_section;
@@ -22,6 +22,14 @@ training_section! {
 }
 
 impl TrainConfig {
+    /// The objective: the premetric on the velocity (1-RF).
+    pub fn objective(&self) -> ObjectiveSpec {
+        ObjectiveSpec::Rf {
+            time: self.time,
+            premetric: self.premetric,
+        }
+    }
+
     /// Every problem of the section, as `key: message`.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();

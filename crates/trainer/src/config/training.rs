@@ -55,6 +55,9 @@ pub trait Training {
     fn training_problems(&self, section: &str) -> Vec<String> {
         let mut p = Vec::new();
         let (bs, o) = (self.batch_size(), self.optim());
+        let msg =
+            "must be positive (with 0 steps the stage would mark an untrained model complete)";
+        check(&mut p, &format!("{section}.steps"), self.steps() > 0, msg);
         check(
             &mut p,
             &format!("{section}.batch_size"),

@@ -3,13 +3,13 @@
 //! `premetric_weight`·premetric [+ weight·LPIPS] (SlimFlow on CIFAR-10: LPIPS alone).
 
 use serde_json::json;
-use slimflow_losses::{Distill, FlowGuided, Premetric, Weighted};
+use slimflow_losses::{Distill, FlowGuided};
 use slimflow_models::Model;
 
 use crate::error::Result;
 use crate::run_dir::{run_stage, StageCtx, StageOutcome};
 use crate::run_loop::{self, LoopSettings};
-use crate::stage::{input, lpips, stage_seed, training_outcome, PairSource, SourceNoise};
+use crate::stage::{build, input, stage_seed, training_outcome, PairSource, SourceNoise};
 
 /// Runs (or resumes, or skips) the stage.
 pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
@@ -40,14 +40,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         teacher.vs.freeze();
         let pairs = PairSource::open(&pairs_json, ctx.device, student.config())?;
         let source = SourceNoise(&cfg.data.source);
-        let perceptual = dc.lpips.map(|l| lpips(l.preset, ctx.device)).transpose()?;
-        let mut distance = Weighted::default();
-        if dc.premetric_weight > 0.0 {
-            distance = distance.with(dc.premetric_weight, &dc.premetric);
-        }
-        if let (Some(net), Some(term)) = (&perceptual, dc.lpips) {
-            distance = distance.with(term.weight, net as &dyn Premetric);
-        }
+        let distance = build(dc.distance().build(ctx.device))?;
         let guide = (dc.flow_guided_weight > 0.0).then(|| {
             (
                 FlowGuided {
@@ -102,6 +95,5 @@ pub(crate) fn work(cfg: &crate::PipelineConfig) -> String {
 
 /// An LPIPS term needs the LPIPS weights.
 pub(crate) fn preflight(cfg: &crate::PipelineConfig) -> Vec<crate::stage::Need> {
-    let lpips = crate::stage::Need::Weights(slimflow_weights::Net::LpipsVgg, "LPIPS loss");
-    cfg.distill.lpips.map(|_| lpips).into_iter().collect()
+    crate::stage::loss_needs(cfg.distill.distance().weights())
 }

@@ -18,7 +18,7 @@ use rand_chacha::ChaCha20Rng;
 use serde_json::json;
 use slimflow_data::images::DatasetSpec;
 use slimflow_data::{seeded_labels, seeded_source};
-use slimflow_metrics::features::{standin_for, FeatureNet};
+use slimflow_metrics::features::{choose, FeatureNet, FeatureRequest};
 use slimflow_metrics::fid::{FeatureStats, GaussianStats};
 use slimflow_metrics::report::{self, ModelReport};
 use slimflow_metrics::{
@@ -272,41 +272,33 @@ fn log_row(row: &ModelReport) {
 /// The feature network chosen by `eval.features`.
 fn feature_net(ctx: &StageCtx, spec: &str) -> Result<FeatureNet> {
     let ec = &ctx.config.eval;
-    let inception = || -> Result<FeatureNet> {
-        let path = slimflow_weights::locate(slimflow_weights::Net::Inception, None)
-            .map_err(|e| Error::Invalid(format!("eval.features = inception: {e}")))?;
-        let net = slimflow_metrics::inception::FidInception::load(&path, ctx.device)?;
-        Ok(FeatureNet::Inception(Box::new(net)))
+    let cache = slimflow_weights::default_dir();
+    let request = FeatureRequest {
+        choice: ec.features,
+        inception_weights: None,
+        standin_spec: spec,
+        standin_steps: ec.standin_steps,
+        cache_dir: &cache,
     };
-    let standin = || -> Result<FeatureNet> {
-        let cache = slimflow_weights::default_dir();
-        let (net, acc) = standin_for(spec, &cache, ec.standin_steps, ctx.device)?;
-        if let Some(acc) = acc {
-            tracing::info!(
-                "eval: trained the stand-in classifier on {spec}: held-out accuracy {:.1}%",
-                acc * 100.0
-            );
+    let chosen = choose(&request, ctx.device).map_err(|e| match e {
+        slimflow_metrics::Error::NotInstalled(e) => {
+            Error::Invalid(format!("eval.features = inception: {e}"))
         }
-        Ok(FeatureNet::Standin {
-            net,
-            spec: spec.to_string(),
-        })
-    };
-    match ec.features {
-        FeatureChoice::Inception => inception(),
-        FeatureChoice::Standin => standin(),
-        FeatureChoice::Auto => {
-            if slimflow_weights::locate(slimflow_weights::Net::Inception, None).is_ok() {
-                inception()
-            } else {
-                tracing::info!(
-                    "eval: no Inception weights (`slimflow weights fetch inception`); using the \
-                     stand-in classifier, reported as FD-standin"
-                );
-                standin()
-            }
-        }
+        e => e.into(),
+    })?;
+    if chosen.inception_missing {
+        tracing::info!(
+            "eval: no Inception weights (`slimflow weights fetch inception`); using the \
+             stand-in classifier, reported as FD-standin"
+        );
     }
+    if let Some(acc) = chosen.standin_accuracy {
+        tracing::info!(
+            "eval: trained the stand-in classifier on {spec}: held-out accuracy {:.1}%",
+            acc * 100.0
+        );
+    }
+    Ok(chosen.net)
 }
 
 /// Images as they would be saved: clamped to [-1, 1] and quantised to 8 bits.

@@ -1,6 +1,9 @@
 //! Stage `generate-pairs`: z from the source (`data.source`, N(0, I) by default) drawn per pair from
 //! its seed, x1 = ODE solve of the teacher from eps to 1 (reference: RK45, rtol = atol = 1e-5),
 //! written shard by shard so that an interrupted or killed run resumes at the first missing shard.
+//! An interrupt request stops within one batch (the unfinished shard is dropped, finished ones are
+//! kept). Each run first checks the shards on disk against their SHA-256: damaged ones are removed
+//! and regenerated (deterministically, from their seeds), even in a stage marked complete.
 //! `from_data` integrates real samples backwards instead, and `import` takes reference pairs
 //! (SlimFlow's `z0.npy` / `z1.npy`, rfpp's `z.zip` / `samples.zip`) as they are.
 //!
@@ -17,7 +20,7 @@ use tch::Tensor;
 use crate::config::{PairDirection, PairLabels, Target};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::run_dir::{run_stage, sha256_file, StageCtx, StageOutcome};
+use crate::run_dir::{run_stage, run_stage_checked, sha256_file, StageCtx, StageOutcome};
 use crate::stage::{check_dataset_labels, check_pair_labels, image_set, input};
 
 /// One target sample per seed, each from its own generator (so pair j is the same at any batch or
@@ -90,7 +93,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     if !crate::config::is_standard(source) {
         hash["source"] = json!(source);
     }
-    run_stage(ctx, "generate-pairs", hash, |dir| {
+    run_stage_checked(ctx, "generate-pairs", hash, remove_damaged, |dir| {
         let mut teacher = Model::load(&teacher_path, ctx.device)?;
         teacher.set_precision(cfg.precision);
         let shape = teacher.config().data_shape();
@@ -151,6 +154,13 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             let (mut zs, mut xs, mut ls) = (Vec::new(), Vec::new(), Vec::new());
             let mut nfe = 0;
             for chunk in seeds.chunks(cfg.batch_size) {
+                if crate::interrupt::requested() {
+                    progress.finish();
+                    tracing::info!(
+                        "generate-pairs: interrupted in shard {shard}; run again to resume"
+                    );
+                    return Ok(StageOutcome::Interrupted);
+                }
                 let labels = match (label_source, &data) {
                     (None, _) => None,
                     (Some(PairLabels::Random), _) => {
@@ -199,6 +209,22 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         dir.output("pairs", "pairs");
         Ok(StageOutcome::Completed)
     })
+}
+
+/// Removes the shards under `<stage_dir>/pairs` whose bytes no longer match their SHA-256, so that
+/// the run regenerates them; whether none was damaged.
+fn remove_damaged(stage_dir: &std::path::Path) -> Result<bool> {
+    let pairs = stage_dir.join("pairs");
+    if !pairs.join("pairs.json").is_file() {
+        return Ok(true);
+    }
+    let store = PairStore::open(&pairs)?;
+    let damaged = store.damaged_shards();
+    for (i, e) in &damaged {
+        tracing::warn!("{e}: removing shard {i} to regenerate it");
+        store.remove_shard(*i)?;
+    }
+    Ok(damaged.is_empty())
 }
 
 /// The reference pairs in `src` as the stage's store, checked against the student's sample shape:

@@ -206,8 +206,9 @@ pub(crate) enum PairSource {
 }
 
 impl PairSource {
-    /// Opens the store next to `pairs_json`, verifying sizes, and checks that its labels fit the
-    /// `student` (labels exactly when it is class-conditional, within its classes).
+    /// Opens the store next to `pairs_json`, verifying every shard against its SHA-256 (a damaged
+    /// shard is an error naming it), and checks that its labels fit the `student` (labels exactly
+    /// when it is class-conditional, within its classes).
     pub(crate) fn open(
         pairs_json: &std::path::Path,
         device: tch::Device,
@@ -215,6 +216,7 @@ impl PairSource {
     ) -> Result<Self> {
         let dir = pairs_json.parent().unwrap_or(std::path::Path::new("."));
         let store = PairStore::open(dir)?;
+        store.verify(slimflow_data::Verify::Full)?;
         let m = store.manifest();
         check_pair_labels(m.num_classes, student.label_dim(), dir)?;
         let bytes = m.count * m.sample_numel() as u64 * 8;
@@ -368,14 +370,20 @@ pub(crate) fn image_set(
 
 /// The VGG LPIPS network of `preset`, from the installed weights (`slimflow weights fetch
 /// lpips-vgg`); a missing file is an error naming the commands that provide it.
-pub(crate) fn lpips(
-    preset: crate::config::LpipsPreset,
-    device: tch::Device,
-) -> Result<slimflow_losses::Lpips> {
-    slimflow_losses::Lpips::from_installed(preset.config(), device).map_err(|e| match e {
+/// A loss built by `slimflow-losses`; missing LPIPS weights become a config-level error naming
+/// the commands that install them.
+pub(crate) fn build<T>(built: slimflow_losses::Result<T>) -> Result<T> {
+    built.map_err(|e| match e {
         slimflow_losses::Error::NotInstalled(e) => Error::Invalid(format!("LPIPS loss: {e}")),
         e => e.into(),
     })
+}
+
+/// The preflight needs of a loss's pretrained networks.
+pub(crate) fn loss_needs(nets: Vec<slimflow_weights::Net>) -> Vec<Need> {
+    nets.into_iter()
+        .map(|net| Need::Weights(net, "LPIPS loss"))
+        .collect()
 }
 
 /// Mixes `beta`-scaled fresh noise into the pair noise: SlimFlow's annealed z' (no draw when β = 0).
@@ -419,7 +427,7 @@ pub fn hflip(x: &Tensor, flip: &Tensor) -> Tensor {
     }
 }
 
-/// SlimFlow's per-batch flip from one uniform draw u ∈ [0, 1): a [n] boolean mask, all set when
+/// SlimFlow's per-batch flip from one uniform draw u ∈ [0, 1): a \[n\] boolean mask, all set when
 /// u > ½ (`np.random.rand() > 0.5`), none otherwise.
 pub fn batch_flips(u: f64, n: usize, device: tch::Device) -> Tensor {
     Tensor::full([n as i64], i64::from(u > 0.5), (Kind::Int64, device)).to_kind(Kind::Bool)

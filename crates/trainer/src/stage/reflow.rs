@@ -7,7 +7,6 @@
 //! once as SlimFlow does).
 
 use serde_json::json;
-use slimflow_losses::{LpipsHuber, Objective, Rf};
 use slimflow_models::Model;
 
 use rand::Rng;
@@ -17,7 +16,7 @@ use crate::error::Result;
 use crate::run_dir::{run_stage, StageCtx, StageOutcome};
 use crate::run_loop::{self, LoopSettings};
 use crate::stage::{
-    anneal_noise, batch_flips, coin_flips, hflip, input, lpips, stage_seed, training_outcome,
+    anneal_noise, batch_flips, build, coin_flips, hflip, input, stage_seed, training_outcome,
     PairSource,
 };
 
@@ -67,26 +66,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             rc.init
         );
         let pairs = PairSource::open(&pairs_json, ctx.device, &student_arch)?;
-        let perceptual = rc
-            .lpips_huber
-            .map(|l| lpips(l.lpips, ctx.device))
-            .transpose()?;
-        let rf = Rf {
-            time: rc.time,
-            premetric: rc.premetric,
-        };
-        let lpips_huber = match (&perceptual, rc.lpips_huber) {
-            (Some(net), Some(l)) => Some(LpipsHuber {
-                lpips: net,
-                time: rc.time,
-                divide_by_one_minus_t: l.divide_by_one_minus_t,
-            }),
-            _ => None,
-        };
-        let objective: &dyn Objective = match &lpips_huber {
-            Some(o) => o,
-            None => &rf,
-        };
+        let objective = build(rc.objective().build(ctx.device))?;
         let device = ctx.device;
         let mut batches = |rng: &mut rand_chacha::ChaCha20Rng, step: u64| {
             let mut batch = pairs.batch(rc.batch_size, rng)?;
@@ -110,7 +90,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             seed: stage_seed(cfg.seed, 12),
             label: "reflow",
         };
-        let end = run_loop::train(&dir.path, &mut model, &settings, objective, &mut batches)?;
+        let end = run_loop::train(&dir.path, &mut model, &settings, &*objective, &mut batches)?;
         dir.output("pairs_sha256", pairs_sha.clone());
         Ok(training_outcome(dir, end))
     })
@@ -118,10 +98,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
 
 /// The stage's work: the student, its initialisation and loss, and its training samples.
 pub(crate) fn work(cfg: &crate::PipelineConfig) -> String {
-    let loss = match cfg.reflow.lpips_huber {
-        Some(_) => "LPIPS-Huber".to_string(),
-        None => format!("{:?}", cfg.reflow.premetric),
-    };
+    let loss = cfg.reflow.objective().describe();
     format!(
         "2-RF {} ({:?} init, {loss}): {}",
         cfg.student_arch().name(),
@@ -132,6 +109,5 @@ pub(crate) fn work(cfg: &crate::PipelineConfig) -> String {
 
 /// The LPIPS-Huber loss needs the LPIPS weights.
 pub(crate) fn preflight(cfg: &crate::PipelineConfig) -> Vec<crate::stage::Need> {
-    let lpips = crate::stage::Need::Weights(slimflow_weights::Net::LpipsVgg, "LPIPS loss");
-    cfg.reflow.lpips_huber.map(|_| lpips).into_iter().collect()
+    crate::stage::loss_needs(cfg.reflow.objective().weights())
 }

@@ -50,12 +50,47 @@ pub enum SampleClasses {
 /// Columns of the per-class grid of [`SampleClasses::All`].
 const CLASS_GRID_COLUMNS: usize = 8;
 
-/// Draws the samples; returns the NFE used.
+/// Refuses an output path that could overwrite a run's files: one inside a stage directory (any
+/// directory with a stage manifest, or `<run>/<stage>` of this run) or the model being sampled.
+fn check_output(ctx: &StageCtx, out: &std::path::Path, model: &std::path::Path) -> Result<()> {
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let real = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| abs(p));
+    let refuse = |why: String| {
+        Err(Error::Invalid(format!(
+            "--out {}: {why}; write the samples outside the run's stage directories",
+            out.display()
+        )))
+    };
+    if real(out) == real(model) {
+        return refuse(format!("is the model being sampled ({})", model.display()));
+    }
+    if let Some(dir) = crate::run_dir::stage_dir_containing(out) {
+        return refuse(format!(
+            "is inside the stage directory {}, whose checkpoints and model it could overwrite",
+            dir.display()
+        ));
+    }
+    let out_dir = real(abs(out).parent().unwrap_or(std::path::Path::new("/")));
+    for stage in crate::stage::STAGES {
+        let dir = real(&ctx.stage_path(stage.name));
+        if out_dir.starts_with(&dir) {
+            return refuse(format!(
+                "is inside the stage directory {} of this run",
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Draws the samples; returns the NFE used. An output path inside a stage directory of a run is
+/// refused.
 pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
     let path = req
         .checkpoint
         .clone()
         .unwrap_or_else(|| ctx.stage_path(&req.stage).join("model.safetensors"));
+    check_output(ctx, &req.out, &path)?;
     if !path.exists() {
         return Err(Error::BadCheckpoint {
             path,

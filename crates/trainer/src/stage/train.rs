@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use slimflow_data::loader::{Loader, LoaderConfig, Position};
-use slimflow_losses::{normal_tensor, Batch, Rf};
+use slimflow_losses::{normal_tensor, Batch};
 use slimflow_models::import::{import, ImportOptions, ImportSource};
 use slimflow_models::{checkpoint, Model};
 
@@ -15,7 +15,7 @@ use crate::config::{Target, TeacherConfig};
 use crate::error::{Error, Result};
 use crate::run_dir::{run_stage, sha256_file, StageCtx, StageDir, StageOutcome};
 use crate::run_loop::{self, LoopSettings};
-use crate::stage::{check_dataset_labels, image_set, stage_seed, training_outcome};
+use crate::stage::{build, check_dataset_labels, image_set, stage_seed, training_outcome};
 
 /// Runs (or resumes, or skips) the stage.
 pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
@@ -28,10 +28,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         tch::manual_seed(stage_seed(cfg.seed, 1) as i64);
         let mut model = Model::new(&cfg.model, ctx.device)?;
         tracing::info!("train: 1-RF with {} parameters", model.num_params());
-        let objective = Rf {
-            time: cfg.train.time,
-            premetric: cfg.train.premetric,
-        };
+        let objective = build(cfg.train.objective().build(ctx.device))?;
         let (n, device) = (cfg.train.batch_size, ctx.device);
         let target = cfg.data.resolve().map_err(Error::Invalid)?;
         let images = match &target {
@@ -92,7 +89,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             seed: stage_seed(cfg.seed, 11),
             label: "train",
         };
-        let end = run_loop::train(&dir.path, &mut model, &settings, &objective, &mut batches)?;
+        let end = run_loop::train(&dir.path, &mut model, &settings, &*objective, &mut batches)?;
         Ok(training_outcome(dir, end))
     })
 }

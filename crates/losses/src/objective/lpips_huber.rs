@@ -8,19 +8,19 @@
 
 use rand::RngCore;
 use slimflow_sampling::Network;
-use slimflow_schedules::{x1_from_velocity, RectifiedPath, TimeDist};
+use slimflow_schedules::{x1_from_velocity, TimeDist};
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
 use crate::lpips::Lpips;
-use crate::objective::{draw_times, Batch, LossTerms, Objective};
+use crate::objective::{draw_times, velocity_on_path, Batch, LossTerms, Objective};
 use crate::premetric::{Premetric, PremetricConfig};
 
 /// The LPIPS-Huber reflow objective.
 #[derive(Debug)]
-pub struct LpipsHuber<'a> {
+pub struct LpipsHuber {
     /// The (frozen) perceptual network.
-    pub lpips: &'a Lpips,
+    pub lpips: Lpips,
     /// Training-time distribution (rfpp: U-shaped, a = 4).
     pub time: TimeDist,
     /// Divide the LPIPS term by (1 − t) (rfpp's "divide by t" option, in its t_r).
@@ -49,20 +49,14 @@ pub fn lpips_huber_terms(
     Ok((huber, perceptual))
 }
 
-impl Objective for LpipsHuber<'_> {
-    fn loss(
-        &self,
-        student: &dyn Network,
-        batch: &Batch,
-        rng: &mut dyn RngCore,
-    ) -> Result<LossTerms> {
-        let t = draw_times(&self.time, batch, rng)?;
-        let path = RectifiedPath.sample(&batch.x0, &batch.x1, &t);
-        let v_hat = student.forward_t(&path.x_t, &t, batch.labels.as_ref(), true);
+impl LpipsHuber {
+    /// The loss at given times t: [B] (the draws of [`Objective::loss`], made explicit).
+    pub fn loss_at(&self, student: &dyn Network, batch: &Batch, t: &Tensor) -> Result<LossTerms> {
+        let (path, v_hat) = velocity_on_path(student, batch, t)?;
         let (huber, perceptual) = lpips_huber_terms(
-            self.lpips,
+            &self.lpips,
             &path.x_t,
-            &t,
+            t,
             &v_hat,
             &path.v,
             &batch.x1,
@@ -76,6 +70,18 @@ impl Objective for LpipsHuber<'_> {
             ],
             total,
         })
+    }
+}
+
+impl Objective for LpipsHuber {
+    fn loss(
+        &self,
+        student: &dyn Network,
+        batch: &Batch,
+        rng: &mut dyn RngCore,
+    ) -> Result<LossTerms> {
+        let t = draw_times(&self.time, batch, rng)?;
+        self.loss_at(student, batch, &t)
     }
 }
 
