@@ -30,6 +30,14 @@ use crate::error::{Error, Result};
 use crate::run_dir::{sha256_file, StageCtx, StageDir, StageOutcome};
 use crate::run_loop::LoopEnd;
 
+/// The pair store, read by the stages that train on pairs.
+const PAIR_STORE: Input = Input {
+    producer: "generate-pairs",
+    file: "pairs/pairs.json",
+    what: "the pair store",
+    when: None,
+};
+
 /// The stages in pipeline order: the one table that the CLI, plan, preflight, summary, `eval` and
 /// `cargo xtask` follow. A new stage is its module above, a row here and its config section.
 pub static STAGES: &[Stage] = &[
@@ -72,12 +80,7 @@ pub static STAGES: &[Stage] = &[
         section: "reflow",
         about: "Train the 2-rectified flow on the teacher's pairs (optionally Annealing Reflow)",
         inputs: &[
-            Input {
-                producer: "generate-pairs",
-                file: "pairs/pairs.json",
-                what: "the pair store",
-                when: None,
-            },
+            PAIR_STORE,
             Input {
                 producer: "train",
                 file: "model.safetensors",
@@ -101,12 +104,7 @@ pub static STAGES: &[Stage] = &[
         section: "distill",
         about: "Distil the 2-rectified flow into a one-step generator (optionally flow-guided)",
         inputs: &[
-            Input {
-                producer: "generate-pairs",
-                file: "pairs/pairs.json",
-                what: "the pair store",
-                when: None,
-            },
+            PAIR_STORE,
             Input {
                 producer: "reflow",
                 file: "model.safetensors",
