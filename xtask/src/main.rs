@@ -3,6 +3,7 @@
 //! xtask does not link libtorch: it installs it, then drives `cargo` and the `slimflow` binary, and
 //! reads the manifests and reports those write. It never reimplements a stage.
 
+mod gpu_check;
 mod pipeline;
 mod recipes;
 mod setup;
@@ -72,6 +73,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Check a build on this machine: the CUDA tests (when a GPU is visible), the parity cases and
+    /// the `slimflow bench` table (CPU: small sizes, CUDA: the recipes'), into one JSON report.
+    GpuCheck(gpu_check::GpuCheckArgs),
     /// Run every stage of a config in order, skipping complete stages and resuming a partial one.
     Pipeline {
         /// Pipeline config, e.g. configs/toy/checkerboard.toml.
@@ -133,7 +137,8 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+/// `cargo`, as the one running xtask.
+pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
@@ -208,6 +213,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             run(cargo()
                 .args(["bench", "--workspace", "--bench", "*", "--"])
                 .args(&args))
+        }
+        Cmd::GpuCheck(args) => {
+            setup::ensure()?;
+            gpu_check::run(&args)
         }
         Cmd::Pipeline {
             config,

@@ -12,6 +12,7 @@ use clap::{Args, FromArgMatches, Subcommand};
 use slimflow_trainer::stage::{Stage, STAGES};
 
 use commands::{
+    bench::BenchArgs,
     data::DataArgs,
     fid::{FidArgs, FidRefArgs},
     import::ImportArgs,
@@ -53,6 +54,10 @@ enum Command {
     /// Compare our networks and functions with reference vectors: per case max abs/rel error and
     /// PASS/FAIL by the case's tolerance; exit 1 on any failure.
     Parity(ParityArgs),
+    /// Time a stage's whole training step (or pair generation, or evaluation sampling) through
+    /// the stages' own code on synthetic pairs, beside a plain tch loop: ms/step, images/s, peak
+    /// memory, the share of each phase.
+    Bench(BenchArgs),
 }
 
 /// `slimflow … | head` closes stdout early; Rust's print macros then panic. Exit quietly with the
@@ -195,6 +200,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Weights(a) => commands::weights::run(&a),
         Command::Models(a) => commands::models::run(&a),
         Command::Parity(a) => commands::parity::run(&a),
+        Command::Bench(a) => commands::bench::run(&a),
     }
 }
 

@@ -27,8 +27,7 @@ pub enum Action {
 
 /// Keep-last-N policy: save every `every` steps and at `final_step`, keep the newest `keep` states.
 pub fn plan(step: u64, final_step: u64, every: u64, keep: usize, existing: &[u64]) -> Vec<Action> {
-    let due = step == final_step || (every > 0 && step % every == 0);
-    if !due {
+    if !due(step, final_step, every) {
         return Vec::new();
     }
     let mut actions = vec![Action::Save(step)];
@@ -40,6 +39,11 @@ pub fn plan(step: u64, final_step: u64, every: u64, keep: usize, existing: &[u64
         actions.extend(all[..all.len() - keep].iter().map(|&s| Action::Delete(s)));
     }
     actions
+}
+
+/// Whether a state is due after `step`: every `every` steps and at `final_step`.
+pub fn due(step: u64, final_step: u64, every: u64) -> bool {
+    step == final_step || (every > 0 && step % every == 0)
 }
 
 /// Everything needed to continue a run exactly.
@@ -61,6 +65,27 @@ pub struct TrainState {
     pub rng: ChaCha20Rng,
     /// The student's architecture.
     pub arch: ArchConfig,
+}
+
+impl TrainState {
+    /// The first tensor holding NaN or infinite values, as `param.NAME`, `ema.NAME`,
+    /// `adam_m.NAME` or `adam_v.NAME`.
+    pub fn non_finite(&self) -> Option<String> {
+        let groups: [(&str, Vec<&Tensor>); 4] = [
+            ("param", self.params.iter().map(|p| &p.1).collect()),
+            ("ema", self.ema.iter().collect()),
+            ("adam_m", self.adam_m.iter().collect()),
+            ("adam_v", self.adam_v.iter().collect()),
+        ];
+        for (prefix, values) in groups {
+            for ((name, _), t) in self.params.iter().zip(values) {
+                if t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0 {
+                    return Some(format!("{prefix}.{name}"));
+                }
+            }
+        }
+        None
+    }
 }
 
 /// Path of the state at `step`.
@@ -212,20 +237,8 @@ pub fn load_state(path: &Path, names: &[String]) -> Result<TrainState> {
         s.adam_m.push(get("adam_m", name)?);
         s.adam_v.push(get("adam_v", name)?);
     }
-    for (prefix, values) in [
-        ("param", s.params.iter().map(|p| &p.1).collect::<Vec<_>>()),
-        ("ema", s.ema.iter().collect()),
-        ("adam_m", s.adam_m.iter().collect()),
-        ("adam_v", s.adam_v.iter().collect()),
-    ] {
-        for (name, t) in names.iter().zip(values) {
-            let finite = !t.is_floating_point() || t.isfinite().all().int64_value(&[]) != 0;
-            if !finite {
-                return Err(bad(format!(
-                    "`{prefix}.{name}` holds NaN or infinite values"
-                )));
-            }
-        }
+    if let Some(tensor) = s.non_finite() {
+        return Err(bad(format!("`{tensor}` holds NaN or infinite values")));
     }
     Ok(s)
 }

@@ -50,6 +50,16 @@ pub enum Error {
         /// The newest intact checkpoint.
         checkpoint: Option<PathBuf>,
     },
+    /// A state about to be saved holds NaN or infinite values (the loss stayed finite).
+    #[error("step {step}: `{tensor}` holds NaN or infinite values; the run stopped without saving it or deleting older states. Last good checkpoint: {}", checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none yet".into()))]
+    NonFiniteState {
+        /// The step.
+        step: u64,
+        /// The first non-finite tensor, `param.NAME`, `ema.NAME`, `adam_m.NAME` or `adam_v.NAME`.
+        tensor: String,
+        /// The newest intact checkpoint.
+        checkpoint: Option<PathBuf>,
+    },
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -11,6 +11,7 @@
 //! the interrupt check. All randomness comes from one ChaCha20 generator saved with each checkpoint,
 //! so a run killed and resumed ends with the same parameters as an uninterrupted one.
 
+pub mod bench;
 pub mod checkpointing;
 pub mod config;
 pub mod ema;

@@ -184,7 +184,15 @@ pub fn train_with(
         tch::manual_seed((settings.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
         let (batch, extra) = next_batch(&mut st.rng, step)?;
         zero_grad(&st.params);
-        let pass = backward(model, objective, &batch, accumulate, &scale, &mut st.rng)?;
+        let pass = backward(
+            model,
+            objective,
+            &batch,
+            accumulate,
+            &scale,
+            &mut st.rng,
+            None,
+        )?;
         let (loss, parts) = match pass {
             Pass::Done { loss, parts } => (loss, parts),
             Pass::NonFinite(value) => {
@@ -343,16 +351,23 @@ fn backward(
     accumulate: usize,
     scale: &LossScale,
     rng: &mut ChaCha20Rng,
+    mut clock: Option<&mut PhaseClock>,
 ) -> Result<Pass> {
     let mut loss = 0.0;
     let mut parts: Vec<(&'static str, f64)> = Vec::new();
     for micro in split(batch, accumulate) {
         let terms = tch::autocast(scale.enabled, || objective.loss(model, &micro, rng))?;
         let value = terms.total.double_value(&[]);
+        if let Some(c) = clock.as_deref_mut() {
+            c.phases.forward += c.lap();
+        }
         if !value.is_finite() {
             return Ok(Pass::NonFinite(value));
         }
         (terms.total.to_kind(tch::Kind::Float) * (scale.value / accumulate as f64)).backward();
+        if let Some(c) = clock.as_deref_mut() {
+            c.phases.backward += c.lap();
+        }
         loss += value / accumulate as f64;
         for (k, v) in terms.parts {
             match parts.iter_mut().find(|(name, _)| *name == k) {
@@ -362,6 +377,116 @@ fn backward(
         }
     }
     Ok(Pass::Done { loss, parts })
+}
+
+/// Wall time of one training step's phases, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepPhases {
+    /// Drawing the batch (t, noise, pairs, annealing, flips) and zeroing the gradients.
+    pub batch: f64,
+    /// The objective's forward passes (student, teacher, LPIPS) and the loss read-back.
+    pub forward: f64,
+    /// The backward passes.
+    pub backward: f64,
+    /// Loss-scale check, guard, clip, Adam and the EMA.
+    pub update: f64,
+}
+
+impl StepPhases {
+    /// The whole step.
+    pub fn total(&self) -> f64 {
+        self.batch + self.forward + self.backward + self.update
+    }
+}
+
+/// Times consecutive phases of a step, waiting for the device's queued work at each boundary.
+pub(crate) struct PhaseClock {
+    device: tch::Device,
+    last: std::time::Instant,
+    pub(crate) phases: StepPhases,
+}
+
+impl PhaseClock {
+    pub(crate) fn new(device: tch::Device) -> Self {
+        synchronize(device);
+        PhaseClock {
+            device,
+            last: std::time::Instant::now(),
+            phases: StepPhases::default(),
+        }
+    }
+
+    /// Seconds since the previous lap (or the start), once the device is idle.
+    pub(crate) fn lap(&mut self) -> f64 {
+        synchronize(self.device);
+        let now = std::time::Instant::now();
+        let dt = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        dt
+    }
+}
+
+/// Waits for the work queued on `device` (nothing to wait for on the CPU).
+pub(crate) fn synchronize(device: tch::Device) {
+    if let tch::Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Runs `warmup + steps` training steps of `model` exactly as [`train_with`] does (the same batch
+/// function, objective, micro-batching, loss scale, guard, clip, Adam and EMA), without resuming,
+/// logging or checkpointing, and returns the phase times of the last `steps`.
+pub fn timed_steps(
+    model: &mut Model,
+    settings: &LoopSettings<'_>,
+    objective: &dyn Objective,
+    next_batch: &mut BatchFn<'_>,
+    warmup: u64,
+    steps: u64,
+) -> Result<Vec<StepPhases>> {
+    let mut st = LoopState::new(model, settings);
+    let accumulate = settings.optim.accumulate.max(1);
+    let device = model.vs.device();
+    let amp = settings.optim.autocast && device.is_cuda();
+    let mut scale = LossScale::new(amp, settings.optim);
+    let mut out = Vec::with_capacity(steps as usize);
+    for step in 0..warmup + steps {
+        let mut clock = PhaseClock::new(device);
+        tch::manual_seed((settings.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
+        let (batch, _extra) = next_batch(&mut st.rng, step)?;
+        zero_grad(&st.params);
+        clock.phases.batch = clock.lap();
+        let pass = backward(
+            model,
+            objective,
+            &batch,
+            accumulate,
+            &scale,
+            &mut st.rng,
+            Some(&mut clock),
+        )?;
+        if let Pass::NonFinite(value) = pass {
+            return Err(Error::NonFiniteLoss {
+                step,
+                value,
+                checkpoint: None,
+            });
+        }
+        let stepped = scale.unscale(&st.params);
+        update(
+            &st.params,
+            &mut st.adam,
+            &mut st.ema,
+            settings.optim,
+            step,
+            stepped,
+        );
+        clock.phases.update = clock.lap();
+        if step >= warmup {
+            out.push(clock.phases);
+        }
+    }
+    Ok(out)
 }
 
 /// `batch` cut into `parts` equal micro-batches along the batch dimension.

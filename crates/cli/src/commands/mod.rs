@@ -1,5 +1,6 @@
 //! One module per subcommand: parse, load config, call the trainer.
 
+pub mod bench;
 pub mod data;
 pub mod fid;
 pub mod import;

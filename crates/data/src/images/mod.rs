@@ -317,9 +317,40 @@ impl DatasetSpec {
             })
     }
 
+    /// A lower bound of the bytes the loaded set holds, from the spec alone: `count` images
+    /// (shapes: 10 000 by default; other sources: at least one) of channels × side² bytes, with
+    /// side = `size` (or the shapes' size) plus twice `pad`, and 3 channels for shapes, 1 otherwise.
+    pub fn bytes_bound(&self) -> f64 {
+        let opt = |k: &str| -> Option<f64> { self.number(k).ok().flatten().map(|n| n as f64) };
+        let shapes = self.kind == "shapes";
+        let base = shapes
+            .then(|| self.arg.as_deref().unwrap_or("32").parse::<u64>().ok())
+            .flatten()
+            .map(|n| n as f64);
+        let side = opt("size").or(base).unwrap_or(0.0) + 2.0 * opt("pad").unwrap_or(0.0);
+        let count = opt("count").unwrap_or(if shapes { 10_000.0 } else { 1.0 });
+        let channels = if shapes { 3.0 } else { 1.0 };
+        count * channels * side * side
+    }
+
+    /// `Err` naming the spec when `bytes` exceed the process's memory limit.
+    fn check_memory(&self, what: &str, bytes: f64) -> Result<()> {
+        slimflow_memory::check_bytes(
+            &format!("dataset `{self}`: {what}"),
+            bytes,
+            slimflow_memory::limit_bytes(false),
+        )
+        .map_err(Error::Invalid)
+    }
+
     /// Loads the dataset (decoding in parallel), then applies `size` and `pad`.
+    ///
+    /// What the spec implies in memory is checked first ([`Self::bytes_bound`]), and what resizing
+    /// and padding imply once the images are counted, so an absurd `count`, `size` or `pad` is an
+    /// error naming it rather than an aborted allocation.
     pub fn load(&self) -> Result<ImageSet> {
         let test = self.test_split()?;
+        self.check_memory("holding its images", self.bytes_bound())?;
         let mut set = match self.kind.as_str() {
             "cifar10" => cifar::load(&self.path()?, test)?,
             "fashion-mnist" | "mnist" => {
@@ -385,9 +416,15 @@ impl DatasetSpec {
                     "dataset option size must be positive".into(),
                 ));
             }
+            // The resized images and their concatenation are both held.
+            let bytes = 2.0 * (set.len() * set.channels) as f64 * (size as f64).powi(2);
+            self.check_memory(&format!("resizing {} images to {size}", set.len()), bytes)?;
             set = set.resize(size);
         }
         if let Some(p) = self.number("pad")? {
+            let side = set.height.max(set.width) as f64 + 2.0 * p as f64;
+            let bytes = (set.len() * set.channels) as f64 * side * side;
+            self.check_memory(&format!("padding {} images by {p}", set.len()), bytes)?;
             set = set.pad(p);
         }
         set.name = self.to_string();

@@ -29,19 +29,33 @@ fn apply_override(doc: &mut toml_edit::DocumentMut, arg: &str) -> Result<(), Con
     if parts.iter().any(|p| p.is_empty()) {
         return Err(bad("empty key segment"));
     }
+    // `a.b` of `a.b.c=v` must be a table: name the first segment that is not, and what it is.
+    let not_table = |depth: usize, item: &toml_edit::Item| {
+        let what = match item {
+            toml_edit::Item::Value(v) => format!("{} `{}`", v.type_name(), v.to_string().trim()),
+            other => other.type_name().to_string(),
+        };
+        bad(&format!(
+            "`{}` is {what}, not a table that could hold `{}`",
+            parts[..depth].join("."),
+            parts[depth]
+        ))
+    };
     let mut item = doc.as_item_mut();
-    for part in &parts[..parts.len() - 1] {
-        let table = item
-            .as_table_like_mut()
-            .ok_or_else(|| bad(&format!("the parent of `{part}` is not a table")))?;
+    for (depth, part) in parts[..parts.len() - 1].iter().enumerate() {
+        if item.as_table_like().is_none() {
+            return Err(not_table(depth, item));
+        }
+        let table = item.as_table_like_mut().expect("checked above");
         if table.get(part).is_none() {
             table.insert(part, toml_edit::Item::Table(toml_edit::Table::new()));
         }
         item = table.get_mut(part).expect("just inserted");
     }
-    let table = item
-        .as_table_like_mut()
-        .ok_or_else(|| bad("parent is not a table"))?;
+    if item.as_table_like().is_none() {
+        return Err(not_table(parts.len() - 1, item));
+    }
+    let table = item.as_table_like_mut().expect("checked above");
     table.insert(
         parts[parts.len() - 1],
         toml_edit::Item::Value(parse_value(raw.trim())),
@@ -233,6 +247,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("--set train: "), "{err}");
+        // A key below a value set earlier names that value, not a vague parent.
+        let err = parse(MINIMAL, &["train=5", "train.steps=3"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--set train.steps=3")
+                && err.contains("`train` is integer `5`, not a table"),
+            "{err}"
+        );
+        let err = parse(MINIMAL, &["name.x.y=3"]).unwrap_err().to_string();
+        assert!(err.contains("`name` is string"), "{err}");
         let sets = [
             "train.optim={ lr = 1.0 }".to_string(),
             "train.optim.lr=\"x\"".into(),

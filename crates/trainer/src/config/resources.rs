@@ -130,31 +130,12 @@ impl PipelineConfig {
         mem
     }
 
-    /// A lower bound of the dataset's bytes in memory, from its spec: `count` images (shapes: 10 000
-    /// by default; other sources: at least one) of 3 × side² bytes, side = `size` (or the shapes'
-    /// size) plus twice `pad`.
+    /// A lower bound of the dataset's bytes in memory, from its spec.
     fn dataset_bytes(&self) -> Option<f64> {
-        let Ok(Target::Images(spec)) = self.data.resolve() else {
-            return None;
-        };
-        let opt = |k: &str| -> Option<f64> {
-            let v = spec.options.iter().rev().find(|(key, _)| key == k)?;
-            v.1.parse::<u64>().ok().map(|n| n as f64)
-        };
-        let shapes = spec.kind == "shapes";
-        let base = if shapes {
-            spec.arg
-                .as_deref()
-                .unwrap_or("32")
-                .parse::<u64>()
-                .ok()
-                .map(|n| n as f64)
-        } else {
-            None
-        };
-        let side = opt("size").or(base).unwrap_or(0.0) + 2.0 * opt("pad").unwrap_or(0.0);
-        let count = opt("count").unwrap_or(if shapes { 10_000.0 } else { 1.0 });
-        Some(count * 3.0 * side * side)
+        match self.data.resolve() {
+            Ok(Target::Images(spec)) => Some(spec.bytes_bound()),
+            _ => None,
+        }
     }
 }
 

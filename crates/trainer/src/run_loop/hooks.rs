@@ -183,6 +183,10 @@ impl Checkpoints {
 
 impl StepHook for Checkpoints {
     fn after_step(&mut self, view: &StepView<'_>) -> Result<()> {
+        // Only steps that save touch the file system.
+        if !checkpointing::due(view.step, view.steps, self.every) {
+            return Ok(());
+        }
         let existing = checkpointing::list_states(&self.dir);
         for action in
             checkpointing::plan(view.step, view.steps, self.every, self.keep_last, &existing)
@@ -193,6 +197,15 @@ impl StepHook for Checkpoints {
                         step: s,
                         ..view.train_state()
                     };
+                    // A diverged state must not push the good ones out of the keep-last window.
+                    if let Some(tensor) = state.non_finite() {
+                        let names: Vec<String> = state.params.iter().map(|p| p.0.clone()).collect();
+                        return Err(crate::Error::NonFiniteState {
+                            step: s,
+                            tensor,
+                            checkpoint: checkpointing::latest_good(&self.dir, &names).map(|g| g.0),
+                        });
+                    }
                     checkpointing::save_state(&self.dir, &state)?;
                 }
                 Action::Delete(s) => checkpointing::delete_state(&self.dir, s)?,
@@ -250,5 +263,50 @@ mod tests {
             .collect();
         written.sort();
         assert_eq!(written, ["step-0000002.png", "step-0000003.png"]);
+    }
+
+    #[test]
+    fn a_diverged_state_keeps_the_good_ones_and_stops_the_run() {
+        let arch = ArchConfig::preset("mlp-toy-small").unwrap();
+        let model = Model::new(&arch, Device::Cpu).unwrap();
+        let (names, params) = super::super::sorted_variables(&model);
+        let optim = crate::config::OptimConfig::default();
+        let (adam, ema) = (Adam::new(&optim, &params), Ema::new(0.9, false, &params));
+        let rng = ChaCha20Rng::seed_from_u64(0);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = CheckpointConfig {
+            every: 1,
+            keep_last: 1,
+            ..CheckpointConfig::default()
+        };
+        let mut hook = Checkpoints::new(dir.path(), &cfg);
+        let view = |step| StepView {
+            step,
+            steps: 10,
+            loss: 0.0,
+            record: None,
+            model: &model,
+            state: StateRef {
+                names: &names,
+                params: &params,
+                adam: &adam,
+                ema: &ema,
+                rng: &rng,
+                arch: &arch,
+            },
+        };
+        hook.after_step(&view(1)).unwrap();
+        assert_eq!(checkpointing::list_states(dir.path()), [1]);
+        tch::no_grad(|| {
+            let _ = params[0].shallow_clone().fill_(f64::NAN);
+        });
+        let e = hook.after_step(&view(2)).unwrap_err().to_string();
+        assert!(
+            e.contains("step 2") && e.contains(&format!("param.{}", names[0])),
+            "{e}"
+        );
+        assert!(e.contains("state-"), "names the last good state: {e}");
+        // The good state is still there and nothing was written for step 2.
+        assert_eq!(checkpointing::list_states(dir.path()), [1]);
     }
 }

@@ -10,6 +10,8 @@ mod sample;
 mod table;
 mod train;
 
+pub(crate) use reflow::mix_pairs;
+
 pub use distill::run as distill;
 pub use eval::run as eval;
 pub use generate_pairs::run as generate_pairs;

@@ -69,18 +69,8 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         let objective = build(rc.objective().build(ctx.device))?;
         let device = ctx.device;
         let mut batches = |rng: &mut rand_chacha::ChaCha20Rng, step: u64| {
-            let mut batch = pairs.batch(rc.batch_size, rng)?;
-            let (keep, beta) = rc.anneal.mix(step, rc.anneal_steps);
-            batch.x0 = anneal_noise(&batch.x0, keep, beta, source_std, rng);
-            let flip = match rc.hflip {
-                PairFlip::None => None,
-                PairFlip::PerSample => Some(coin_flips(rng, rc.batch_size, device)),
-                PairFlip::PerBatch => Some(batch_flips(rng.gen::<f64>(), rc.batch_size, device)),
-            };
-            if let Some(flip) = flip {
-                batch.x0 = hflip(&batch.x0, &flip);
-                batch.x1 = hflip(&batch.x1, &flip);
-            }
+            let batch = pairs.batch(rc.batch_size, rng)?;
+            let (batch, beta) = mix_pairs(rc, batch, step, source_std, device, rng);
             Ok((batch, vec![("beta", beta)]))
         };
         let settings = LoopSettings {
@@ -94,6 +84,31 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         dir.output("pairs_sha256", pairs_sha.clone());
         Ok(training_outcome(dir, end))
     })
+}
+
+/// A drawn batch of pairs as the stage trains on it: the pair noise annealed by β_step (fresh ε
+/// from the source's law), then (z', x1) flipped together as configured; returns the batch and β.
+pub(crate) fn mix_pairs(
+    rc: &crate::config::ReflowConfig,
+    mut batch: slimflow_losses::Batch,
+    step: u64,
+    source_std: f64,
+    device: tch::Device,
+    rng: &mut rand_chacha::ChaCha20Rng,
+) -> (slimflow_losses::Batch, f64) {
+    let n = batch.x0.size()[0] as usize;
+    let (keep, beta) = rc.anneal.mix(step, rc.anneal_steps);
+    batch.x0 = anneal_noise(&batch.x0, keep, beta, source_std, rng);
+    let flip = match rc.hflip {
+        PairFlip::None => None,
+        PairFlip::PerSample => Some(coin_flips(rng, n, device)),
+        PairFlip::PerBatch => Some(batch_flips(rng.gen::<f64>(), n, device)),
+    };
+    if let Some(flip) = flip {
+        batch.x0 = hflip(&batch.x0, &flip);
+        batch.x1 = hflip(&batch.x1, &flip);
+    }
+    (batch, beta)
 }
 
 /// The stage's work: the student, its initialisation and loss, and its training samples.

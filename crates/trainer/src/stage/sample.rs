@@ -91,6 +91,9 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
         .clone()
         .unwrap_or_else(|| ctx.stage_path(&req.stage).join("model.safetensors"));
     check_output(ctx, &req.out, &path)?;
+    if req.count == 0 {
+        return Err(Error::Invalid("--n 0: ask for at least one sample".into()));
+    }
     if !path.exists() {
         return Err(Error::BadCheckpoint {
             path,
@@ -121,6 +124,17 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
         }
         _ => {}
     }
+    // Samples and their noise are all held until written.
+    let per_class = if req.classes == SampleClasses::All {
+        classes.max(1)
+    } else {
+        1
+    };
+    let numel: f64 = shape.iter().map(|&d| d.max(0) as f64).product();
+    let bytes = 2.0 * 4.0 * numel * req.count as f64 * per_class as f64;
+    let limit = slimflow_models::size::memory_limit(ctx.device);
+    slimflow_models::size::check_bytes(&format!("--n {}", req.count), bytes, limit)
+        .map_err(Error::Invalid)?;
     let seeds: Vec<u64> = (0..req.count as u64).map(|i| req.seed + i).collect();
     // (seed, fixed class) per output sample, in output order
     let jobs: Vec<(u64, Option<i64>)> = match req.classes {

@@ -1,0 +1,280 @@
+// Native shim between slimflow-c10d and libtorch's c10d (TCPStore, ProcessGroupGloo, optionally
+// ProcessGroupNCCL) plus the autocast dtype setting.
+//
+// Conventions of every `sfc10d_*` entry point:
+// - It never lets a C++ exception cross the FFI boundary: each body runs inside `guarded`, which
+//   turns any exception into a heap-allocated, NUL-terminated message.
+// - It returns NULL on success and that message on failure; Rust frees it with `sfc10d_free`.
+// - Handles are opaque heap objects, created by `*_new` and destroyed by the matching `*_free`.
+// - Tensor arguments are `at::Tensor*` owned by the caller (tch's `Tensor::as_ptr`).
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef SLIMFLOW_C10D_NCCL
+#include <ATen/cuda/CUDAContext.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+namespace {
+
+struct StoreHandle {
+  c10::intrusive_ptr<c10d::Store> store;
+};
+
+struct GroupHandle {
+  c10::intrusive_ptr<c10d::Backend> backend;
+  std::chrono::milliseconds timeout;
+  int rank;
+};
+
+char* copy_message(const std::string& msg) {
+  char* out = static_cast<char*>(std::malloc(msg.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, msg.c_str(), msg.size() + 1);
+  }
+  return out;
+}
+
+// Runs `body`, mapping any exception to an owned message (NULL on success).
+template <typename F>
+char* guarded(F&& body) noexcept {
+  try {
+    body();
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return copy_message(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return copy_message(e.what());
+  } catch (...) {
+    return copy_message("unknown C++ exception");
+  }
+}
+
+void wait_work(const GroupHandle* g, const c10::intrusive_ptr<c10d::Work>& work) {
+  // Work::wait with a non-zero timeout throws when the deadline passes; a failed peer makes the
+  // work complete with an exception, which `wait` rethrows.
+  work->wait(g->timeout);
+}
+
+std::vector<at::Tensor> tensor_list(at::Tensor* const* tensors, size_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    out.push_back(*tensors[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
+extern "C" {
+
+void sfc10d_free(char* msg) { std::free(msg); }
+
+char* sfc10d_store_new(const char* host, uint16_t port, int64_t world_size, int is_master,
+                       int64_t timeout_ms, void** out) {
+  return guarded([&] {
+    c10d::TCPStoreOptions opts;
+    opts.port = port;
+    opts.isServer = is_master != 0;
+    opts.numWorkers = static_cast<size_t>(world_size);
+    opts.waitWorkers = true;
+    opts.timeout = std::chrono::milliseconds(timeout_ms);
+    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    *out = new StoreHandle{store};
+  });
+}
+
+void sfc10d_store_free(void* store) { delete static_cast<StoreHandle*>(store); }
+
+char* sfc10d_store_set(void* store, const char* key, const uint8_t* value, size_t len) {
+  return guarded([&] {
+    std::vector<uint8_t> bytes(value, value + len);
+    static_cast<StoreHandle*>(store)->store->set(std::string(key), bytes);
+  });
+}
+
+// `*out` receives a malloc'd buffer (freed with `sfc10d_free`), or NULL when the value is empty.
+char* sfc10d_store_get(void* store, const char* key, uint8_t** out, size_t* len) {
+  return guarded([&] {
+    std::vector<uint8_t> bytes = static_cast<StoreHandle*>(store)->store->get(std::string(key));
+    *len = bytes.size();
+    *out = nullptr;
+    if (!bytes.empty()) {
+      auto* buf = static_cast<uint8_t*>(std::malloc(bytes.size()));
+      if (buf == nullptr) {
+        throw std::bad_alloc();
+      }
+      std::memcpy(buf, bytes.data(), bytes.size());
+      *out = buf;
+    }
+  });
+}
+
+char* sfc10d_store_wait(void* store, const char* key, int64_t timeout_ms) {
+  return guarded([&] {
+    static_cast<StoreHandle*>(store)->store->wait({std::string(key)},
+                                                  std::chrono::milliseconds(timeout_ms));
+  });
+}
+
+char* sfc10d_store_add(void* store, const char* key, int64_t delta, int64_t* out) {
+  return guarded(
+      [&] { *out = static_cast<StoreHandle*>(store)->store->add(std::string(key), delta); });
+}
+
+char* sfc10d_gloo_new(void* store, int rank, int size, int64_t timeout_ms, const char* hostname,
+                      void** out) {
+  return guarded([&] {
+    auto timeout = std::chrono::milliseconds(timeout_ms);
+    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+    if (hostname != nullptr && hostname[0] != '\0') {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(hostname));
+    } else {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(static_cast<StoreHandle*>(store)->store,
+                                                          rank, size, opts);
+    *out = new GroupHandle{pg, timeout, rank};
+  });
+}
+
+int sfc10d_nccl_compiled() {
+#ifdef SLIMFLOW_C10D_NCCL
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+char* sfc10d_nccl_new(void* store, int rank, int size, int64_t timeout_ms, void** out) {
+  return guarded([&] {
+#ifdef SLIMFLOW_C10D_NCCL
+    TORCH_CHECK(at::cuda::is_available(), "CUDA is not available, ProcessGroupNCCL needs a GPU");
+    auto timeout = std::chrono::milliseconds(timeout_ms);
+    auto opts = c10d::ProcessGroupNCCL::Options::create();
+    opts->timeout = timeout;
+    auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(static_cast<StoreHandle*>(store)->store,
+                                                          rank, size, opts);
+    *out = new GroupHandle{pg, timeout, rank};
+#else
+    (void)store;
+    (void)rank;
+    (void)size;
+    (void)timeout_ms;
+    (void)out;
+    TORCH_CHECK(false, "slimflow-c10d was built without the `nccl` feature");
+#endif
+  });
+}
+
+void sfc10d_group_free(void* group) { delete static_cast<GroupHandle*>(group); }
+
+// op: 0 = sum, 1 = product, 2 = min, 3 = max.
+static c10d::ReduceOp reduce_op(int op) {
+  switch (op) {
+    case 0:
+      return c10d::ReduceOp::SUM;
+    case 1:
+      return c10d::ReduceOp::PRODUCT;
+    case 2:
+      return c10d::ReduceOp::MIN;
+    case 3:
+      return c10d::ReduceOp::MAX;
+    default:
+      TORCH_CHECK(false, "unknown reduce op code ", op);
+  }
+}
+
+char* sfc10d_all_reduce(void* group, at::Tensor* tensor, int op) {
+  return guarded([&] {
+    auto* g = static_cast<GroupHandle*>(group);
+    std::vector<at::Tensor> tensors{*tensor};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = reduce_op(op);
+    opts.timeout = g->timeout;
+    wait_work(g, g->backend->allreduce(tensors, opts));
+  });
+}
+
+char* sfc10d_all_reduce_coalesced(void* group, at::Tensor* const* tensors, size_t n, int op) {
+  return guarded([&] {
+    auto* g = static_cast<GroupHandle*>(group);
+    std::vector<at::Tensor> list = tensor_list(tensors, n);
+    c10d::AllreduceCoalescedOptions opts;
+    opts.reduceOp = reduce_op(op);
+    opts.timeout = g->timeout;
+    wait_work(g, g->backend->allreduce_coalesced(list, opts));
+  });
+}
+
+char* sfc10d_broadcast(void* group, at::Tensor* tensor, int root) {
+  return guarded([&] {
+    auto* g = static_cast<GroupHandle*>(group);
+    std::vector<at::Tensor> tensors{*tensor};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    opts.timeout = g->timeout;
+    wait_work(g, g->backend->broadcast(tensors, opts));
+  });
+}
+
+// `outputs` holds one tensor per rank, each shaped like `input`.
+char* sfc10d_all_gather(void* group, at::Tensor* input, at::Tensor* const* outputs, size_t n) {
+  return guarded([&] {
+    auto* g = static_cast<GroupHandle*>(group);
+    std::vector<std::vector<at::Tensor>> outs{tensor_list(outputs, n)};
+    std::vector<at::Tensor> inputs{*input};
+    c10d::AllgatherOptions opts;
+    opts.timeout = g->timeout;
+    wait_work(g, g->backend->allgather(outs, inputs, opts));
+  });
+}
+
+char* sfc10d_barrier(void* group) {
+  return guarded([&] {
+    auto* g = static_cast<GroupHandle*>(group);
+    c10d::BarrierOptions opts;
+    opts.timeout = g->timeout;
+    wait_work(g, g->backend->barrier(opts));
+  });
+}
+
+// dtype codes are c10::ScalarType values; device 0 = CPU, 1 = CUDA.
+static c10::DeviceType device_type(int device) {
+  TORCH_CHECK(device == 0 || device == 1, "unknown device code ", device);
+  return device == 0 ? c10::DeviceType::CPU : c10::DeviceType::CUDA;
+}
+
+char* sfc10d_autocast_set_dtype(int device, int dtype) {
+  return guarded([&] {
+    at::autocast::set_autocast_dtype(device_type(device), static_cast<c10::ScalarType>(dtype));
+  });
+}
+
+char* sfc10d_autocast_get_dtype(int device, int* dtype) {
+  return guarded([&] {
+    *dtype = static_cast<int>(at::autocast::get_autocast_dtype(device_type(device)));
+  });
+}
+
+char* sfc10d_autocast_set_enabled(int device, int enabled) {
+  return guarded([&] { at::autocast::set_autocast_enabled(device_type(device), enabled != 0); });
+}
+
+char* sfc10d_autocast_is_enabled(int device, int* enabled) {
+  return guarded(
+      [&] { *enabled = at::autocast::is_autocast_enabled(device_type(device)) ? 1 : 0; });
+}
+
+}  // extern "C"
