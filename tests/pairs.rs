@@ -117,6 +117,59 @@ fn killed_and_sharded_generation_equal_one_clean_run() {
     c.args(["--rank", "3", "--world", "3"]);
     assert!(!common::output(c).status.success());
 
+    // two local writers at once, started by the binary itself
+    let local = dir.path().join("local");
+    copy_teacher(&clean, &local);
+    let mut c = stage_cmd("generate-pairs", &toy_config(), &local, &s);
+    c.args(["--nproc-per-node", "2"]);
+    ok(c);
+    assert_eq!(shard_files(&local), reference);
+    let manifest = std::fs::read_to_string(local.join("generate-pairs/manifest.json")).unwrap();
+    assert!(manifest.contains("\"complete\""), "{manifest}");
+
+    // two writers at once under torchrun's environment contract
+    let launched = dir.path().join("launched");
+    copy_teacher(&clean, &launched);
+    let port = slimflow_launch::free_port().unwrap().to_string();
+    let children: Vec<_> = (0..2)
+        .map(|rank| {
+            let mut c = stage_cmd("generate-pairs", &toy_config(), &launched, &s);
+            c.env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port);
+            c.spawn().unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{:?}", out.status);
+    }
+    assert_eq!(shard_files(&launched), reference);
+
+    // stages that cannot share the work are refused, not run N times
+    let cases: [(&str, &[&str]); 2] = [
+        ("train", &["--nproc-per-node", "2"]),
+        ("reflow", &["--dry-run"]),
+    ];
+    for (stage, extra) in cases {
+        let mut c = stage_cmd(stage, &toy_config(), &launched, &s);
+        c.args(extra);
+        if stage == "reflow" {
+            c.env("RANK", "0")
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port);
+        }
+        let out = common::output(c);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("only `generate-pairs` runs on several processes"),
+            "{err}"
+        );
+    }
+
     // data info / export / import round trip through the binary
     let info = |target: &Path| -> serde_json::Value {
         let mut c = common::slimflow();

@@ -111,7 +111,17 @@ pub fn parse_solver(spec: &str) -> Result<SolverConfig> {
 
 /// Runs the command.
 pub fn run(args: &SampleArgs) -> Result<ExitCode> {
+    if let Some(n) = args.stage.nproc_per_node {
+        anyhow::bail!("sample --nproc-per-node {n}: sampling runs as one process");
+    }
     let ctx = context(&args.stage)?;
+    if ctx.world > 1 {
+        anyhow::bail!(
+            "sample as writer {} of {}: sampling runs as one process (every rank would write --out)",
+            ctx.rank,
+            ctx.world
+        );
+    }
     let solver = parse_solver(&args.solver)?;
     let req = SampleRequest {
         checkpoint: args.checkpoint.clone(),

@@ -34,8 +34,33 @@ pub struct StageArgs {
     #[arg(long, default_value_t = 0)]
     pub rank: usize,
     /// generate-pairs: number of independent writers filling one store (processes, GPUs, nodes).
+    /// Under torchrun or srun, rank and world come from the launcher's environment instead.
     #[arg(long, default_value_t = 1)]
     pub world: usize,
+    /// generate-pairs: start N local writers, one device each (`cuda:LOCAL_RANK` for `auto` or
+    /// `cuda`), as `torchrun --nproc-per-node N` would.
+    #[arg(long, value_name = "N")]
+    pub nproc_per_node: Option<usize>,
+}
+
+/// The stage that runs on several processes today: pair generation, whose writers share nothing
+/// but the store.
+const MULTI_PROCESS_STAGE: &str = "generate-pairs";
+
+/// `Err` unless `which` can run as one of several processes (`how` names the launch).
+fn check_multi_process(which: Which, how: &str) -> Result<()> {
+    match which {
+        Which::One(s) if s.name == MULTI_PROCESS_STAGE => Ok(()),
+        Which::One(s) => anyhow::bail!(
+            "`{}` {how}: only `{MULTI_PROCESS_STAGE}` runs on several processes; data-parallel \
+             training stages are not available yet, so run this stage as one process",
+            s.name
+        ),
+        Which::All => anyhow::bail!(
+            "`pipeline` {how}: only `{MULTI_PROCESS_STAGE}` runs on several processes; run the \
+             pipeline as one process and `{MULTI_PROCESS_STAGE}` on several"
+        ),
+    }
 }
 
 /// Which stages to run.
@@ -47,8 +72,22 @@ pub enum Which {
     All,
 }
 
-/// Builds the stage context from the arguments.
+/// Builds the stage context from the arguments (and, under torchrun or srun, the launcher's
+/// environment).
 pub fn context(args: &StageArgs) -> Result<StageCtx> {
+    let launch = slimflow_launch::Launch::from_env().context("reading the launch environment")?;
+    let (rank, world) = if launch.is_distributed() {
+        if args.world != 1 || args.rank != 0 {
+            anyhow::bail!(
+                "--rank {} --world {} given inside a launched job ({launch}): use one or the other",
+                args.rank,
+                args.world
+            );
+        }
+        (launch.rank, launch.world)
+    } else {
+        (args.rank, args.world)
+    };
     let mut overrides = args.overrides.clone();
     if let Some(d) = &args.device {
         DeviceChoice::try_from(d.clone()).map_err(|message| {
@@ -59,23 +98,26 @@ pub fn context(args: &StageArgs) -> Result<StageCtx> {
         })?;
         overrides.push(format!("device=\"{d}\""));
     }
-    if args.world == 0 || args.rank >= args.world {
-        anyhow::bail!(
-            "--rank {} --world {}: need 0 ≤ rank < world",
-            args.rank,
-            args.world
-        );
+    if world == 0 || rank >= world {
+        anyhow::bail!("--rank {rank} --world {world}: need 0 ≤ rank < world");
     }
     let config = load_config(&args.config, &overrides)?;
     let run_dir = args
         .run
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
-    let device = config.device.device();
-    if let DeviceChoice::Cuda(n) = config.device {
+    // Local workers of a launched job each take their own GPU.
+    let mut device = config.device.device();
+    if launch.local_world > 1
+        && matches!(config.device, DeviceChoice::Auto | DeviceChoice::Cuda(0))
+        && device.is_cuda()
+    {
+        device = tch::Device::Cuda(launch.local_rank);
+    }
+    if let tch::Device::Cuda(n) = device {
         if n as i64 >= tch::Cuda::device_count() {
             anyhow::bail!(
-                "device = \"cuda:{n}\" but libtorch sees {} CUDA device(s)",
+                "device cuda:{n} but libtorch sees {} CUDA device(s)",
                 tch::Cuda::device_count()
             );
         }
@@ -85,8 +127,8 @@ pub fn context(args: &StageArgs) -> Result<StageCtx> {
         config,
         device,
         force: args.force,
-        rank: args.rank,
-        world: args.world,
+        rank,
+        world,
     })
 }
 
@@ -96,7 +138,13 @@ fn run_one(ctx: &StageCtx, stage: &Stage) -> Result<StageOutcome> {
 
 /// Runs the selected stages; exit 130 when one was interrupted.
 pub fn run(args: &StageArgs, which: Which) -> Result<ExitCode> {
+    if let Some(n) = args.nproc_per_node.filter(|&n| n != 1) {
+        return run_local_workers(args, which, n);
+    }
     let ctx = context(args)?;
+    if ctx.world > 1 {
+        check_multi_process(which, &format!("as writer {} of {}", ctx.rank, ctx.world))?;
+    }
     if args.dry_run {
         println!("# run directory: {}", ctx.run_dir.display());
         println!("{}", toml_string(&ctx)?);
@@ -155,4 +203,49 @@ pub fn run(args: &StageArgs, which: Which) -> Result<ExitCode> {
 
 fn toml_string(ctx: &StageCtx) -> Result<String> {
     slimflow_trainer::config::to_toml(&ctx.config).context("serialising the resolved config")
+}
+
+/// `--nproc-per-node N`: this command again as N local workers under the torchrun contract.
+fn run_local_workers(args: &StageArgs, which: Which, n: usize) -> Result<ExitCode> {
+    if n == 0 {
+        anyhow::bail!("--nproc-per-node 0: need at least one worker");
+    }
+    check_multi_process(which, &format!("with --nproc-per-node {n}"))?;
+    let launch = slimflow_launch::Launch::from_env().context("reading the launch environment")?;
+    if launch.is_distributed() {
+        anyhow::bail!(
+            "--nproc-per-node {n} inside a launched job ({launch}): use one or the other"
+        );
+    }
+    if args.world != 1 || args.rank != 0 {
+        anyhow::bail!("--nproc-per-node {n} with --rank/--world: use one or the other");
+    }
+    let program = std::env::current_exe().context("locating this executable")?;
+    let mut rest = std::env::args_os().skip(1);
+    let mut worker_args = Vec::new();
+    while let Some(a) = rest.next() {
+        match a.to_str() {
+            Some("--nproc-per-node") => {
+                rest.next();
+            }
+            Some(s) if s.starts_with("--nproc-per-node=") => {}
+            _ => worker_args.push(a),
+        }
+    }
+    slimflow_trainer::interrupt::install();
+    let job = slimflow_launch::LocalJob {
+        nproc: n,
+        program,
+        args: worker_args,
+        port: 0,
+        grace: std::time::Duration::from_secs(30),
+    };
+    match slimflow_launch::spawn_local(&job, &slimflow_trainer::interrupt::requested) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(slimflow_launch::Error::Worker(f)) if f.code == Some(130) => {
+            eprintln!("{f}; run the same command again to resume");
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => Err(e).context(format!("{n} local workers")),
+    }
 }
