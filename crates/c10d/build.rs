@@ -1,7 +1,9 @@
 //! Compiles `csrc/shim.cpp` against the libtorch that `tch` links (`LIBTORCH`), with the same C++
 //! standard and `_GLIBCXX_USE_CXX11_ABI` as the libtorch wheel, and records libtorch's library
 //! directory as an rpath. Gloo's headers come from Debian's `libgloo-dev` (compile only: the Gloo
-//! code that runs is the copy inside `libtorch_cpu.so`).
+//! code that runs is the copy inside `libtorch_cpu.so`). With the `nccl` feature it also needs
+//! NCCL's and the CUDA 13 runtime's headers from the nvidia wheels next to the torch package, and
+//! links `torch_cuda` / `c10_cuda`; a missing header fails the build with the pip command to run.
 
 use std::path::{Path, PathBuf};
 
@@ -58,6 +60,72 @@ fn cxx11_abi(lib: &Path) -> &'static str {
     }
 }
 
+/// PyPI wheels with the CUDA 13.0 headers that the libtorch wheel does not pull in. Keep in step
+/// with `CUDA_HEADER_WHEELS` in `xtask/src/setup.rs` (a test there checks it).
+const CUDA_HEADER_WHEELS: &[&str] = &["nvidia-cuda-cccl==13.0.85", "nvidia-cuda-crt==13.0.88"];
+
+/// The interpreter of the virtual environment that holds the torch package at `root`
+/// (`<venv>/lib/pythonX.Y/site-packages/torch`), for the install hint.
+fn venv_python(root: &Path) -> String {
+    match root.ancestors().nth(4).map(|venv| venv.join("bin/python")) {
+        Some(python) if python.exists() => python.display().to_string(),
+        _ => "python3".to_owned(),
+    }
+}
+
+/// The include directories for ProcessGroupNCCL: NCCL's header and the CUDA 13 runtime headers
+/// from the nvidia wheels next to the torch package. Fails naming the first missing header and the
+/// command that installs it.
+fn nccl_includes(root: &Path, lib: &Path) -> (PathBuf, PathBuf) {
+    if !lib.join("libtorch_cuda.so").is_file() {
+        fail(&format!(
+            "feature `nccl` needs a CUDA libtorch, but {} has no libtorch_cuda.so",
+            lib.display()
+        ));
+    }
+    let nvidia = root.join("../nvidia");
+    let nvidia = std::fs::canonicalize(&nvidia).unwrap_or(nvidia);
+    let nccl_inc = nvidia.join("nccl/include");
+    let cuda_inc = nvidia.join("cu13/include");
+    let python = venv_python(root);
+    let extra = CUDA_HEADER_WHEELS.join(" ");
+    // (directory, header, what provides it). cuda_fp16.h (via ATen/cuda -> cusparse.h) needs
+    // CCCL's <nv/target>; cuda_runtime.h needs crt/host_defines.h. Neither ships with torch.
+    let needed: [(&PathBuf, &str, String); 4] = [
+        (
+            &nccl_inc,
+            "nccl.h",
+            "the `nvidia-nccl-cu13` wheel (a dependency of the CUDA torch wheel)".to_owned(),
+        ),
+        (
+            &cuda_inc,
+            "cuda_runtime_api.h",
+            "the `nvidia-cuda-runtime` wheel (a dependency of the CUDA torch wheel)".to_owned(),
+        ),
+        (
+            &cuda_inc,
+            "nv/target",
+            format!("`{python} -m pip install {extra}` (or `cargo xtask setup`)"),
+        ),
+        (
+            &cuda_inc,
+            "crt/host_defines.h",
+            format!("`{python} -m pip install {extra}` (or `cargo xtask setup`)"),
+        ),
+    ];
+    for (dir, header, source) in &needed {
+        let path = dir.join(header);
+        println!("cargo:rerun-if-changed={}", path.display());
+        if !path.is_file() {
+            fail(&format!(
+                "feature `nccl` needs the header {}, which is missing; install it with {source}",
+                path.display()
+            ));
+        }
+    }
+    (nccl_inc, cuda_inc)
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
@@ -96,32 +164,7 @@ fn main() {
 
     let nccl = std::env::var_os("CARGO_FEATURE_NCCL").is_some();
     if nccl {
-        let nvidia = root.join("../nvidia");
-        let nccl_inc = nvidia.join("nccl/include");
-        let cuda_inc = nvidia.join("cu13/include");
-        for dir in [&nccl_inc, &cuda_inc] {
-            if !dir.is_dir() {
-                fail(&format!(
-                    "feature `nccl` needs {} (the nvidia wheel headers next to torch)",
-                    dir.display()
-                ));
-            }
-        }
-        // CUDA 13's runtime headers (cusparse.h -> cuda_fp16.h, pulled in by ATen/cuda) include
-        // CCCL's <nv/target>, which the `nvidia/cu13` wheel does not ship.
-        if !cuda_inc.join("nv/target").is_file() && !cuda_inc.join("cccl/nv/target").is_file() {
-            fail(&format!(
-                "feature `nccl` needs CCCL's <nv/target> (CUDA Core Compute Libraries headers), \
-                 which {} lacks; install the CUDA toolkit headers matching the wheel's CUDA 13",
-                cuda_inc.display()
-            ));
-        }
-        if cuda_inc.join("cccl/nv/target").is_file() {
-            build.include(cuda_inc.join("cccl"));
-        }
-        if !lib.join("libtorch_cuda.so").is_file() {
-            fail("feature `nccl` needs a CUDA libtorch (libtorch_cuda.so)");
-        }
+        let (nccl_inc, cuda_inc) = nccl_includes(&root, &lib);
         build
             .include(nccl_inc)
             .include(cuda_inc)

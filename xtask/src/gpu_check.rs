@@ -1,6 +1,7 @@
 //! `cargo xtask gpu-check`: one command that checks a build on the machine it runs on. It uses the
 //! `slimflow` binary (`$SLIMFLOW_BIN`, else a release build), runs the CUDA tests when a CUDA GPU is
-//! present, the parity cases, and the benchmark table through `slimflow bench --json` (small
+//! present (and the `slimflow-c10d` tests with its `nccl` feature, which run real NCCL collectives
+//! on the GPUs), the parity cases, and the benchmark table through `slimflow bench --json` (small
 //! batches on the CPU, the recipes' sizes on CUDA), and writes one JSON report.
 
 use std::path::{Path, PathBuf};
@@ -165,6 +166,35 @@ pub fn run(args: &GpuCheckArgs) -> Result<()> {
         json!({"ran": false, "skipped": reason})
     };
 
+    // (b2) ProcessGroupNCCL: the c10d crate's tests built with the `nccl` feature (a 1-rank group
+    // on one GPU, 2 ranks on cuda:0 and cuda:1 with two or more).
+    let nccl_tests = if cuda {
+        let status = crate::cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "slimflow-c10d",
+                "--features",
+                "nccl",
+            ])
+            .current_dir(crate::root())
+            .status()
+            .context("starting cargo test -p slimflow-c10d --features nccl")?;
+        if !status.success() {
+            failed.push("nccl_tests".to_string());
+        }
+        json!({
+            "ran": true,
+            "passed": status.success(),
+            "command": "cargo test --release -p slimflow-c10d --features nccl",
+        })
+    } else {
+        let reason = "no CUDA GPU visible (nvidia-smi -L)";
+        println!("NCCL tests skipped: {reason}");
+        json!({"ran": false, "skipped": reason})
+    };
+
     // (c) parity (the runner computes on the CPU: `slimflow parity` takes no device).
     let parity = if args.skip_parity {
         json!({"ran": false, "skipped": "--skip-parity"})
@@ -257,6 +287,7 @@ pub fn run(args: &GpuCheckArgs) -> Result<()> {
         "quick": args.quick,
         "binary": bin.display().to_string(),
         "cuda_tests": cuda_tests,
+        "nccl_tests": nccl_tests,
         "parity": parity,
         "bench": rows,
         "failed": failed,

@@ -1,6 +1,9 @@
 //! Installs libtorch 2.11.0 (from the PyPI `torch` wheel) once per user and links it at `.libtorch`,
 //! which `.cargo/config.toml` names as `LIBTORCH`; the crates' build script records it as an rpath,
 //! so binaries and tests run without `LD_LIBRARY_PATH`. A `LIBTORCH` set by the user wins.
+//!
+//! For a CUDA torch it also installs the CUDA 13 headers that the `nccl` feature of `slimflow-c10d`
+//! compiles against and that the torch wheel does not pull in ([`CUDA_HEADER_WHEELS`], ~4 MB).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +14,16 @@ use crate::root;
 
 /// The PyTorch release that `tch = "=0.24.0"` binds.
 pub const TORCH_VERSION: &str = "2.11.0";
+
+/// Header-only PyPI wheels for `slimflow-c10d --features nccl`: CCCL (`nv/target`, needed by
+/// `cuda_fp16.h`) and the CUDA runtime's `crt/` headers (`crt/host_defines.h`, needed by
+/// `cuda_runtime.h`). They are the `cccl` and `crt` extras of the `cuda-toolkit==13.0.2` that
+/// torch 2.11.0 pins, whose `cudart` extra (`nvidia-cuda-runtime==13.0.96`) torch installs.
+/// Keep in step with `CUDA_HEADER_WHEELS` in `crates/c10d/build.rs`.
+pub const CUDA_HEADER_WHEELS: &[&str] = &["nvidia-cuda-cccl==13.0.85", "nvidia-cuda-crt==13.0.88"];
+
+/// The headers [`CUDA_HEADER_WHEELS`] provide, relative to `nvidia/cu13/include`.
+const CUDA_HEADERS: &[&str] = &["nv/target", "crt/host_defines.h"];
 
 fn has_libtorch(dir: &Path) -> bool {
     dir.join("lib").join("libtorch_cpu.so").exists()
@@ -73,9 +86,11 @@ pub fn ensure() -> Result<PathBuf> {
             bail!("LIBTORCH={} has no lib/libtorch_cpu.so; unset it to let setup install libtorch {TORCH_VERSION}", user.display());
         }
         eprintln!("setup: using LIBTORCH={}", user.display());
+        ensure_cuda_headers(&user, false);
         return Ok(user);
     }
     if has_libtorch(&ours) && package_version(&ours).as_deref() == Some(TORCH_VERSION) {
+        ensure_cuda_headers(&ours, true);
         return Ok(ours);
     }
     let venv = cache_dir()?.join(format!("torch-{TORCH_VERSION}"));
@@ -90,7 +105,83 @@ pub fn ensure() -> Result<PathBuf> {
         "setup: libtorch {TORCH_VERSION} at {} (linked as .libtorch)",
         torch.display()
     );
+    ensure_cuda_headers(&torch, true);
     Ok(torch)
+}
+
+/// The CUDA header directory of a CUDA torch package (`site-packages/nvidia/cu13/include`), or
+/// `None` for a CPU-only libtorch.
+fn cuda_include(torch: &Path) -> Option<PathBuf> {
+    if !torch.join("lib").join("libtorch_cuda.so").exists() {
+        return None;
+    }
+    let dir = torch.parent()?.join("nvidia").join("cu13").join("include");
+    dir.is_dir().then_some(dir)
+}
+
+/// The headers of [`CUDA_HEADERS`] missing under `include`.
+fn missing_cuda_headers(include: &Path) -> Vec<&'static str> {
+    CUDA_HEADERS
+        .iter()
+        .copied()
+        .filter(|h| !include.join(h).is_file())
+        .collect()
+}
+
+/// Installs [`CUDA_HEADER_WHEELS`] into the virtual environment of the torch package at `torch`
+/// when it is a CUDA build and they are missing (`install` false: only says how). Best effort:
+/// only the `nccl` feature of `slimflow-c10d` needs them, so a failure is a warning.
+fn ensure_cuda_headers(torch: &Path, install: bool) {
+    let torch = std::fs::canonicalize(torch).unwrap_or_else(|_| torch.to_path_buf());
+    let Some(include) = cuda_include(&torch) else {
+        return;
+    };
+    let missing = missing_cuda_headers(&include);
+    if missing.is_empty() {
+        return;
+    }
+    // <venv>/lib/pythonX.Y/site-packages/torch → <venv>/bin/python
+    let python = torch
+        .ancestors()
+        .nth(4)
+        .map(|venv| venv.join("bin").join("python"))
+        .filter(|p| p.exists());
+    let shown = python
+        .as_ref()
+        .map_or_else(|| "python3".to_owned(), |p| p.display().to_string());
+    let hint = format!("{shown} -m pip install {}", CUDA_HEADER_WHEELS.join(" "));
+    let (true, Some(python)) = (install, python) else {
+        eprintln!(
+            "setup: note: {} lacks {} (needed only by `slimflow-c10d --features nccl`); install with `{hint}`",
+            include.display(),
+            missing.join(", ")
+        );
+        return;
+    };
+    eprintln!(
+        "setup: installing the CUDA headers for the `nccl` feature ({})",
+        CUDA_HEADER_WHEELS.join(", ")
+    );
+    let ok = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--progress-bar",
+            "off",
+        ])
+        .args(CUDA_HEADER_WHEELS)
+        .status()
+        .is_ok_and(|s| s.success());
+    let missing = missing_cuda_headers(&include);
+    if !ok || !missing.is_empty() {
+        eprintln!(
+            "setup: warning: could not install the CUDA headers for the `nccl` feature (still missing: {}); run `{hint}`",
+            missing.join(", ")
+        );
+    }
 }
 
 fn install(venv: &Path) -> Result<PathBuf> {
@@ -147,6 +238,23 @@ fn install(venv: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cuda_header_pins_match_the_c10d_build_script() {
+        let build = include_str!("../../crates/c10d/build.rs");
+        for pin in CUDA_HEADER_WHEELS {
+            assert!(
+                build.contains(&format!("\"{pin}\"")),
+                "crates/c10d/build.rs does not pin {pin}"
+            );
+        }
+        for header in CUDA_HEADERS {
+            assert!(
+                build.contains(&format!("\"{header}\"")),
+                "crates/c10d/build.rs does not check {header}"
+            );
+        }
+    }
 
     #[test]
     fn version_is_read_without_the_local_tag() {

@@ -35,6 +35,9 @@ struct GroupHandle {
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
   int rank;
+  // ProcessGroupNCCL wants an explicit shutdown (it stops its watchdog and destroys the NCCL
+  // communicators) before it is destroyed; Gloo needs none.
+  bool shutdown_on_free = false;
 };
 
 char* copy_message(const std::string& msg) {
@@ -166,7 +169,7 @@ char* sfc10d_nccl_new(void* store, int rank, int size, int64_t timeout_ms, void*
     opts->timeout = timeout;
     auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(static_cast<StoreHandle*>(store)->store,
                                                           rank, size, opts);
-    *out = new GroupHandle{pg, timeout, rank};
+    *out = new GroupHandle{pg, timeout, rank, true};
 #else
     (void)store;
     (void)rank;
@@ -178,7 +181,17 @@ char* sfc10d_nccl_new(void* store, int rank, int size, int64_t timeout_ms, void*
   });
 }
 
-void sfc10d_group_free(void* group) { delete static_cast<GroupHandle*>(group); }
+void sfc10d_group_free(void* group) {
+  auto* g = static_cast<GroupHandle*>(group);
+  if (g != nullptr && g->shutdown_on_free) {
+    // A failed shutdown leaves nothing to report to: free must not throw.
+    try {
+      g->backend->shutdown();
+    } catch (...) {
+    }
+  }
+  delete g;
+}
 
 // op: 0 = sum, 1 = product, 2 = min, 3 = max.
 static c10d::ReduceOp reduce_op(int op) {
