@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
-use slimflow_losses::{normal_tensor, Batch, Distill, FlowGuided, Lpips, LpipsConfig, Objective};
+use slimflow_losses::{normal_tensor, Batch, Lpips, LpipsConfig, Objective};
 use slimflow_models::Model;
 use tch::{nn::OptimizerConfig, Device, Kind, Tensor};
 
@@ -150,35 +150,18 @@ pub fn bench_step(cfg: &PipelineConfig, req: &BenchRequest) -> Result<BenchResul
             t.vs.freeze();
             teacher = t;
             distance = crate::stage::build(dc.distance().build_with(device, &loader))?;
-            let guide = (dc.flow_guided_weight > 0.0).then(|| {
-                (
-                    FlowGuided {
-                        teacher: &teacher,
-                        eps: dc.eps,
-                        t_range: (dc.flow_guided_t[0], dc.flow_guided_t[1]),
-                        premetric: &distance,
-                        form: dc.form,
-                        source: &source_noise,
-                    },
-                    dc.flow_guided_weight,
-                )
-            });
+            let objective =
+                crate::stage::distill::objective(dc, &teacher, &distance, &source_noise);
             let describe = format!(
                 "distillation ({:?}{}{})",
                 dc.premetric,
                 if dc.lpips.is_some() { " + LPIPS" } else { "" },
-                if guide.is_some() {
+                if objective.guide.is_some() {
                     " + flow-guided"
                 } else {
                     ""
                 }
             );
-            let objective = Distill {
-                eps: dc.eps,
-                form: dc.form,
-                premetric: &distance,
-                guide,
-            };
             (Box::new(objective), describe)
         }
     };

@@ -41,25 +41,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         let pairs = PairSource::open(&pairs_json, ctx.device, student.config())?;
         let source = SourceNoise(&cfg.data.source);
         let distance = build(dc.distance().build(ctx.device))?;
-        let guide = (dc.flow_guided_weight > 0.0).then(|| {
-            (
-                FlowGuided {
-                    teacher: &teacher,
-                    eps: dc.eps,
-                    t_range: (dc.flow_guided_t[0], dc.flow_guided_t[1]),
-                    premetric: &distance,
-                    form: dc.form,
-                    source: &source,
-                },
-                dc.flow_guided_weight,
-            )
-        });
-        let objective = Distill {
-            eps: dc.eps,
-            form: dc.form,
-            premetric: &distance,
-            guide,
-        };
+        let objective = objective(dc, &teacher, &distance, &source);
         let mut batches = |rng: &mut rand_chacha::ChaCha20Rng, _step: u64| {
             Ok((pairs.batch(dc.batch_size, rng)?, Vec::new()))
         };
@@ -73,6 +55,35 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         let end = run_loop::train(&dir.path, &mut student, &settings, &objective, &mut batches)?;
         Ok(training_outcome(dir, end))
     })
+}
+
+/// The distillation objective of `dc`: the distance between the student's one step and the
+/// pair's end, plus the flow-guided term against the frozen `teacher` when its weight is positive.
+pub(crate) fn objective<'a>(
+    dc: &crate::config::DistillConfig,
+    teacher: &'a Model,
+    distance: &'a dyn slimflow_losses::Premetric,
+    source: &'a SourceNoise<'a>,
+) -> Distill<'a> {
+    let guide = (dc.flow_guided_weight > 0.0).then(|| {
+        (
+            FlowGuided {
+                teacher,
+                eps: dc.eps,
+                t_range: (dc.flow_guided_t[0], dc.flow_guided_t[1]),
+                premetric: distance,
+                form: dc.form,
+                source,
+            },
+            dc.flow_guided_weight,
+        )
+    });
+    Distill {
+        eps: dc.eps,
+        form: dc.form,
+        premetric: distance,
+        guide,
+    }
 }
 
 /// The stage's work: the distillation's terms and training samples.

@@ -2,7 +2,7 @@
 //! its outputs and a manifest into `<run>/<stage>/`, and is skipped when already complete for the
 //! same config.
 
-mod distill;
+pub(crate) mod distill;
 mod eval;
 mod generate_pairs;
 mod reflow;
