@@ -47,19 +47,7 @@ fn binary() -> Result<PathBuf> {
         }
         return Ok(bin);
     }
-    crate::run(crate::cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "slimflow-cli",
-        "--bin",
-        "slimflow",
-    ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::root().join("target"));
-    Ok(target.join("release").join("slimflow"))
+    crate::build_cli_profile(true)
 }
 
 /// One row of the bench table: a name and its `slimflow bench` arguments at CPU-quick, CPU and

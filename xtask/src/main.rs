@@ -144,21 +144,25 @@ pub fn cargo() -> Command {
 
 /// Builds the `slimflow` binary and returns its path; `$SLIMFLOW_BIN` names a prebuilt one instead.
 pub fn build_cli() -> Result<PathBuf> {
+    build_cli_profile(false)
+}
+
+/// [`build_cli`] in the release (`true`) or the dev profile.
+pub fn build_cli_profile(release: bool) -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("SLIMFLOW_BIN") {
         return Ok(PathBuf::from(bin));
     }
-    run(cargo().args([
-        "build",
-        "--quiet",
-        "-p",
-        "slimflow-cli",
-        "--bin",
-        "slimflow",
-    ]))?;
+    let mut args = vec!["build"];
+    if release {
+        args.push("--release");
+    }
+    args.extend(["--quiet", "-p", "slimflow-cli", "--bin", "slimflow"]);
+    run(cargo().args(args))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
-    Ok(target.join("debug").join("slimflow"))
+    let profile = if release { "release" } else { "debug" };
+    Ok(target.join(profile).join("slimflow"))
 }
 
 fn main() -> std::process::ExitCode {

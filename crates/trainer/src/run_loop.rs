@@ -165,7 +165,6 @@ pub fn train_with(
     let mut st = LoopState::new(model, settings);
     let start = st.resume(&ckpt_dir, settings.label)?;
     observers.begin(start)?;
-    let accumulate = settings.optim.accumulate.max(1);
     let amp = settings.optim.autocast && model.vs.device().is_cuda();
     let mut scale = LossScale::new(amp, settings.optim);
     let mut progress = Progress::new(settings.label, start, settings.steps);
@@ -181,21 +180,16 @@ pub fn train_with(
             );
             return observers.finish(LoopEnd::Interrupted);
         }
-        tch::manual_seed((settings.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
-        let (batch, extra) = next_batch(&mut st.rng, step)?;
-        zero_grad(&st.params);
-        let pass = backward(
-            model,
-            objective,
-            &batch,
-            accumulate,
-            &scale,
-            &mut st.rng,
-            None,
-        )?;
-        let (loss, parts) = match pass {
-            Pass::Done { loss, parts } => (loss, parts),
-            Pass::NonFinite(value) => {
+        let (loss, parts, extra, UpdateInfo { lr, grad_norm }) = match st.step(
+            model, settings, objective, next_batch, &mut scale, step, None,
+        )? {
+            Stepped::Done {
+                loss,
+                parts,
+                extra,
+                info,
+            } => (loss, parts, extra, info),
+            Stepped::NonFinite(value) => {
                 progress.finish();
                 let checkpoint = checkpointing::latest_good(&ckpt_dir, &st.names).map(|g| g.0);
                 return Err(Error::NonFiniteLoss {
@@ -205,15 +199,6 @@ pub fn train_with(
                 });
             }
         };
-        let stepped = scale.unscale(&st.params);
-        let UpdateInfo { lr, grad_norm } = update(
-            &st.params,
-            &mut st.adam,
-            &mut st.ema,
-            settings.optim,
-            step,
-            stepped,
-        );
         let done = step + 1;
         let logged = done % settings.checkpoint.log_every.max(1) == 0 || done == settings.steps;
         let record = logged.then(|| {
@@ -239,6 +224,20 @@ pub fn train_with(
     observers.finish(LoopEnd::Finished)
 }
 
+/// What one step did.
+enum Stepped {
+    /// The parameters were updated.
+    Done {
+        loss: f64,
+        parts: Vec<(&'static str, f64)>,
+        /// The batch function's own fields (e.g. β).
+        extra: Vec<(&'static str, f64)>,
+        info: UpdateInfo,
+    },
+    /// A micro-batch's loss was not finite; nothing was updated.
+    NonFinite(f64),
+}
+
 /// The loop's trainable state: the parameters (sorted by name), Adam, the EMA and the generator.
 struct LoopState {
     names: Vec<String>,
@@ -250,6 +249,56 @@ struct LoopState {
 }
 
 impl LoopState {
+    /// One training step, the same for the loop and the bench: the step's reseed, its batch,
+    /// gradients (micro-batches), unscaling, then [`update`]. With `clock`, the phases are timed.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        model: &Model,
+        settings: &LoopSettings<'_>,
+        objective: &dyn Objective,
+        next_batch: &mut BatchFn<'_>,
+        scale: &mut LossScale,
+        step: u64,
+        mut clock: Option<&mut PhaseClock>,
+    ) -> Result<Stepped> {
+        tch::manual_seed((settings.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
+        let (batch, extra) = next_batch(&mut self.rng, step)?;
+        zero_grad(&self.params);
+        if let Some(c) = clock.as_deref_mut() {
+            c.phases.batch = c.lap();
+        }
+        let accumulate = settings.optim.accumulate.max(1);
+        let pass = backward(
+            model,
+            objective,
+            &batch,
+            accumulate,
+            &*scale,
+            &mut self.rng,
+            clock,
+        )?;
+        let (loss, parts) = match pass {
+            Pass::Done { loss, parts } => (loss, parts),
+            Pass::NonFinite(value) => return Ok(Stepped::NonFinite(value)),
+        };
+        let stepped = scale.unscale(&self.params);
+        let info = update(
+            &self.params,
+            &mut self.adam,
+            &mut self.ema,
+            settings.optim,
+            step,
+            stepped,
+        );
+        Ok(Stepped::Done {
+            loss,
+            parts,
+            extra,
+            info,
+        })
+    }
+
     fn new(model: &Model, settings: &LoopSettings<'_>) -> Self {
         let (names, params) = sorted_variables(model);
         let adam = Adam::new(settings.optim, &params);
@@ -445,42 +494,28 @@ pub fn timed_steps(
     steps: u64,
 ) -> Result<Vec<StepPhases>> {
     let mut st = LoopState::new(model, settings);
-    let accumulate = settings.optim.accumulate.max(1);
     let device = model.vs.device();
     let amp = settings.optim.autocast && device.is_cuda();
     let mut scale = LossScale::new(amp, settings.optim);
     let mut out = Vec::with_capacity(steps as usize);
     for step in 0..warmup + steps {
         let mut clock = PhaseClock::new(device);
-        tch::manual_seed((settings.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
-        let (batch, _extra) = next_batch(&mut st.rng, step)?;
-        zero_grad(&st.params);
-        clock.phases.batch = clock.lap();
-        let pass = backward(
+        let stepped = st.step(
             model,
+            settings,
             objective,
-            &batch,
-            accumulate,
-            &scale,
-            &mut st.rng,
+            next_batch,
+            &mut scale,
+            step,
             Some(&mut clock),
         )?;
-        if let Pass::NonFinite(value) = pass {
+        if let Stepped::NonFinite(value) = stepped {
             return Err(Error::NonFiniteLoss {
                 step,
                 value,
                 checkpoint: None,
             });
         }
-        let stepped = scale.unscale(&st.params);
-        update(
-            &st.params,
-            &mut st.adam,
-            &mut st.ema,
-            settings.optim,
-            step,
-            stepped,
-        );
         clock.phases.update = clock.lap();
         if step >= warmup {
             out.push(clock.phases);
