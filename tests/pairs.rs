@@ -147,28 +147,32 @@ fn killed_and_sharded_generation_equal_one_clean_run() {
     }
     assert_eq!(shard_files(&launched), reference);
 
-    // stages that cannot share the work are refused, not run N times
-    let cases: [(&str, &[&str]); 2] = [
-        ("train", &["--nproc-per-node", "2"]),
-        ("reflow", &["--dry-run"]),
-    ];
-    for (stage, extra) in cases {
-        let mut c = stage_cmd(stage, &toy_config(), &launched, &s);
-        c.args(extra);
-        if stage == "reflow" {
-            c.env("RANK", "0")
-                .env("WORLD_SIZE", "2")
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port);
-        }
-        let out = common::output(c);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(
-            err.contains("only `generate-pairs` runs on several processes"),
-            "{err}"
-        );
-    }
+    // unconnected writers (--rank/--world) share nothing but a store: only pair generation
+    // can work that way, and sampling never runs as several processes
+    let mut c = stage_cmd("train", &toy_config(), &launched, &s);
+    c.args(["--rank", "1", "--world", "2"]);
+    let out = common::output(c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("only `generate-pairs` runs as unconnected writers"),
+        "{err}"
+    );
+    let mut c = common::slimflow();
+    c.args(["sample", "--config"])
+        .arg(toy_config())
+        .arg("--run")
+        .arg(&launched)
+        .arg("--out")
+        .arg(dir.path().join("s.safetensors"))
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", &port);
+    let out = common::output(c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("sampling runs as one process"), "{err}");
 
     // data info / export / import round trip through the binary
     let info = |target: &Path| -> serde_json::Value {

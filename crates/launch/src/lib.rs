@@ -88,6 +88,12 @@ pub struct Launch {
     pub master_port: u16,
     /// Who set the environment.
     pub source: Source,
+    /// Whether the launcher itself serves the store at `master_addr:master_port`, so rank 0 joins
+    /// it instead of serving one (torchrun's agent: `TORCHELASTIC_USE_AGENT_STORE=True`).
+    pub agent_store: bool,
+    /// How often the launcher restarted the job (`TORCHELASTIC_RESTART_COUNT`), to keep one
+    /// attempt's keys in a launcher's store apart from the next.
+    pub attempt: usize,
 }
 
 impl fmt::Display for Launch {
@@ -129,6 +135,8 @@ impl Launch {
             master_addr: "127.0.0.1".into(),
             master_port: 0,
             source: Source::Single,
+            agent_store: false,
+            attempt: 0,
         }
     }
 
@@ -196,6 +204,9 @@ impl Launch {
                 master_addr,
                 master_port,
                 source: Source::Torchrun,
+                agent_store: get("TORCHELASTIC_USE_AGENT_STORE")
+                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+                attempt: num("TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0),
             }
         } else if let (Some(rank), Some(world)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
             let local_rank = num("SLURM_LOCALID")?.unwrap_or(0);
@@ -236,6 +247,8 @@ impl Launch {
                 master_addr,
                 master_port,
                 source: Source::Slurm,
+                agent_store: false,
+                attempt: 0,
             }
         } else {
             return Ok(Launch::single());

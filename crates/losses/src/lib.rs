@@ -21,8 +21,8 @@ mod random;
 pub use error::{Error, Result};
 pub use lpips::{Lpips, LpipsConfig, LpipsPreset};
 pub use objective::{
-    lpips_huber_terms, Batch, Distance, DistanceSpec, Distill, DistillForm, FlowGuided, LossTerms,
-    LpipsHuber, LpipsTerm, Objective, ObjectiveSpec, Rf,
+    lpips_huber_terms, Batch, Distance, DistanceSpec, Distill, DistillForm, Draws, FlowGuided,
+    LossTerms, LpipsHuber, LpipsTerm, Objective, ObjectiveSpec, Rf,
 };
 pub use premetric::{Premetric, PremetricConfig, Weighted};
 pub use random::{normal_tensor, uniform_tensor, NoiseSource, StandardGaussian};

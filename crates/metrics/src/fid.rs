@@ -62,6 +62,30 @@ impl FeatureStats {
         Ok(())
     }
 
+    /// The running sums `(n, Σx [D], Σxxᵀ [D, D])`, float64, e.g. to add up accumulators of several
+    /// processes; [`FeatureStats::from_sums`] makes an accumulator from them again.
+    pub fn sums(&self) -> (u64, &Tensor, &Tensor) {
+        (self.n, &self.sum, &self.sum_outer)
+    }
+
+    /// The accumulator holding the given sums (as [`FeatureStats::sums`] returns them).
+    pub fn from_sums(n: u64, sum: &Tensor, sum_outer: &Tensor) -> Result<Self> {
+        let d = sum.size();
+        if d.len() != 1 || sum_outer.size() != [d[0], d[0]] {
+            return Err(Error::BadInput(format!(
+                "feature sums of shapes {:?} and {:?} do not fit together",
+                d,
+                sum_outer.size()
+            )));
+        }
+        let cpu = |t: &Tensor| t.to_kind(Kind::Double).to_device(tch::Device::Cpu);
+        Ok(FeatureStats {
+            n,
+            sum: cpu(sum),
+            sum_outer: cpu(sum_outer),
+        })
+    }
+
     /// Number of features seen.
     pub fn count(&self) -> u64 {
         self.n

@@ -53,8 +53,8 @@ pub struct BenchRequest {
     pub warmup: u64,
     /// Device.
     pub device: Device,
-    /// Float16 autocast with the loop's dynamic loss scale (CUDA only).
-    pub autocast: bool,
+    /// The loop's autocast (CUDA only): float16 with its dynamic loss scale, or bfloat16.
+    pub autocast: crate::config::Autocast,
 }
 
 /// What [`bench_step`] measured.
@@ -125,6 +125,7 @@ pub fn bench_step(cfg: &PipelineConfig, req: &BenchRequest) -> Result<BenchResul
         checkpoint: &checkpoint,
         seed: 12,
         label: "bench",
+        dist: None,
     };
     let teacher;
     let distance;

@@ -65,6 +65,8 @@ pub struct TrainState {
     pub rng: ChaCha20Rng,
     /// The student's architecture.
     pub arch: ArchConfig,
+    /// The float16 loss scale and its clean steps since the last change (float16 autocast runs).
+    pub loss_scale: Option<(f64, u64)>,
 }
 
 impl TrainState {
@@ -137,6 +139,9 @@ fn content_digest(tensors: &[(String, Tensor)], meta: &BTreeMap<String, String>)
     hex::encode(h.finalize())
 }
 
+/// Metadata key of the float16 loss scale: `"<value> <clean steps>"`.
+const LOSS_SCALE_KEY: &str = "slimflow.loss_scale";
+
 /// Writes a state atomically, with its content checksum.
 pub fn save_state(dir: &Path, s: &TrainState) -> Result<PathBuf> {
     let mut tensors = Vec::with_capacity(4 * s.params.len());
@@ -158,6 +163,9 @@ pub fn save_state(dir: &Path, s: &TrainState) -> Result<PathBuf> {
             serde_json::to_string(&s.arch).expect("arch serialises"),
         ),
     ]);
+    if let Some((value, clean)) = s.loss_scale {
+        meta.insert(LOSS_SCALE_KEY.to_string(), format!("{value:e} {clean}"));
+    }
     meta.insert(DIGEST_KEY.to_string(), content_digest(&tensors, &meta));
     let path = state_path(dir, s.step);
     slimflow_tensor_io::write(&path, &tensors, &meta)?;
@@ -210,6 +218,23 @@ pub fn load_state(path: &Path, names: &[String]) -> Result<TrainState> {
         serde_json::from_str(meta("slimflow.rng")?).map_err(|e| bad(format!("rng: {e}")))?;
     let arch: ArchConfig =
         serde_json::from_str(meta(checkpoint::ARCH_KEY)?).map_err(|e| bad(format!("arch: {e}")))?;
+    let loss_scale = match file.metadata.get(LOSS_SCALE_KEY) {
+        None => None,
+        Some(text) => {
+            let parsed = text.split_once(' ').and_then(|(v, c)| {
+                let v: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|v: &f64| v.is_finite() && *v >= 1.0)?;
+                Some((v, c.parse::<u64>().ok()?))
+            });
+            Some(parsed.ok_or_else(|| {
+                bad(format!(
+                    "{LOSS_SCALE_KEY} = {text:?}: expected a scale ≥ 1 and a step count"
+                ))
+            })?)
+        }
+    };
     let expected = 4 * names.len();
     if file.tensors.len() != expected {
         return Err(bad(format!(
@@ -230,6 +255,7 @@ pub fn load_state(path: &Path, names: &[String]) -> Result<TrainState> {
         adam_t,
         rng,
         arch,
+        loss_scale,
     };
     for name in names {
         s.params.push((name.clone(), get("param", name)?));
@@ -304,7 +330,23 @@ mod tests {
             adam_t: step,
             rng: ChaCha20Rng::seed_from_u64(step),
             arch: ArchConfig::preset("mlp-toy-small").unwrap(),
+            loss_scale: None,
         }
+    }
+
+    #[test]
+    fn the_loss_scale_travels_with_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["w".to_string()];
+        let mut s = state(10, 0.5);
+        s.loss_scale = Some((32768.0, 17));
+        save_state(dir.path(), &s).unwrap();
+        let back = load_state(&state_path(dir.path(), 10), &names).unwrap();
+        assert_eq!(back.loss_scale, Some((32768.0, 17)));
+        // a state without one (float32 runs, older states) reads as none
+        save_state(dir.path(), &state(20, 0.5)).unwrap();
+        let back = load_state(&state_path(dir.path(), 20), &names).unwrap();
+        assert_eq!(back.loss_scale, None);
     }
 
     #[test]

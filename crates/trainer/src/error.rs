@@ -104,6 +104,55 @@ pub enum Error {
     /// An error from libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// Joining the data-parallel job failed.
+    #[error(transparent)]
+    Parallel(#[from] slimflow_c10d::C10dError),
+    /// A collective failed or timed out: another rank died or hung.
+    #[error("rank {rank} of {world}: {op} failed; {}. Run the same command again to resume from the last checkpoint ({message})", gone_text(gone))]
+    PeerLost {
+        /// This rank.
+        rank: usize,
+        /// The world size.
+        world: usize,
+        /// The collective.
+        op: String,
+        /// Ranks that no longer answer (empty: all answered, e.g. a transient network error).
+        gone: Vec<usize>,
+        /// The engine's message.
+        message: String,
+    },
+    /// Ranks hold different parameters or optimizer states.
+    #[error("step {step}: rank {rank}'s {what} differs from rank 0's; the ranks diverged (different binaries, libraries or hardware?) and the run stopped")]
+    Diverged {
+        /// The step.
+        step: u64,
+        /// The first rank that differs.
+        rank: usize,
+        /// What was compared.
+        what: String,
+    },
+    /// Rank 0 could not run a stage; the other ranks stop with its message.
+    #[error("rank 0 stopped stage `{stage}`: {message}")]
+    LeaderFailed {
+        /// The stage.
+        stage: String,
+        /// Rank 0's error.
+        message: String,
+    },
+}
+
+fn gone_text(gone: &[usize]) -> String {
+    match gone {
+        [] => "every rank still answers".to_string(),
+        [r] => format!("rank {r} stopped answering (died or hung)"),
+        many => format!(
+            "ranks {} stopped answering (died or hung)",
+            many.iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// Result with this crate's [`Error`].

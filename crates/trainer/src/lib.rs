@@ -18,6 +18,7 @@ pub mod ema;
 mod error;
 pub mod interrupt;
 pub mod optim;
+pub mod parallel;
 pub mod plan;
 pub mod progress;
 pub mod run_dir;

@@ -223,6 +223,7 @@ mod tests {
             force: false,
             rank: 0,
             world: 1,
+            dist: None,
         }
     }
 

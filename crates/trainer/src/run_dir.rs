@@ -7,6 +7,10 @@
 //! One process writes a stage directory at a time: [`StageCtx::begin`] takes `<stage>/.lock`
 //! ([`StageLock`]; `.lock.<rank>-of-<world>` for each writer of a sharded stage) before it reads the
 //! manifest, and a single writer then removes the temporary files that killed writes left behind.
+//!
+//! In a data-parallel job ([`crate::parallel::Dist`]) rank 0 alone does all of this; the other ranks
+//! wait for its decision (run, skip, or its error) through the rendezvous store, run the stage's
+//! computation with it, and take its outcome at the end.
 
 mod lock;
 
@@ -94,6 +98,8 @@ pub struct StageCtx {
     pub rank: usize,
     /// Number of writers (1: this process does everything).
     pub world: usize,
+    /// The data-parallel job this process is a rank of (then `rank` and `world` are its).
+    pub dist: Option<std::sync::Arc<crate::parallel::Dist>>,
 }
 
 /// SHA-256 of a file, hex.
@@ -118,7 +124,8 @@ pub struct StageDir {
     pub path: PathBuf,
     manifest: Manifest,
     started: Instant,
-    lock: StageLock,
+    /// The writer's lock; `None` on the ranks that follow rank 0 (they write nothing).
+    lock: Option<StageLock>,
 }
 
 /// Name of the lock file of writer `rank` of `world` in a stage directory.
@@ -205,11 +212,50 @@ impl StageCtx {
         hash_input: &serde_json::Value,
         intact: impl FnOnce(&Path) -> Result<bool>,
     ) -> Result<Option<StageDir>> {
+        let Some(d) = &self.dist else {
+            return self.begin_writer(stage, hash_input, intact, self.rank, self.world);
+        };
+        let key = format!("begin/{stage}");
+        if d.rank() == 0 {
+            let begun = self.begin_writer(stage, hash_input, intact, 0, 1);
+            let decision = match &begun {
+                Ok(Some(_)) => "run".to_string(),
+                Ok(None) => "skip".to_string(),
+                Err(e) => format!("error:{e}"),
+            };
+            d.decide(&key, Some(&decision), d.timeout())?;
+            return begun;
+        }
+        match d.decide(&key, None, d.timeout())?.as_str() {
+            "skip" => Ok(None),
+            "run" => Ok(Some(StageDir {
+                path: self.stage_path(stage),
+                manifest: self.new_manifest(stage, String::new()),
+                started: Instant::now(),
+                lock: None,
+            })),
+            other => Err(Error::LeaderFailed {
+                stage: stage.to_string(),
+                message: other.strip_prefix("error:").unwrap_or(other).to_string(),
+            }),
+        }
+    }
+
+    /// [`StageCtx::begin_checked`] for the process that writes the stage directory, as writer
+    /// `rank` of `world`.
+    fn begin_writer(
+        &self,
+        stage: &str,
+        hash_input: &serde_json::Value,
+        intact: impl FnOnce(&Path) -> Result<bool>,
+        rank: usize,
+        world: usize,
+    ) -> Result<Option<StageDir>> {
         let hash = hex::encode(Sha256::digest(hash_input.to_string().as_bytes()));
         let path = self.stage_path(stage);
         std::fs::create_dir_all(&path).map_err(io_err(&path))?;
-        let lock = StageLock::acquire(&path.join(lock_name(self.rank, self.world)))?;
-        if self.world <= 1 {
+        let lock = StageLock::acquire(&path.join(lock_name(rank, world)))?;
+        if world <= 1 {
             for p in slimflow_tensor_io::remove_stale_temps(&path)? {
                 tracing::info!("removed {} (left by an interrupted write)", p.display());
             }
@@ -251,30 +297,40 @@ impl StageCtx {
         slimflow_tensor_io::atomic_write(&cfg_path, toml.as_bytes())?;
         let dir = StageDir {
             path,
-            manifest: Manifest {
-                stage: stage.to_string(),
-                status: Status::Running,
-                config_hash: hash,
-                seed: self.config.seed,
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                torch: "2.11.0".to_string(),
-                git_revision: git_revision(),
-                device: format!("{:?}", self.device),
-                updated: String::new(),
-                wall_seconds: 0.0,
-                outputs: BTreeMap::new(),
-                error: None,
-            },
+            manifest: self.new_manifest(stage, hash),
             started: Instant::now(),
-            lock,
+            lock: Some(lock),
         };
         dir.write_manifest()?;
         Ok(Some(dir))
+    }
+
+    fn new_manifest(&self, stage: &str, config_hash: String) -> Manifest {
+        Manifest {
+            stage: stage.to_string(),
+            status: Status::Running,
+            config_hash,
+            seed: self.config.seed,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            torch: "2.11.0".to_string(),
+            git_revision: git_revision(),
+            device: match &self.dist {
+                Some(d) => format!("{:?} ×{} ranks", self.device, d.world()),
+                None => format!("{:?}", self.device),
+            },
+            updated: String::new(),
+            wall_seconds: 0.0,
+            outputs: BTreeMap::new(),
+            error: None,
+        }
     }
 }
 
 impl StageDir {
     fn write_manifest(&self) -> Result<()> {
+        if self.lock.is_none() {
+            return Ok(());
+        }
         let mut m = self.manifest.clone();
         m.updated = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         m.wall_seconds = self.started.elapsed().as_secs_f64();
@@ -301,9 +357,14 @@ impl StageDir {
         self.path.join("checkpoints")
     }
 
-    /// The lock this writer holds on the directory.
-    pub fn lock(&self) -> &StageLock {
-        &self.lock
+    /// The lock this writer holds on the directory (`None` on a rank that follows rank 0).
+    pub fn lock(&self) -> Option<&StageLock> {
+        self.lock.as_ref()
+    }
+
+    /// Whether this process writes the stage directory (false on ranks other than 0).
+    pub fn writes(&self) -> bool {
+        self.lock.is_some()
     }
 }
 
@@ -328,7 +389,35 @@ pub fn run_stage_checked(
     let Some(mut dir) = ctx.begin_checked(stage, &hash_input, intact)? else {
         return Ok(StageOutcome::Skipped);
     };
-    match body(&mut dir) {
+    let result = body(&mut dir);
+    let done = finish_stage(&mut dir, result);
+    let Some(d) = &ctx.dist else { return done };
+    // the ranks leave the stage together, with rank 0's outcome
+    let key = format!("end/{stage}");
+    if d.rank() == 0 {
+        let decision = match &done {
+            Ok(o) => format!("{o:?}"),
+            Err(e) => format!("error:{e}"),
+        };
+        d.decide(&key, Some(&decision), d.timeout())?;
+        return done;
+    }
+    done?;
+    match d.decide(&key, None, d.timeout())?.as_str() {
+        "Completed" => Ok(StageOutcome::Completed),
+        "Skipped" => Ok(StageOutcome::Skipped),
+        "Interrupted" => Ok(StageOutcome::Interrupted),
+        "Partial" => Ok(StageOutcome::Partial),
+        other => Err(Error::LeaderFailed {
+            stage: stage.to_string(),
+            message: other.strip_prefix("error:").unwrap_or(other).to_string(),
+        }),
+    }
+}
+
+/// Records `result` of a stage's body in its manifest.
+fn finish_stage(dir: &mut StageDir, result: Result<StageOutcome>) -> Result<StageOutcome> {
+    match result {
         Ok(StageOutcome::Interrupted) => {
             dir.finish(Status::Interrupted, None)?;
             Ok(StageOutcome::Interrupted)
@@ -367,6 +456,7 @@ mod tests {
             force,
             rank: 0,
             world: 1,
+            dist: None,
         }
     }
 

@@ -4,10 +4,12 @@
 //! the objective's randomness from the loop's ChaCha20 generator, split it into `accumulate`
 //! micro-batches whose gradients add up, stop on a non-finite loss, then [`crate::optim::update`]:
 //! warm-up lr, the non-finite guard and the clip in the configured order, Adam, EMA. With `autocast`
-//! on CUDA the forward passes run in float16 under libtorch's autocast with a dynamic loss scale
-//! (halved and the step skipped on overflow, doubled after `loss_scale_window` clean steps; from
-//! `loss_scale`, defaults 65536 and 2000). A run resumes from its newest intact state; an interrupt
-//! request saves a state and returns.
+//! on CUDA the forward passes run under libtorch's autocast: in bfloat16, or in float16 with a
+//! dynamic loss scale (halved and the step skipped on overflow, doubled after `loss_scale_window`
+//! clean steps; from `loss_scale`, defaults 65536 and 2000; saved with the state). A run resumes
+//! from its newest intact state; an interrupt request saves a state and returns. On the ranks of a
+//! data-parallel job ([`crate::parallel`]) each computes its rows of every micro-batch and the
+//! gradients are averaged before the update.
 //!
 //! Everything else a step leads to is an [`Observers`] item: metric sinks receive the record of every
 //! `log_every`-th step, then [`StepHook`]s run. The stages' set ([`Observers::standard`]) is
@@ -32,6 +34,7 @@ use crate::config::{CheckpointConfig, OptimConfig};
 use crate::ema::Ema;
 use crate::error::{Error, Result};
 use crate::optim::{update, zero_grad, Adam, UpdateInfo};
+use crate::parallel::{checksum, Dist};
 use crate::progress::Progress;
 use crate::sink::{JsonlSink, MetricSink};
 
@@ -48,6 +51,8 @@ pub struct LoopSettings<'a> {
     pub seed: u64,
     /// Label for progress output.
     pub label: &'a str,
+    /// The data-parallel job this process is a rank of, if any.
+    pub dist: Option<&'a Dist>,
 }
 
 /// How a loop ended.
@@ -162,54 +167,69 @@ pub fn train_with(
     mut observers: Observers<'_>,
 ) -> Result<LoopEnd> {
     let ckpt_dir = stage_dir.join("checkpoints");
+    let dist = settings.dist;
+    // rank 0 alone writes: the other ranks' observers see nothing
+    let writer = dist.is_none_or(|d| d.rank() == 0);
+    if !writer {
+        observers = Observers::default();
+    }
     let mut st = LoopState::new(model, settings);
     let start = st.resume(&ckpt_dir, settings.label)?;
+    if let Some(d) = dist {
+        let mut state = vec![start as f64];
+        state.extend(st.checksum()?);
+        d.check_identical("resumed step and state", start, &state)?;
+    }
     observers.begin(start)?;
-    let amp = settings.optim.autocast && model.vs.device().is_cuda();
-    let mut scale = LossScale::new(amp, settings.optim);
-    let mut progress = Progress::new(settings.label, start, settings.steps);
-    for step in start..settings.steps {
-        if crate::interrupt::requested() {
-            if !checkpointing::list_states(&ckpt_dir).contains(&step) {
-                checkpointing::save_state(&ckpt_dir, &st.state_ref().at(step))?;
-            }
-            progress.finish();
-            tracing::info!(
-                "{}: interrupted at step {step}; run again to resume",
-                settings.label
-            );
-            return observers.finish(LoopEnd::Interrupted);
+    let mut progress = writer.then(|| Progress::new(settings.label, start, settings.steps));
+    let finish_progress = |p: &mut Option<Progress>| {
+        if let Some(p) = p.as_mut() {
+            p.finish();
         }
-        let (loss, parts, extra, UpdateInfo { lr, grad_norm }) = match st.step(
-            model, settings, objective, next_batch, &mut scale, step, None,
-        )? {
-            Stepped::Done {
-                loss,
-                parts,
-                extra,
-                info,
-            } => (loss, parts, extra, info),
-            Stepped::NonFinite(value) => {
-                progress.finish();
-                let checkpoint = checkpointing::latest_good(&ckpt_dir, &st.names).map(|g| g.0);
-                return Err(Error::NonFiniteLoss {
-                    step,
-                    value,
-                    checkpoint,
-                });
-            }
-        };
+    };
+    for step in start..settings.steps {
+        // on several ranks the request travels with the step's statistics, so all stop together
+        if dist.is_none() && crate::interrupt::requested() {
+            return interrupted(&st, &ckpt_dir, step, settings, observers, writer);
+        }
+        let (loss, parts, extra, UpdateInfo { lr, grad_norm }) =
+            match st.step(model, settings, objective, next_batch, step, None)? {
+                Stepped::Done {
+                    loss,
+                    parts,
+                    extra,
+                    info,
+                } => (loss, parts, extra, info),
+                Stepped::Interrupted => {
+                    finish_progress(&mut progress);
+                    return interrupted(&st, &ckpt_dir, step, settings, observers, writer);
+                }
+                Stepped::NonFinite(value) => {
+                    finish_progress(&mut progress);
+                    let checkpoint = checkpointing::latest_good(&ckpt_dir, &st.names).map(|g| g.0);
+                    return Err(Error::NonFiniteLoss {
+                        step,
+                        value,
+                        checkpoint,
+                    });
+                }
+            };
         let done = step + 1;
         let logged = done % settings.checkpoint.log_every.max(1) == 0 || done == settings.steps;
         let record = logged.then(|| {
             let mut fields = vec![("loss", loss), ("grad_norm", grad_norm), ("lr", lr)];
-            if amp {
-                fields.push(("loss_scale", scale.value));
+            if st.scale.enabled {
+                fields.push(("loss_scale", st.scale.value));
             }
             fields.extend(parts.iter().chain(&extra).copied());
             fields
         });
-        progress.set(done, || format!("loss {loss:.4}"));
+        if let (Some(d), true) = (dist, logged) {
+            d.check_identical("parameters, Adam moments and EMA", done, &st.checksum()?)?;
+        }
+        if let Some(p) = progress.as_mut() {
+            p.set(done, || format!("loss {loss:.4}"));
+        }
         observers.after_step(&StepView {
             step: done,
             steps: settings.steps,
@@ -219,9 +239,31 @@ pub fn train_with(
             state: st.state_ref(),
         })?;
     }
-    progress.finish();
-    st.write_model(&stage_dir.join("model.safetensors"), settings)?;
+    finish_progress(&mut progress);
+    if writer {
+        st.write_model(&stage_dir.join("model.safetensors"), settings)?;
+    }
     observers.finish(LoopEnd::Finished)
+}
+
+/// Ends the loop on an interrupt request before `step`: rank 0 (or the only process) saves the
+/// state the step started from.
+fn interrupted(
+    st: &LoopState,
+    ckpt_dir: &Path,
+    step: u64,
+    settings: &LoopSettings<'_>,
+    mut observers: Observers<'_>,
+    writer: bool,
+) -> Result<LoopEnd> {
+    if writer && !checkpointing::list_states(ckpt_dir).contains(&step) {
+        checkpointing::save_state(ckpt_dir, &st.state_ref().at(step))?;
+    }
+    tracing::info!(
+        "{}: interrupted at step {step}; run again to resume",
+        settings.label
+    );
+    observers.finish(LoopEnd::Interrupted)
 }
 
 /// What one step did.
@@ -236,6 +278,8 @@ enum Stepped {
     },
     /// A micro-batch's loss was not finite; nothing was updated.
     NonFinite(f64),
+    /// A rank asked to stop; nothing was updated and the generator is back where the step began.
+    Interrupted,
 }
 
 /// The loop's trainable state: the parameters (sorted by name), Adam, the EMA and the generator.
@@ -246,6 +290,10 @@ struct LoopState {
     adam: Adam,
     ema: Ema,
     rng: ChaCha20Rng,
+    /// The float16 loss scale (inert otherwise).
+    scale: LossScale,
+    /// The autocast dtype of the forward passes (CUDA only).
+    autocast: Option<tch::Kind>,
 }
 
 impl LoopState {
@@ -258,11 +306,11 @@ impl LoopState {
         settings: &LoopSettings<'_>,
         objective: &dyn Objective,
         next_batch: &mut BatchFn<'_>,
-        scale: &mut LossScale,
         step: u64,
         mut clock: Option<&mut PhaseClock>,
     ) -> Result<Stepped> {
         tch::manual_seed((settings.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
+        let rng_at_start = settings.dist.map(|_| self.rng.clone());
         let (batch, extra) = next_batch(&mut self.rng, step)?;
         zero_grad(&self.params);
         if let Some(c) = clock.as_deref_mut() {
@@ -274,15 +322,38 @@ impl LoopState {
             objective,
             &batch,
             accumulate,
-            &*scale,
+            (&self.scale, self.autocast),
             &mut self.rng,
+            settings.dist,
             clock,
         )?;
-        let (loss, parts) = match pass {
+        let (mut loss, mut parts) = match pass {
             Pass::Done { loss, parts } => (loss, parts),
             Pass::NonFinite(value) => return Ok(Stepped::NonFinite(value)),
         };
-        let stepped = scale.unscale(&self.params);
+        if let Some(d) = settings.dist {
+            // one reduction carries the loss terms and any rank's interrupt request
+            let mut values = vec![loss];
+            values.extend(parts.iter().map(|p| p.1));
+            values.push(f64::from(u8::from(crate::interrupt::requested())));
+            let sums = d.sum(&values)?;
+            let w = d.world() as f64;
+            if sums[values.len() - 1] > 0.0 {
+                if let Some(rng) = rng_at_start {
+                    self.rng = rng;
+                }
+                return Ok(Stepped::Interrupted);
+            }
+            loss = sums[0] / w;
+            for (p, s) in parts.iter_mut().zip(&sums[1..]) {
+                p.1 = s / w;
+            }
+            if !loss.is_finite() {
+                return Ok(Stepped::NonFinite(loss));
+            }
+            d.mean_grads(&self.params)?;
+        }
+        let stepped = self.scale.unscale(&self.params);
         let info = update(
             &self.params,
             &mut self.adam,
@@ -300,6 +371,12 @@ impl LoopState {
     }
 
     fn new(model: &Model, settings: &LoopSettings<'_>) -> Self {
+        let autocast = settings
+            .optim
+            .autocast
+            .kind()
+            .filter(|_| model.vs.device().is_cuda());
+        let scale = LossScale::new(autocast == Some(tch::Kind::Half), settings.optim);
         let (names, params) = sorted_variables(model);
         let adam = Adam::new(settings.optim, &params);
         let ema = Ema::new(settings.optim.ema_decay, settings.optim.ema_warmup, &params);
@@ -310,6 +387,8 @@ impl LoopState {
             adam,
             ema,
             rng: ChaCha20Rng::seed_from_u64(settings.seed),
+            scale,
+            autocast,
         }
     }
 
@@ -338,8 +417,17 @@ impl LoopState {
         // Adam and the EMA advance together (a step skipped by the loss scale skips both).
         self.ema.num_updates = state.adam_t;
         self.rng = state.rng;
+        if let (true, Some((value, clean))) = (self.scale.enabled, state.loss_scale) {
+            self.scale.value = value;
+            self.scale.clean = clean;
+        }
         tracing::info!("{label}: resumed at step {}", state.step);
         Ok(state.step)
+    }
+
+    /// The fingerprint of everything that must stay identical on every rank.
+    fn checksum(&self) -> Result<Vec<f64>> {
+        checksum(&[&self.params, &self.adam.m, &self.adam.v, &self.ema.values])
     }
 
     fn state_ref(&self) -> StateRef<'_> {
@@ -350,6 +438,10 @@ impl LoopState {
             ema: &self.ema,
             rng: &self.rng,
             arch: &self.arch,
+            loss_scale: self
+                .scale
+                .enabled
+                .then_some((self.scale.value, self.scale.clean)),
         }
     }
 
@@ -392,25 +484,58 @@ enum Pass {
 
 /// Runs `batch` as `accumulate` micro-batches (under autocast when `scale` is enabled), each loss
 /// multiplied by `scale / accumulate` before its backward pass so the gradients add up to the whole
-/// batch's.
+/// batch's. On a rank of `dist`, the objective draws for each whole micro-batch and the rank keeps
+/// its rows of batch and draws; a non-finite loss is then returned as the loss, for the ranks to
+/// agree on after the reduction.
+#[allow(clippy::too_many_arguments)]
 fn backward(
     model: &Model,
     objective: &dyn Objective,
     batch: &Batch,
     accumulate: usize,
-    scale: &LossScale,
+    (scale, autocast): (&LossScale, Option<tch::Kind>),
     rng: &mut ChaCha20Rng,
+    dist: Option<&Dist>,
     mut clock: Option<&mut PhaseClock>,
 ) -> Result<Pass> {
+    let n = batch.x0.size().first().copied().unwrap_or(0);
+    let ways = accumulate as i64 * dist.map_or(1, |d| d.world() as i64);
+    if n % ways != 0 || n == 0 {
+        return Err(Error::Invalid(format!(
+            "a batch of {n} cannot be cut into {accumulate} micro-batch(es) on {} rank(s): make \
+             batch_size a multiple of optim.accumulate × ranks = {ways}",
+            dist.map_or(1, |d| d.world())
+        )));
+    }
     let mut loss = 0.0;
     let mut parts: Vec<(&'static str, f64)> = Vec::new();
     for micro in split(batch, accumulate) {
-        let terms = tch::autocast(scale.enabled, || objective.loss(model, &micro, rng))?;
+        let draws = objective.draw(model, &micro, rng)?;
+        let (micro, draws) = match dist {
+            Some(d) => {
+                let (start, len) = d.shard(micro.x0.size()[0]);
+                (rows(&micro, start, len), draws.narrow(start, len))
+            }
+            None => (micro, draws),
+        };
+        if let Some(kind) = autocast {
+            // libtorch's autocast dtype is per thread: set it where the forward runs
+            slimflow_c10d::autocast::set_dtype(slimflow_c10d::autocast::DeviceType::Cuda, kind)?;
+        }
+        let terms = tch::autocast(autocast.is_some(), || {
+            objective.loss_with(model, &micro, &draws)
+        })?;
         let value = terms.total.double_value(&[]);
         if let Some(c) = clock.as_deref_mut() {
             c.phases.forward += c.lap();
         }
         if !value.is_finite() {
+            if dist.is_some() {
+                return Ok(Pass::Done {
+                    loss: value,
+                    parts: terms.parts,
+                });
+            }
             return Ok(Pass::NonFinite(value));
         }
         (terms.total.to_kind(tch::Kind::Float) * (scale.value / accumulate as f64)).backward();
@@ -495,8 +620,6 @@ pub fn timed_steps(
 ) -> Result<Vec<StepPhases>> {
     let mut st = LoopState::new(model, settings);
     let device = model.vs.device();
-    let amp = settings.optim.autocast && device.is_cuda();
-    let mut scale = LossScale::new(amp, settings.optim);
     let mut out = Vec::with_capacity(steps as usize);
     for step in 0..warmup + steps {
         let mut clock = PhaseClock::new(device);
@@ -505,10 +628,10 @@ pub fn timed_steps(
             settings,
             objective,
             next_batch,
-            &mut scale,
             step,
             Some(&mut clock),
         )?;
+        // the bench runs one process, so only a non-finite loss ends it early
         if let Stepped::NonFinite(value) = stepped {
             return Err(Error::NonFiniteLoss {
                 step,
@@ -524,6 +647,15 @@ pub fn timed_steps(
     Ok(out)
 }
 
+/// Rows `start..start + len` of `batch`.
+fn rows(batch: &Batch, start: i64, len: i64) -> Batch {
+    Batch {
+        x0: batch.x0.narrow(0, start, len),
+        x1: batch.x1.narrow(0, start, len),
+        labels: batch.labels.as_ref().map(|l| l.narrow(0, start, len)),
+    }
+}
+
 /// `batch` cut into `parts` equal micro-batches along the batch dimension.
 fn split(batch: &Batch, parts: usize) -> Vec<Batch> {
     if parts <= 1 {
@@ -534,13 +666,7 @@ fn split(batch: &Batch, parts: usize) -> Vec<Batch> {
         }];
     }
     let n = batch.x0.size()[0] / parts as i64;
-    (0..parts as i64)
-        .map(|k| Batch {
-            x0: batch.x0.narrow(0, k * n, n),
-            x1: batch.x1.narrow(0, k * n, n),
-            labels: batch.labels.as_ref().map(|l| l.narrow(0, k * n, n)),
-        })
-        .collect()
+    (0..parts as i64).map(|k| rows(batch, k * n, n)).collect()
 }
 
 /// Dynamic loss scaling for float16 autocast (1 and inert without it).
@@ -642,6 +768,7 @@ mod tests {
             checkpoint: &checkpoint,
             seed: 5,
             label: "test",
+            dist: None,
         };
         let objective = Rf {
             time: TimeDist::Uniform { eps: 1e-3 },
@@ -712,7 +839,7 @@ mod tests {
     fn loss_scale_starts_and_grows_as_configured() {
         // rfpp's ImageNet run: 32768, doubled after 10 000 clean backward passes = 2500 steps of 4
         let optim = OptimConfig {
-            autocast: true,
+            autocast: crate::config::Autocast::F16,
             loss_scale: Some(32768.0),
             loss_scale_window: Some(3),
             ..OptimConfig::default()
@@ -741,6 +868,131 @@ mod tests {
         (&p * f64::NAN).sum(Kind::Float).backward();
         assert!(!low.unscale(&params));
         assert_eq!(low.value, 1.0);
+    }
+
+    /// Rf that records the first coordinate of every x1 row it computes a loss on.
+    struct Recording {
+        inner: Rf,
+        seen: std::cell::RefCell<Vec<f32>>,
+    }
+
+    impl Objective for Recording {
+        fn draw(
+            &self,
+            student: &dyn slimflow_sampling::Network,
+            batch: &Batch,
+            rng: &mut dyn rand::RngCore,
+        ) -> slimflow_losses::Result<slimflow_losses::Draws> {
+            self.inner.draw(student, batch, rng)
+        }
+
+        fn loss_with(
+            &self,
+            student: &dyn slimflow_sampling::Network,
+            batch: &Batch,
+            draws: &slimflow_losses::Draws,
+        ) -> slimflow_losses::Result<slimflow_losses::LossTerms> {
+            let x: Vec<f32> = Vec::try_from(&batch.x1.select(1, 0)).unwrap();
+            self.seen.borrow_mut().extend(x);
+            self.inner.loss_with(student, batch, draws)
+        }
+    }
+
+    #[test]
+    fn each_rank_computes_its_rows_of_every_micro_batch_and_gets_the_mean_gradient() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let init: Vec<Vec<f32>> = sorted_variables(&model())
+            .1
+            .iter()
+            .map(|t| Vec::try_from(&t.flatten(0, -1)).unwrap())
+            .collect();
+        // batch of 8 rows (x1 = row index), 2 micro-batches of 4: one process, then two ranks
+        let run = move |dist: Option<&Dist>| -> (Vec<f32>, f64, Vec<Vec<f32>>) {
+            let model = model();
+            tch::no_grad(|| {
+                for (p, v) in sorted_variables(&model).1.iter().zip(&init) {
+                    p.shallow_clone().copy_(&Tensor::from_slice(v).view_as(p));
+                }
+            });
+            let x1 = Tensor::arange(16, (Kind::Float, Device::Cpu)).view([8, 2]) / 16.0;
+            let x0 = x1.flip([0]);
+            let batch = Batch {
+                x0,
+                x1: x1 * 16.0,
+                labels: None,
+            };
+            let objective = Recording {
+                inner: Rf {
+                    time: TimeDist::Uniform { eps: 1e-3 },
+                    premetric: PremetricConfig::L2Squared {},
+                },
+                seen: Default::default(),
+            };
+            let scale = LossScale::new(false, &OptimConfig::default());
+            let mut rng = ChaCha20Rng::seed_from_u64(3);
+            let pass = backward(
+                &model,
+                &objective,
+                &batch,
+                2,
+                (&scale, None),
+                &mut rng,
+                dist,
+                None,
+            )
+            .unwrap();
+            let Pass::Done { loss, .. } = pass else {
+                panic!("finite loss expected")
+            };
+            let params = sorted_variables(&model).1;
+            if let Some(d) = dist {
+                d.mean_grads(&params).unwrap();
+            }
+            let grads = params
+                .iter()
+                .map(|p| Vec::try_from(&p.grad().flatten(0, -1)).unwrap())
+                .collect();
+            (objective.seen.into_inner(), loss, grads)
+        };
+        let (rows, loss, grads) = run(None);
+        assert_eq!(rows, vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0]);
+        let ranks: Vec<_> = (0..2)
+            .map(|rank| {
+                let run = run.clone();
+                std::thread::spawn(move || {
+                    let at = crate::parallel::Rendezvous {
+                        host: "127.0.0.1".into(),
+                        port,
+                        rank0_serves: true,
+                        attempt: 0,
+                    };
+                    let timeout = std::time::Duration::from_secs(60);
+                    let d = Dist::connect(&at, rank, 2, Device::Cpu, timeout).unwrap();
+                    let (rows, local_loss, grads) = run(Some(&d));
+                    let mean_loss = d.sum(&[local_loss]).unwrap()[0] / 2.0;
+                    (rows, mean_loss, grads)
+                })
+            })
+            .collect();
+        let out: Vec<_> = ranks.into_iter().map(|h| h.join().unwrap()).collect();
+        // rank r keeps rows 2r, 2r+1 of each micro-batch of 4
+        assert_eq!(out[0].0, vec![0.0, 2.0, 8.0, 10.0]);
+        assert_eq!(out[1].0, vec![4.0, 6.0, 12.0, 14.0]);
+        for (_, l, g) in &out {
+            assert!((l - loss).abs() <= 1e-6 * loss.abs(), "{l} vs {loss}");
+            for (a, b) in g.iter().zip(&grads) {
+                let scale = b.iter().fold(0f32, |m, y| m.max(y.abs()));
+                for (x, y) in a.iter().zip(b) {
+                    assert!((x - y).abs() <= 1e-5 * scale, "{x} vs {y} (scale {scale})");
+                }
+            }
+        }
+        // both ranks hold the same averaged gradient, bit for bit
+        assert_eq!(out[0].2, out[1].2);
     }
 
     /// Everything a hook is shown.
@@ -797,6 +1049,7 @@ mod tests {
                 checkpoint: &checkpoint,
                 seed: 5,
                 label: "test",
+                dist: None,
             };
             let mut batches = |rng: &mut ChaCha20Rng, step: u64| {
                 let x1 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);

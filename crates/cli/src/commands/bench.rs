@@ -34,7 +34,7 @@ pub enum Which {
 pub enum PrecisionArg {
     /// float32.
     F32,
-    /// bfloat16 (pairs and sample only: the training loop's autocast is float16).
+    /// bfloat16: autocast for training (CUDA), bf16 networks for sampling.
     Bf16,
     /// float16: autocast with dynamic loss scaling for training (CUDA), f16 networks for sampling.
     F16,
@@ -205,16 +205,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     };
     let cfg = load_config(&path, &args.overrides)?;
     let training = matches!(args.stage, Which::Train | Which::Reflow | Which::Distill);
-    if training && args.precision == PrecisionArg::Bf16 {
+    if training && args.precision != PrecisionArg::F32 && !device.is_cuda() {
         return Err(usage(
-            "--precision bf16",
-            "the training loop's autocast is float16 (use f16 on CUDA, or f32)",
-        ));
-    }
-    if training && args.precision == PrecisionArg::F16 && !device.is_cuda() {
-        return Err(usage(
-            "--precision f16",
-            "float16 training (autocast) runs on CUDA only",
+            "--precision",
+            "mixed-precision training (autocast, f16 or bf16) runs on CUDA only",
         ));
     }
     if training && args.solver.is_some() {
@@ -236,7 +230,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         steps: args.steps,
         warmup: args.warmup,
         device,
-        autocast: args.precision == PrecisionArg::F16,
+        autocast: match args.precision {
+            PrecisionArg::F32 => slimflow_trainer::config::Autocast::Off,
+            PrecisionArg::Bf16 => slimflow_trainer::config::Autocast::Bf16,
+            PrecisionArg::F16 => slimflow_trainer::config::Autocast::F16,
+        },
     };
     let precision = match args.precision {
         PrecisionArg::F32 => Precision::F32,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use slimflow_sampling::SolverConfig;
 use slimflow_trainer::stage::{self, SampleClasses, SampleRequest};
@@ -114,7 +114,11 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
     if let Some(n) = args.stage.nproc_per_node {
         anyhow::bail!("sample --nproc-per-node {n}: sampling runs as one process");
     }
-    let ctx = context(&args.stage)?;
+    let launch = slimflow_launch::Launch::from_env().context("reading the launch environment")?;
+    if launch.is_distributed() {
+        anyhow::bail!("sample inside a launched job ({launch}): sampling runs as one process");
+    }
+    let ctx = context(&args.stage, "sample")?;
     if ctx.world > 1 {
         anyhow::bail!(
             "sample as writer {} of {}: sampling runs as one process (every rank would write --out)",

@@ -37,28 +37,32 @@ pub struct StageArgs {
     /// Under torchrun or srun, rank and world come from the launcher's environment instead.
     #[arg(long, default_value_t = 1)]
     pub world: usize,
-    /// generate-pairs: start N local writers, one device each (`cuda:LOCAL_RANK` for `auto` or
-    /// `cuda`), as `torchrun --nproc-per-node N` would.
+    /// Start N local ranks of a data-parallel job, one device each (`cuda:LOCAL_RANK` for `auto`
+    /// or `cuda`), as `torchrun --nproc-per-node N` would.
     #[arg(long, value_name = "N")]
     pub nproc_per_node: Option<usize>,
+    /// Seconds a rank waits for the others in a collective before the job stops with an error
+    /// naming the ranks that no longer answer.
+    #[arg(long, value_name = "SECS", default_value_t = slimflow_trainer::parallel::DEFAULT_TIMEOUT.as_secs())]
+    pub collective_timeout: u64,
 }
 
-/// The stage that runs on several processes today: pair generation, whose writers share nothing
-/// but the store.
-const MULTI_PROCESS_STAGE: &str = "generate-pairs";
+/// The stage whose writers may also run unconnected (`--rank/--world`), sharing nothing but the
+/// store.
+const INDEPENDENT_WRITERS_STAGE: &str = "generate-pairs";
 
-/// `Err` unless `which` can run as one of several processes (`how` names the launch).
-fn check_multi_process(which: Which, how: &str) -> Result<()> {
+/// `Err` unless `which` can run as one of several unconnected writers.
+fn check_independent_writers(which: Which, how: &str) -> Result<()> {
     match which {
-        Which::One(s) if s.name == MULTI_PROCESS_STAGE => Ok(()),
+        Which::One(s) if s.name == INDEPENDENT_WRITERS_STAGE => Ok(()),
         Which::One(s) => anyhow::bail!(
-            "`{}` {how}: only `{MULTI_PROCESS_STAGE}` runs on several processes; data-parallel \
-             training stages are not available yet, so run this stage as one process",
+            "`{}` {how}: only `{INDEPENDENT_WRITERS_STAGE}` runs as unconnected writers; launch \
+             a data-parallel job instead (`--nproc-per-node N`, torchrun or srun)",
             s.name
         ),
         Which::All => anyhow::bail!(
-            "`pipeline` {how}: only `{MULTI_PROCESS_STAGE}` runs on several processes; run the \
-             pipeline as one process and `{MULTI_PROCESS_STAGE}` on several"
+            "`pipeline` {how}: only `{INDEPENDENT_WRITERS_STAGE}` runs as unconnected writers; \
+             launch a data-parallel job instead (`--nproc-per-node N`, torchrun or srun)"
         ),
     }
 }
@@ -73,8 +77,9 @@ pub enum Which {
 }
 
 /// Builds the stage context from the arguments (and, under torchrun or srun, the launcher's
-/// environment).
-pub fn context(args: &StageArgs) -> Result<StageCtx> {
+/// environment: then this process joins the data-parallel job, and every rank must have been
+/// started with the same binary, config and options).
+pub fn context(args: &StageArgs, what: &str) -> Result<StageCtx> {
     let launch = slimflow_launch::Launch::from_env().context("reading the launch environment")?;
     let (rank, world) = if launch.is_distributed() {
         if args.world != 1 || args.rank != 0 {
@@ -122,6 +127,43 @@ pub fn context(args: &StageArgs) -> Result<StageCtx> {
             );
         }
     }
+    let dist = if launch.is_distributed() && !args.dry_run {
+        if device == tch::Device::Cpu
+            && launch.local_world > 1
+            && std::env::var_os("OMP_NUM_THREADS").is_none()
+        {
+            // the node's cores are shared by its ranks
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            tch::set_num_threads((cores / launch.local_world).max(1) as i32);
+        }
+        let timeout = std::time::Duration::from_secs(args.collective_timeout.max(1));
+        let at = slimflow_trainer::parallel::Rendezvous {
+            host: launch.master_addr.clone(),
+            port: launch.master_port,
+            rank0_serves: !launch.agent_store,
+            attempt: launch.attempt,
+        };
+        let dist = slimflow_trainer::parallel::Dist::connect(&at, rank, world, device, timeout)
+            .with_context(|| format!("joining the data-parallel job ({launch})"))?;
+        let toml = slimflow_trainer::config::to_toml(&config).context("serialising the config")?;
+        let identity = format!(
+            "{} {what} {toml} run={} force={} device={:?}",
+            env!("CARGO_PKG_VERSION"),
+            run_dir.display(),
+            args.force,
+            config.device,
+        );
+        dist.check_same("config", identity.as_bytes())?;
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| slimflow_tensor_io::sha256_file(&p).ok())
+            .map(|h| h.0)
+            .unwrap_or_default();
+        dist.check_same("binary", exe.as_bytes())?;
+        Some(std::sync::Arc::new(dist))
+    } else {
+        None
+    };
     Ok(StageCtx {
         run_dir,
         config,
@@ -129,6 +171,7 @@ pub fn context(args: &StageArgs) -> Result<StageCtx> {
         force: args.force,
         rank,
         world,
+        dist,
     })
 }
 
@@ -139,11 +182,15 @@ fn run_one(ctx: &StageCtx, stage: &Stage) -> Result<StageOutcome> {
 /// Runs the selected stages; exit 130 when one was interrupted.
 pub fn run(args: &StageArgs, which: Which) -> Result<ExitCode> {
     if let Some(n) = args.nproc_per_node.filter(|&n| n != 1) {
-        return run_local_workers(args, which, n);
+        return run_local_workers(args, n);
     }
-    let ctx = context(args)?;
-    if ctx.world > 1 {
-        check_multi_process(which, &format!("as writer {} of {}", ctx.rank, ctx.world))?;
+    let what = match which {
+        Which::One(s) => s.name,
+        Which::All => "pipeline",
+    };
+    let ctx = context(args, what)?;
+    if ctx.world > 1 && ctx.dist.is_none() && !args.dry_run {
+        check_independent_writers(which, &format!("as writer {} of {}", ctx.rank, ctx.world))?;
     }
     if args.dry_run {
         println!("# run directory: {}", ctx.run_dir.display());
@@ -206,11 +253,10 @@ fn toml_string(ctx: &StageCtx) -> Result<String> {
 }
 
 /// `--nproc-per-node N`: this command again as N local workers under the torchrun contract.
-fn run_local_workers(args: &StageArgs, which: Which, n: usize) -> Result<ExitCode> {
+fn run_local_workers(args: &StageArgs, n: usize) -> Result<ExitCode> {
     if n == 0 {
         anyhow::bail!("--nproc-per-node 0: need at least one worker");
     }
-    check_multi_process(which, &format!("with --nproc-per-node {n}"))?;
     let launch = slimflow_launch::Launch::from_env().context("reading the launch environment")?;
     if launch.is_distributed() {
         anyhow::bail!(

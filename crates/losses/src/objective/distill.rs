@@ -13,7 +13,7 @@ use slimflow_schedules::x1_from_velocity;
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
-use crate::objective::{check_batch, Batch, FlowGuided, LossTerms, Objective};
+use crate::objective::{check_batch, Batch, Draws, FlowGuided, LossTerms, Objective};
 use crate::premetric::Premetric;
 
 /// Which one-step prediction distillation (and the flow-guided term) trains.
@@ -71,17 +71,19 @@ impl Distill<'_> {
 }
 
 impl Objective for Distill<'_> {
-    fn loss(
-        &self,
-        student: &dyn Network,
-        batch: &Batch,
-        rng: &mut dyn RngCore,
-    ) -> Result<LossTerms> {
+    fn draw(&self, student: &dyn Network, batch: &Batch, rng: &mut dyn RngCore) -> Result<Draws> {
+        match &self.guide {
+            Some((guide, _)) => guide.draw(student, batch, rng),
+            None => Ok(Draws::default()),
+        }
+    }
+
+    fn loss_with(&self, student: &dyn Network, batch: &Batch, draws: &Draws) -> Result<LossTerms> {
         let distill = self.distill_term(student, batch)?;
         let mut parts = vec![("distill", distill.double_value(&[]))];
         let total = match &self.guide {
             Some((guide, weight)) => {
-                let g = guide.term(student, batch, rng)?;
+                let g = guide.term_drawn(student, draws)?;
                 parts.push(("flow_guided", g.double_value(&[])));
                 distill + g * *weight
             }

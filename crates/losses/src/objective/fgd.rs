@@ -13,8 +13,8 @@ use slimflow_schedules::x1_from_velocity;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::objective::Batch;
 use crate::objective::DistillForm;
+use crate::objective::{Batch, Draws};
 use crate::premetric::Premetric;
 use crate::random::{uniform_tensor, NoiseSource};
 
@@ -46,6 +46,18 @@ impl FlowGuided<'_> {
         batch: &Batch,
         rng: &mut dyn RngCore,
     ) -> Result<Tensor> {
+        let draws = self.draw(student, batch, rng)?;
+        self.term_drawn(student, &draws)
+    }
+
+    /// The term's draws for `batch`: ε [B, …], the raw times [B] on [0, 1) and, for a
+    /// class-conditional student, ε's labels [B].
+    pub fn draw(
+        &self,
+        student: &dyn Network,
+        batch: &Batch,
+        rng: &mut dyn RngCore,
+    ) -> Result<Draws> {
         let x1 = &batch.x1;
         let b = x1.size()[0] as usize;
         let noise = self
@@ -54,12 +66,21 @@ impl FlowGuided<'_> {
             .to_kind(x1.kind());
         let raw: Vec<f64> = (0..b).map(|_| rng.gen::<f64>()).collect();
         let t_raw = uniform_tensor(&raw, x1.device()).to_kind(x1.kind());
+        let mut draws = vec![noise, t_raw];
         let classes = student.label_dim();
-        let labels = (classes > 0).then(|| {
+        if classes > 0 {
             let l: Vec<i64> = (0..b).map(|_| rng.gen_range(0..classes)).collect();
-            Tensor::from_slice(&l).to_device(x1.device())
-        });
-        self.term_with(student, &noise, &t_raw, labels.as_ref())
+            draws.push(Tensor::from_slice(&l).to_device(x1.device()));
+        }
+        Ok(Draws(draws))
+    }
+
+    /// The term for the draws of [`FlowGuided::draw`] (or rows of them).
+    pub fn term_drawn(&self, student: &dyn Network, draws: &Draws) -> Result<Tensor> {
+        let noise = draws.get(0, "flow-guided noise")?;
+        let t_raw = draws.get(1, "flow-guided t")?;
+        let labels = draws.0.get(2);
+        self.term_with(student, noise, t_raw, labels)
     }
 
     /// The term for given draws: `noise` ε [B, …] and `t_raw` [B] uniform on [0, 1), mapped to

@@ -13,7 +13,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::Result;
 use crate::lpips::Lpips;
-use crate::objective::{draw_times, velocity_on_path, Batch, LossTerms, Objective};
+use crate::objective::{draw_times, velocity_on_path, Batch, Draws, LossTerms, Objective};
 use crate::premetric::{Premetric, PremetricConfig};
 
 /// The LPIPS-Huber reflow objective.
@@ -74,14 +74,12 @@ impl LpipsHuber {
 }
 
 impl Objective for LpipsHuber {
-    fn loss(
-        &self,
-        student: &dyn Network,
-        batch: &Batch,
-        rng: &mut dyn RngCore,
-    ) -> Result<LossTerms> {
-        let t = draw_times(&self.time, batch, rng)?;
-        self.loss_at(student, batch, &t)
+    fn draw(&self, _student: &dyn Network, batch: &Batch, rng: &mut dyn RngCore) -> Result<Draws> {
+        Ok(Draws(vec![draw_times(&self.time, batch, rng)?]))
+    }
+
+    fn loss_with(&self, student: &dyn Network, batch: &Batch, draws: &Draws) -> Result<LossTerms> {
+        self.loss_at(student, batch, draws.get(0, "t")?)
     }
 }
 

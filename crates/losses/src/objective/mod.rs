@@ -46,15 +46,46 @@ pub struct LossTerms {
     pub parts: Vec<(&'static str, f64)>,
 }
 
+/// The random draws of one loss evaluation, each a tensor whose first dimension is the batch's.
+///
+/// Drawing is separate from computing so that the draws of a batch do not depend on how the batch
+/// is cut: data-parallel ranks draw for the whole (micro-)batch from one shared generator and each
+/// keeps the rows of its own samples ([`Draws::narrow`]), so N ranks see the draws one process would.
+#[derive(Debug, Default)]
+pub struct Draws(pub Vec<Tensor>);
+
+impl Draws {
+    /// Rows `start..start + len` of every draw.
+    pub fn narrow(&self, start: i64, len: i64) -> Draws {
+        Draws(self.0.iter().map(|t| t.narrow(0, start, len)).collect())
+    }
+
+    pub(crate) fn get(&self, i: usize, what: &'static str) -> Result<&Tensor> {
+        self.0
+            .get(i)
+            .ok_or_else(|| crate::Error::Invalid(format!("missing draw {i} ({what})")))
+    }
+}
+
 /// Something a training stage minimises.
 pub trait Objective {
+    /// The objective's randomness for `batch` (times, fresh noise, labels), from `rng` alone.
+    fn draw(&self, student: &dyn Network, batch: &Batch, rng: &mut dyn RngCore) -> Result<Draws>;
+
+    /// Loss on `batch` for `student` (in training mode) given the draws [`Objective::draw`] made
+    /// for it, or the same rows of draws made for a larger batch.
+    fn loss_with(&self, student: &dyn Network, batch: &Batch, draws: &Draws) -> Result<LossTerms>;
+
     /// Loss on `batch` for `student` (in training mode); randomness from `rng`.
     fn loss(
         &self,
         student: &dyn Network,
         batch: &Batch,
         rng: &mut dyn RngCore,
-    ) -> Result<LossTerms>;
+    ) -> Result<LossTerms> {
+        let draws = self.draw(student, batch, rng)?;
+        self.loss_with(student, batch, &draws)
+    }
 }
 
 pub(crate) fn check_batch(batch: &Batch) -> Result<()> {

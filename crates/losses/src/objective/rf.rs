@@ -8,7 +8,7 @@ use slimflow_schedules::TimeDist;
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
-use crate::objective::{draw_times, velocity_on_path, Batch, LossTerms, Objective};
+use crate::objective::{draw_times, velocity_on_path, Batch, Draws, LossTerms, Objective};
 use crate::premetric::{Premetric, PremetricConfig};
 
 /// Rectified-flow regression on paired endpoints.
@@ -36,14 +36,12 @@ impl Rf {
 }
 
 impl Objective for Rf {
-    fn loss(
-        &self,
-        student: &dyn Network,
-        batch: &Batch,
-        rng: &mut dyn RngCore,
-    ) -> Result<LossTerms> {
-        let t = draw_times(&self.time, batch, rng)?;
-        self.loss_at(student, batch, &t)
+    fn draw(&self, _student: &dyn Network, batch: &Batch, rng: &mut dyn RngCore) -> Result<Draws> {
+        Ok(Draws(vec![draw_times(&self.time, batch, rng)?]))
+    }
+
+    fn loss_with(&self, student: &dyn Network, batch: &Batch, draws: &Draws) -> Result<LossTerms> {
+        self.loss_at(student, batch, draws.get(0, "t")?)
     }
 }
 

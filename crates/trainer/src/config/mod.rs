@@ -31,7 +31,7 @@ pub use device::DeviceChoice;
 pub use distill::DistillConfig;
 pub use eval::{ClassLabels, EvalConfig};
 pub use fidelity::{is_gaussian, is_standard};
-pub use optim::{GradGuard, OptimConfig, WarmupRule};
+pub use optim::{Autocast, GradGuard, OptimConfig, WarmupRule};
 pub use overrides::parse_with_overrides;
 pub use pairs::{PairDirection, PairLabels, PairsConfig};
 pub use reflow::{Init, LpipsHuberConfig, PairFlip, ReflowConfig};

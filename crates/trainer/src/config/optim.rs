@@ -27,8 +27,10 @@ pub struct OptimConfig {
     /// Micro-batches per optimizer step (gradient accumulation); `batch_size` stays the effective
     /// batch and must be divisible by it.
     pub accumulate: usize,
-    /// Mixed precision on CUDA (libtorch autocast, float16, with dynamic loss scaling); ignored on CPU.
-    pub autocast: bool,
+    /// Mixed precision of the forward passes on CUDA (libtorch autocast): `false`, `true` or
+    /// `"f16"` (float16 with dynamic loss scaling), `"bf16"` (bfloat16, no loss scale needed: its
+    /// range is float32's). Ignored on CPU.
+    pub autocast: Autocast,
     /// Initial dynamic loss scale of `autocast` (default 65536; rfpp's ImageNet run: 32768,
     /// `--loss_scaling`). Halved (down to 1) with the update skipped when a gradient overflows.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -44,6 +46,65 @@ pub struct OptimConfig {
     pub warmup_rule: WarmupRule,
     /// Order of the gradient-norm clip and the non-finite guard (see [`GradGuard`]).
     pub grad_guard: GradGuard,
+}
+
+/// `autocast`: the reduced precision of the forward passes on CUDA.
+///
+/// Written as `false` / `true` (float16) so that configs from before bfloat16 keep their hashes,
+/// and `"bf16"`; `"f16"` and `"off"` are read too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Autocast {
+    /// float32 throughout.
+    #[default]
+    Off,
+    /// float16 with a dynamic loss scale.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Autocast {
+    /// The libtorch dtype of the autocast regions, if any.
+    pub fn kind(self) -> Option<tch::Kind> {
+        match self {
+            Autocast::Off => None,
+            Autocast::F16 => Some(tch::Kind::Half),
+            Autocast::Bf16 => Some(tch::Kind::BFloat16),
+        }
+    }
+}
+
+impl Serialize for Autocast {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Autocast::Off => s.serialize_bool(false),
+            Autocast::F16 => s.serialize_bool(true),
+            Autocast::Bf16 => s.serialize_str("bf16"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Autocast {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Flag(bool),
+            Name(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Flag(false) => Ok(Autocast::Off),
+            Repr::Flag(true) => Ok(Autocast::F16),
+            Repr::Name(n) => match n.as_str() {
+                "off" => Ok(Autocast::Off),
+                "f16" => Ok(Autocast::F16),
+                "bf16" => Ok(Autocast::Bf16),
+                other => Err(serde::de::Error::custom(format!(
+                    "autocast = {other:?}: expected false, true or \"f16\" (float16), or \"bf16\""
+                ))),
+            },
+        }
+    }
 }
 
 /// The learning rate of update k (0-based) during the warm-up of W steps.
@@ -87,7 +148,7 @@ impl Default for OptimConfig {
             ema_decay: 0.9999,
             use_ema: true,
             accumulate: 1,
-            autocast: false,
+            autocast: Autocast::Off,
             loss_scale: None,
             loss_scale_window: None,
             ema_warmup: false,
@@ -123,12 +184,12 @@ impl OptimConfig {
             ("loss_scale_window", self.loss_scale_window.is_some()),
         ] {
             let msg = format!(
-                "{name} is set but autocast = false (only float16 autocast scales the loss)"
+                "{name} is set but autocast is not float16 (only float16 autocast scales the loss)"
             );
             check(
                 &mut p,
                 &format!("{key}.{name}"),
-                self.autocast || !set,
+                self.autocast == Autocast::F16 || !set,
                 &msg,
             );
         }
@@ -164,9 +225,14 @@ mod tests {
         // A loss scale without float16 autocast scales nothing.
         let e = err(&["reflow.optim.loss_scale=32768.0"]);
         assert!(
-            e.contains("reflow.optim.loss_scale") && e.contains("autocast = false"),
+            e.contains("reflow.optim.loss_scale") && e.contains("autocast is not float16"),
             "{e}"
         );
+        let e = err(&[
+            "reflow.optim.autocast=\"bf16\"",
+            "reflow.optim.loss_scale=32768.0",
+        ]);
+        assert!(e.contains("autocast is not float16"), "{e}");
         let e = err(&["distill.optim.loss_scale_window=10"]);
         assert!(e.contains("distill.optim.loss_scale_window"), "{e}");
         let e = err(&["reflow.optim.autocast=true", "reflow.optim.loss_scale=0.5"]);
@@ -182,6 +248,33 @@ mod tests {
         .unwrap();
         assert_eq!(c.reflow.optim.loss_scale, Some(32768.0));
         assert_eq!(c.reflow.optim.loss_scale_window, Some(2500));
+    }
+
+    #[test]
+    fn autocast_reads_flags_and_names_and_writes_the_old_flags() {
+        for (text, want) in [
+            ("false", Autocast::Off),
+            ("true", Autocast::F16),
+            ("\"off\"", Autocast::Off),
+            ("\"f16\"", Autocast::F16),
+            ("\"bf16\"", Autocast::Bf16),
+        ] {
+            let c = parse(MINIMAL, &[&format!("train.optim.autocast={text}")]).unwrap();
+            assert_eq!(c.train.optim.autocast, want, "{text}");
+        }
+        // float16 and off serialise as before, so existing runs keep their config hashes
+        let json = |a: Autocast| serde_json::to_string(&a).unwrap();
+        assert_eq!(json(Autocast::Off), "false");
+        assert_eq!(json(Autocast::F16), "true");
+        assert_eq!(json(Autocast::Bf16), "\"bf16\"");
+        assert_eq!(Autocast::Bf16.kind(), Some(tch::Kind::BFloat16));
+        let e = parse(MINIMAL, &["train.optim.autocast=\"fp8\""])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("train.optim.autocast") || e.contains("fp8"),
+            "{e}"
+        );
     }
 
     #[test]

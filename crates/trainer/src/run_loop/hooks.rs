@@ -83,6 +83,8 @@ pub(super) struct StateRef<'a> {
     pub(super) ema: &'a Ema,
     pub(super) rng: &'a ChaCha20Rng,
     pub(super) arch: &'a ArchConfig,
+    /// The float16 loss scale and its clean steps, when the run scales the loss.
+    pub(super) loss_scale: Option<(f64, u64)>,
 }
 
 impl StateRef<'_> {
@@ -102,6 +104,7 @@ impl StateRef<'_> {
             adam_t: self.adam.t,
             rng: self.rng.clone(),
             arch: self.arch.clone(),
+            loss_scale: self.loss_scale,
         }
     }
 }
@@ -253,6 +256,7 @@ mod tests {
                     ema: &ema,
                     rng: &rng,
                     arch: &arch,
+                    loss_scale: None,
                 },
             };
             grid.after_step(&view).unwrap();
@@ -293,6 +297,7 @@ mod tests {
                 ema: &ema,
                 rng: &rng,
                 arch: &arch,
+                loss_scale: None,
             },
         };
         hook.after_step(&view(1)).unwrap();

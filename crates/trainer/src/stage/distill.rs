@@ -51,6 +51,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             checkpoint: &dc.checkpoint,
             seed: stage_seed(cfg.seed, 13),
             label: "distill",
+            dist: ctx.dist.as_deref(),
         };
         let end = run_loop::train(&dir.path, &mut student, &settings, &objective, &mut batches)?;
         Ok(training_outcome(dir, end))

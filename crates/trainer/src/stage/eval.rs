@@ -74,9 +74,14 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     let hash = json!({"seed": cfg.seed, "eval": ec, "data": cfg.data, "models": shas});
     run_stage(ctx, "eval", hash, |dir| {
         let rows = match &target {
+            // toy evaluation is quick: rank 0 does it alone
+            Target::Toy(_) if !dir.writes() => return Ok(StageOutcome::Completed),
             Target::Toy(t) => toy_rows(ctx, dir, t, &found)?,
             Target::Images(spec) => image_rows(ctx, dir, spec, &found)?,
         };
+        if !dir.writes() {
+            return Ok(StageOutcome::Completed);
+        }
         report::write_json(&dir.path.join("report.json"), &rows)?;
         let md_path = dir.path.join("report.md");
         let mut md = report::to_markdown(&rows);
@@ -307,7 +312,9 @@ fn as_saved(x: &Tensor) -> Tensor {
 }
 
 /// Images: Fréchet distance of `eval.samples` samples per model against the dataset (or the given
-/// reference statistics), 8×8 grids of one-step and ODE samples and a trajectory strip.
+/// reference statistics), 8×8 grids of one-step and ODE samples and a trajectory strip. On several
+/// ranks each samples every W-th batch of seeds and the statistics are summed; rank 0 alone writes
+/// the pictures and returns the rows (the others return none).
 fn image_rows(
     ctx: &StageCtx,
     dir: &mut StageDir,
@@ -316,8 +323,38 @@ fn image_rows(
 ) -> Result<Vec<ModelReport>> {
     let ec = &ctx.config.eval;
     let device = ctx.device;
+    let dist = ctx.dist.as_deref();
+    let (rank, world) = dist.map_or((0, 1), |d| (d.rank(), d.world()));
     let spec_text = ctx.config.data.dataset.clone().unwrap_or_default();
     let net = feature_net(ctx, &spec_text)?;
+    let seeds: Vec<u64> = (0..ec.samples as u64).map(|i| EVAL_SEED_BASE + i).collect();
+    if !dir.writes() {
+        for f in found {
+            let model = Model::load(&f.path, device)?;
+            let (mut one_stats, mut many_stats) =
+                (FeatureStats::new(net.dim()), FeatureStats::new(net.dim()));
+            let mut totals = [0.0; 3];
+            for (i, chunk) in seeds.chunks(ec.batch_size.max(1)).enumerate() {
+                if i % world == rank {
+                    sample_chunk(
+                        ctx,
+                        &net,
+                        &model,
+                        chunk,
+                        &mut one_stats,
+                        &mut many_stats,
+                        &mut totals,
+                    )?;
+                }
+            }
+            if let Some(d) = dist {
+                d.sum_stats(&one_stats)?;
+                d.sum_stats(&many_stats)?;
+                d.sum(&totals)?;
+            }
+        }
+        return Ok(Vec::new());
+    }
     // With published statistics only the data grid needs the dataset: read 64 images, not all.
     let from_reference = ec.reference.is_some() && matches!(net, FeatureNet::Inception(_));
     let set = if from_reference {
@@ -340,26 +377,31 @@ fn image_rows(
     let note = net.describe();
     std::fs::write(dir.path.join("metric.txt"), &note).map_err(io_err(&dir.path))?;
     dir.output("metric", net.metric_name().to_string());
-    let seeds: Vec<u64> = (0..ec.samples as u64).map(|i| EVAL_SEED_BASE + i).collect();
     let mut rows = Vec::new();
     for f in found {
         let model = Model::load(&f.path, device)?;
         let mut one_stats = FeatureStats::new(net.dim());
         let mut many_stats = FeatureStats::new(net.dim());
-        let (mut agree, mut nfe_total, mut batches) = (0.0, 0usize, 0usize);
+        // agreement × samples, NFE summed over batches, batches
+        let mut totals = [0.0; 3];
         let mut progress = Progress::new(&format!("eval {}", f.name), 0, seeds.len() as u64);
         let mut done = 0usize;
         let s = slug(f.name);
-        for chunk in seeds.chunks(ec.batch_size.max(1)) {
-            let (z, labels) = inputs(ctx, &model, chunk)?;
-            let field = model.eval_field(labels.as_ref());
-            let (one, many) = one_and_many(&field, &z, ec)?;
-            one_stats.add(&net.features(&as_saved(&one.x))?)?;
-            many_stats.add(&net.features(&as_saved(&many.x))?)?;
-            agree += agreement::mean_squared_distance(&one.x, &many.x)? * chunk.len() as f64;
-            nfe_total += many.nfe;
-            batches += 1;
-            if done == 0 {
+        for (i, chunk) in seeds.chunks(ec.batch_size.max(1)).enumerate() {
+            done += chunk.len();
+            if i % world != rank {
+                continue;
+            }
+            let (one, many) = sample_chunk(
+                ctx,
+                &net,
+                &model,
+                chunk,
+                &mut one_stats,
+                &mut many_stats,
+                &mut totals,
+            )?;
+            if i == 0 {
                 let k = (chunk.len() as i64).min(64);
                 for (suffix, x) in [("1step", &one.x), ("ode", &many.x)] {
                     let file = format!("samples-{s}-{suffix}.png");
@@ -367,10 +409,16 @@ fn image_rows(
                     dir.output(&format!("grid_{s}_{suffix}"), file);
                 }
             }
-            done += chunk.len();
             progress.set(done as u64, || format!("NFE {}", many.nfe));
         }
         progress.finish();
+        if let Some(d) = dist {
+            one_stats = d.sum_stats(&one_stats)?;
+            many_stats = d.sum_stats(&many_stats)?;
+            let t = d.sum(&totals)?;
+            totals.copy_from_slice(&t);
+        }
+        let [agree, nfe_total, batches] = totals;
         let mut pictures = vec![
             format!("samples-{s}-1step.png"),
             format!("samples-{s}-ode.png"),
@@ -400,7 +448,7 @@ fn image_rows(
             straightness_rfpp: Some(straightness_rfpp(&path_points)?),
             straightness_slimflow: Some(straightness_slimflow(&path_points)?),
             agreement: agree / seeds.len() as f64,
-            nfe: nfe_total.div_ceil(batches.max(1)),
+            nfe: (nfe_total as usize).div_ceil((batches as usize).max(1)),
             solver: ec.solver.label(),
             pictures: {
                 pictures.push(strip);
@@ -412,6 +460,29 @@ fn image_rows(
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// Samples one batch of evaluation seeds with `model` (one Euler step and the solver), adds the
+/// features to the statistics and [agreement × samples, NFE, 1] to `totals`; returns the samples.
+#[allow(clippy::too_many_arguments)]
+fn sample_chunk(
+    ctx: &StageCtx,
+    net: &FeatureNet,
+    model: &Model,
+    chunk: &[u64],
+    one_stats: &mut FeatureStats,
+    many_stats: &mut FeatureStats,
+    totals: &mut [f64; 3],
+) -> Result<(Solution, Solution)> {
+    let (z, labels) = inputs(ctx, model, chunk)?;
+    let field = model.eval_field(labels.as_ref());
+    let (one, many) = one_and_many(&field, &z, &ctx.config.eval)?;
+    one_stats.add(&net.features(&as_saved(&one.x))?)?;
+    many_stats.add(&net.features(&as_saved(&many.x))?)?;
+    totals[0] += agreement::mean_squared_distance(&one.x, &many.x)? * chunk.len() as f64;
+    totals[1] += many.nfe as f64;
+    totals[2] += 1.0;
+    Ok((one, many))
 }
 
 /// Columns of the per-class grids.

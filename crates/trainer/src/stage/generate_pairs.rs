@@ -110,7 +110,20 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         let manifest = manifest
             .with_dtype(cfg.dtype)
             .with_classes(classes.max(0) as u32);
-        let store = PairStore::create_or_resume(&dir.path.join("pairs"), manifest)?;
+        // in a data-parallel job rank 0 creates (or checks) the store before the others open it
+        let dist = ctx.dist.as_deref();
+        let store = match dist {
+            Some(d) if !dir.writes() => {
+                d.barrier("pair store created")?;
+                PairStore::create_or_resume(&dir.path.join("pairs"), manifest)?
+            }
+            Some(d) => {
+                let store = PairStore::create_or_resume(&dir.path.join("pairs"), manifest)?;
+                d.barrier("pair store created")?;
+                store
+            }
+            None => PairStore::create_or_resume(&dir.path.join("pairs"), manifest)?,
+        };
         let mine = store.shards_for(ctx.rank, ctx.world)?;
         let missing: Vec<usize> = store
             .missing_shards()
@@ -202,6 +215,13 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             progress.set(produced, || format!("shard {shard} (NFE {nfe})"));
         }
         progress.finish();
+        if let Some(d) = dist {
+            // every rank's shards are written before rank 0 checks and completes the store
+            d.barrier("pair shards written")?;
+            if !dir.writes() {
+                return Ok(StageOutcome::Completed);
+            }
+        }
         if !store.missing_shards().is_empty() {
             return Ok(StageOutcome::Partial);
         }

@@ -79,6 +79,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             checkpoint: &rc.checkpoint,
             seed: stage_seed(cfg.seed, 12),
             label: "reflow",
+            dist: ctx.dist.as_deref(),
         };
         let end = run_loop::train(&dir.path, &mut model, &settings, &*objective, &mut batches)?;
         dir.output("pairs_sha256", pairs_sha.clone());

@@ -88,6 +88,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             checkpoint: &cfg.train.checkpoint,
             seed: stage_seed(cfg.seed, 11),
             label: "train",
+            dist: ctx.dist.as_deref(),
         };
         let end = run_loop::train(&dir.path, &mut model, &settings, &*objective, &mut batches)?;
         Ok(training_outcome(dir, end))
@@ -108,6 +109,10 @@ fn import_teacher(ctx: &StageCtx, teacher: &TeacherConfig) -> Result<StageOutcom
     let sha = sha256_file(file)?;
     let hash = json!({"teacher": teacher, "sha256": sha, "model": ctx.config.model});
     run_stage(ctx, "train", hash, |dir: &mut StageDir| {
+        // on several ranks rank 0 alone converts the checkpoint
+        if !dir.writes() {
+            return Ok(StageOutcome::Completed);
+        }
         let opts = ImportOptions {
             source,
             arch: ctx.config.model.clone(),
