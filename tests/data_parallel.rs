@@ -276,6 +276,19 @@ fn a_killed_rank_stops_the_other_and_the_rerun_ends_identical() {
     let stopped_at = common::newest_state(&ckpt).unwrap();
     assert!(stopped_at < 2000, "the kill landed after the end");
 
+    // another world size may resume it too: the draws do not depend on it
+    let other = dir.path().join("other");
+    copy_dir(&killed, &other);
+    ok(with_ranks(
+        stage_cmd("train", &toy_config(), &other, LONG),
+        1,
+    ));
+    assert_close(
+        &clean.join("train/model.safetensors"),
+        &other.join("train/model.safetensors"),
+        1e-4,
+    );
+
     // the same command, now as two local ranks, resumes and ends where the clean run did
     ok(with_ranks(
         stage_cmd("train", &toy_config(), &killed, LONG),

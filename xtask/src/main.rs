@@ -87,6 +87,9 @@ enum Cmd {
         /// Config overrides passed to every stage (`key=value`).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// Run every stage as N local ranks of a data-parallel job, one device each.
+        #[arg(long, value_name = "N")]
+        nproc_per_node: Option<usize>,
     },
 }
 
@@ -115,6 +118,10 @@ struct RecipeFlags {
     /// Further config overrides (`key=value`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// Run every stage as N local ranks of a data-parallel job, one GPU each (`batch_size` stays
+    /// the global batch). For several nodes launch `slimflow pipeline` with torchrun or srun.
+    #[arg(long, value_name = "N")]
+    nproc_per_node: Option<usize>,
 }
 
 /// The workspace root.
@@ -192,7 +199,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             };
             let run_dir = run.unwrap_or_else(|| root().join("runs").join(name));
             let config = root().join(config);
-            let stages = pipeline::run_all(&bin, &config, &run_dir, &overrides)?;
+            let stages = pipeline::run_all(&bin, &config, &run_dir, &overrides, None)?;
             pipeline::print_report(&run_dir, &stages)
         }
         Cmd::Train { recipe, flags } => train(&recipe, flags),
@@ -226,6 +233,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             config,
             run,
             overrides,
+            nproc_per_node,
         } => {
             setup::ensure()?;
             let bin = build_cli()?;
@@ -233,7 +241,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 Some(r) => r,
                 None => root().join("runs").join(pipeline::config_name(&config)?),
             };
-            let stages = pipeline::run_all(&bin, &config, &run_dir, &overrides)?;
+            let stages = pipeline::run_all(&bin, &config, &run_dir, &overrides, nproc_per_node)?;
             pipeline::print_report(&run_dir, &stages)
         }
     }
@@ -263,6 +271,6 @@ fn train(id: &str, flags: RecipeFlags) -> Result<()> {
     if flags.dry_run {
         return pipeline::dry_run(&bin, &recipe.path, &run_dir, &sets);
     }
-    let stages = pipeline::run_all(&bin, &recipe.path, &run_dir, &sets)?;
+    let stages = pipeline::run_all(&bin, &recipe.path, &run_dir, &sets, flags.nproc_per_node)?;
     pipeline::print_report(&run_dir, &stages)
 }

@@ -146,18 +146,23 @@ fn preflight(bin: &Path, config: &Path, run_dir: &Path, overrides: &[String]) ->
     Ok(())
 }
 
-/// Runs each stage; a stage complete for the same config is skipped by the binary itself. Returns
-/// the stages.
+/// Runs each stage (as `nproc_per_node` local ranks of a data-parallel job when given); a stage
+/// complete for the same config is skipped by the binary itself. Returns the stages.
 pub fn run_all(
     bin: &Path,
     config: &Path,
     run_dir: &Path,
     overrides: &[String],
+    nproc_per_node: Option<usize>,
 ) -> Result<Vec<Stage>> {
     preflight(bin, config, run_dir, overrides)?;
     let stages = stages(bin)?;
     for stage in stages.iter().map(|s| s.name.as_str()) {
-        let status = stage_command(bin, stage, config, run_dir, overrides)
+        let mut cmd = stage_command(bin, stage, config, run_dir, overrides);
+        if let Some(n) = nproc_per_node {
+            cmd.args(["--nproc-per-node", &n.to_string()]);
+        }
+        let status = cmd
             .status()
             .with_context(|| format!("starting {}", bin.display()))?;
         if status.code() == Some(130) {

@@ -37,6 +37,8 @@ pub struct Dist {
     timeout: Duration,
     /// Prefix of this job attempt's keys in the store.
     prefix: String,
+    /// Nanoseconds spent in collectives so far.
+    comm_ns: std::sync::atomic::AtomicU64,
 }
 
 /// Where the job's rendezvous store is and who serves it.
@@ -92,6 +94,7 @@ impl Dist {
             device,
             timeout,
             prefix: format!("slimflow/{}/", at.attempt),
+            comm_ns: Default::default(),
         })
     }
 
@@ -242,9 +245,18 @@ impl Dist {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ProcessGroup> {
+    /// Seconds this rank spent in collectives (waiting for the others included).
+    pub fn communication_seconds(&self) -> f64 {
+        self.comm_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    fn lock(&self) -> Timed<'_> {
         // a panic while holding the group leaves it usable for the error path
-        self.group.lock().unwrap_or_else(|e| e.into_inner())
+        Timed {
+            group: self.group.lock().unwrap_or_else(|e| e.into_inner()),
+            start: Instant::now(),
+            total: &self.comm_ns,
+        }
     }
 
     /// The error for a failed collective `op`: finds the ranks that no longer answer by having
@@ -278,6 +290,34 @@ impl Dist {
             }
         }
         gone
+    }
+}
+
+/// The process group, held for one collective whose wall time is added up on release.
+struct Timed<'a> {
+    group: std::sync::MutexGuard<'a, ProcessGroup>,
+    start: Instant,
+    total: &'a std::sync::atomic::AtomicU64,
+}
+
+impl std::ops::Deref for Timed<'_> {
+    type Target = ProcessGroup;
+    fn deref(&self) -> &ProcessGroup {
+        &self.group
+    }
+}
+
+impl std::ops::DerefMut for Timed<'_> {
+    fn deref_mut(&mut self) -> &mut ProcessGroup {
+        &mut self.group
+    }
+}
+
+impl Drop for Timed<'_> {
+    fn drop(&mut self) {
+        let ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.total
+            .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

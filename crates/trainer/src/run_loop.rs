@@ -182,6 +182,10 @@ pub fn train_with(
     }
     observers.begin(start)?;
     let mut progress = writer.then(|| Progress::new(settings.label, start, settings.steps));
+    let (started, comm_before) = (
+        std::time::Instant::now(),
+        dist.map_or(0.0, |d| d.communication_seconds()),
+    );
     let finish_progress = |p: &mut Option<Progress>| {
         if let Some(p) = p.as_mut() {
             p.finish();
@@ -240,6 +244,18 @@ pub fn train_with(
         })?;
     }
     finish_progress(&mut progress);
+    if let (Some(d), true) = (dist, settings.steps > start) {
+        let wall = started.elapsed().as_secs_f64();
+        let comm = d.communication_seconds() - comm_before;
+        tracing::info!(
+            "{}: rank {} of {}: {:.2} ms/step, {:.1} % of it in collectives",
+            settings.label,
+            d.rank(),
+            d.world(),
+            wall * 1e3 / (settings.steps - start) as f64,
+            100.0 * comm / wall.max(1e-9)
+        );
+    }
     if writer {
         st.write_model(&stage_dir.join("model.safetensors"), settings)?;
     }
