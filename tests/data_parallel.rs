@@ -118,6 +118,31 @@ fn toy_training_on_two_and_three_ranks_equals_one_process() {
             "{n} ranks"
         );
     }
+    // sampling on two ranks writes what one process writes
+    let sample = |n: usize| -> PathBuf {
+        let out = dir.path().join(format!("samples{n}.safetensors"));
+        let mut c = common::slimflow();
+        c.args(["sample", "--config"])
+            .arg(toy_config())
+            .arg("--run")
+            .arg(dir.path().join("ranks1"))
+            .args([
+                "--model-stage",
+                "train",
+                "--n",
+                "301",
+                "--solver",
+                "heun:4",
+                "--out",
+            ])
+            .arg(&out);
+        for s in TOY {
+            c.arg("--set").arg(s);
+        }
+        ok(with_ranks(c, n));
+        out
+    };
+    assert_close(&sample(1), &sample(2), 1e-5);
     // training moved the weights: the comparison is not between two copies of the init
     let first = weights(&one.join("model.safetensors"));
     assert!(first.iter().any(|(_, v)| v.iter().any(|x| *x != 0.0)));

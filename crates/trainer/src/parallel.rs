@@ -75,6 +75,14 @@ impl Dist {
         device: Device,
         timeout: Duration,
     ) -> Result<Dist> {
+        if device.is_cuda() && !ProcessGroup::nccl_compiled() {
+            return Err(Error::Invalid(
+                "data-parallel training on CUDA needs NCCL, and this binary was built without it: \
+                 rebuild with `cargo build --release -p slimflow-cli --features nccl` (cargo xtask \
+                 builds with it on a CUDA libtorch)"
+                    .into(),
+            ));
+        }
         let serve = rank == 0 && at.rank0_serves;
         let store = Store::tcp(&at.host, at.port, rank, world, serve, timeout)?;
         let group = match device {

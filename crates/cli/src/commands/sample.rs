@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use slimflow_sampling::SolverConfig;
 use slimflow_trainer::stage::{self, SampleClasses, SampleRequest};
@@ -111,17 +111,14 @@ pub fn parse_solver(spec: &str) -> Result<SolverConfig> {
 
 /// Runs the command.
 pub fn run(args: &SampleArgs) -> Result<ExitCode> {
-    if let Some(n) = args.stage.nproc_per_node {
-        anyhow::bail!("sample --nproc-per-node {n}: sampling runs as one process");
-    }
-    let launch = slimflow_launch::Launch::from_env().context("reading the launch environment")?;
-    if launch.is_distributed() {
-        anyhow::bail!("sample inside a launched job ({launch}): sampling runs as one process");
+    if let Some(n) = args.stage.nproc_per_node.filter(|&n| n != 1) {
+        return super::stage::run_local_workers(&args.stage, n);
     }
     let ctx = context(&args.stage, "sample")?;
-    if ctx.world > 1 {
+    if ctx.world > 1 && ctx.dist.is_none() {
         anyhow::bail!(
-            "sample as writer {} of {}: sampling runs as one process (every rank would write --out)",
+            "sample as writer {} of {}: unconnected writers would each write --out; launch a \
+             data-parallel job instead (`--nproc-per-node N`, torchrun or srun)",
             ctx.rank,
             ctx.world
         );
@@ -141,6 +138,9 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
         out: args.out.clone(),
     };
     let nfe = stage::sample(&ctx, &req)?;
+    if ctx.rank != 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
     let per_class = if req.classes == SampleClasses::All {
         " per class"
     } else {

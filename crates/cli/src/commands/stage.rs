@@ -253,7 +253,7 @@ fn toml_string(ctx: &StageCtx) -> Result<String> {
 }
 
 /// `--nproc-per-node N`: this command again as N local workers under the torchrun contract.
-fn run_local_workers(args: &StageArgs, n: usize) -> Result<ExitCode> {
+pub(crate) fn run_local_workers(args: &StageArgs, n: usize) -> Result<ExitCode> {
     if n == 0 {
         anyhow::bail!("--nproc-per-node 0: need at least one worker");
     }

@@ -144,6 +144,13 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
             .flat_map(|k| seeds.iter().map(move |&s| (s, Some(k))))
             .collect(),
     };
+    // On several ranks each solves a contiguous share; the noise is per seed, so the samples do not
+    // depend on the split, and rank 0 gathers and writes them.
+    let dist = ctx.dist.as_deref();
+    let (rank, world) = dist.map_or((0, 1), |d| (d.rank(), d.world()));
+    let share = jobs.len().div_ceil(world);
+    let all_jobs = jobs.len();
+    let jobs = &jobs[(rank * share).min(all_jobs)..((rank + 1) * share).min(all_jobs)];
     // batches bound memory for large sample counts; noise is per-seed, so batching changes nothing
     let chunk = if shape.len() == 1 { 100_000 } else { 256 };
     let (mut zs, mut xs, mut ls) = (Vec::new(), Vec::new(), Vec::new());
@@ -178,13 +185,57 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
         progress.set(done as u64, || format!("NFE {nfe}"));
     }
     progress.finish();
-    let (z, x) = (Tensor::cat(&zs, 0), Tensor::cat(&xs, 0));
+    let empty = |kind: tch::Kind, dims: &[i64]| {
+        let mut size = vec![0i64];
+        size.extend_from_slice(dims);
+        Tensor::zeros(size.as_slice(), (kind, ctx.device))
+    };
+    let cat = |parts: &[Tensor], kind: tch::Kind, dims: &[i64]| {
+        if parts.is_empty() {
+            empty(kind, dims)
+        } else {
+            Tensor::cat(parts, 0)
+        }
+    };
+    let (mut z, mut x) = (
+        cat(&zs, tch::Kind::Float, &shape),
+        cat(&xs, tch::Kind::Float, &shape),
+    );
+    let mut labels = (classes > 0).then(|| cat(&ls, tch::Kind::Int64, &[]));
+    if let Some(d) = dist {
+        let gather = |t: &Tensor| -> Result<Tensor> {
+            let pad = share as i64 - t.size()[0];
+            let padded = if pad > 0 {
+                let mut size = t.size();
+                size[0] = pad;
+                let zeros = Tensor::zeros(size.as_slice(), (t.kind(), t.device()));
+                Tensor::cat(&[t.shallow_clone(), zeros], 0)
+            } else {
+                t.shallow_clone()
+            };
+            let all = d.gather_rows(&padded)?;
+            // rank r's rows are all[r·share ..][.. its own count]
+            let parts: Vec<Tensor> = (0..world)
+                .map(|r| {
+                    let n = (all_jobs.min((r + 1) * share)).saturating_sub(r * share) as i64;
+                    all.narrow(0, (r * share) as i64, n)
+                })
+                .collect();
+            Ok(Tensor::cat(&parts, 0))
+        };
+        z = gather(&z)?;
+        x = gather(&x)?;
+        labels = labels.as_ref().map(gather).transpose()?;
+        if rank != 0 {
+            return Ok(nfe);
+        }
+    }
     let mut tensors = vec![
         ("samples".to_string(), x.shallow_clone()),
         ("noise".to_string(), z),
     ];
-    if !ls.is_empty() {
-        tensors.push(("labels".to_string(), Tensor::cat(&ls, 0)));
+    if let Some(l) = labels {
+        tensors.push(("labels".to_string(), l));
     }
     slimflow_tensor_io::write(&req.out, &tensors, &Default::default())?;
     let sol_x = x;
