@@ -149,14 +149,16 @@ fn killed_and_sharded_generation_equal_one_clean_run() {
 
     // unconnected writers (--rank/--world) share nothing but a store: only pair generation
     // can work that way
-    let mut c = stage_cmd("train", &toy_config(), &launched, &s);
-    c.args(["--rank", "1", "--world", "2"]);
-    let out = common::output(c);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("only `generate-pairs` runs as unconnected writers"),
-        "{err}"
+    let refused = |mut c: std::process::Command, why: &str| {
+        c.args(["--rank", "1", "--world", "2"]);
+        let out = common::output(c);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(why), "{err}");
+    };
+    refused(
+        stage_cmd("train", &toy_config(), &launched, &s),
+        "only `generate-pairs` runs as unconnected writers",
     );
     let mut c = common::slimflow();
     c.args(["sample", "--config"])
@@ -164,15 +166,8 @@ fn killed_and_sharded_generation_equal_one_clean_run() {
         .arg("--run")
         .arg(&launched)
         .arg("--out")
-        .arg(dir.path().join("s.safetensors"))
-        .args(["--rank", "1", "--world", "2"]);
-    let out = common::output(c);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("unconnected writers would each write --out"),
-        "{err}"
-    );
+        .arg(dir.path().join("s.safetensors"));
+    refused(c, "unconnected writers would each write --out");
 
     // data info / export / import round trip through the binary
     let info = |target: &Path| -> serde_json::Value {

@@ -232,9 +232,9 @@ impl Dist {
             .map_err(|e| self.lost(&format!("barrier ({what})"), e))
     }
 
-    /// Rank 0 publishes `value` under `key`; every other rank waits for it (at most `wait`, or
-    /// the collective timeout) and returns it.
-    pub fn decide(&self, key: &str, value: Option<&str>, wait: Duration) -> Result<String> {
+    /// Rank 0 publishes `value` under `key`; every other rank waits for it (at most the collective
+    /// timeout) and returns it.
+    pub fn decide(&self, key: &str, value: Option<&str>) -> Result<String> {
         let key = format!("{}decide/{key}", self.prefix);
         if self.rank == 0 {
             let value = value.unwrap_or_default();
@@ -244,7 +244,7 @@ impl Dist {
             return Ok(value.to_string());
         }
         self.store
-            .wait(&key, wait.max(self.timeout))
+            .wait(&key, self.timeout)
             .map_err(|e| self.lost(&format!("waiting for rank 0's {key}"), e))?;
         let bytes = self
             .store

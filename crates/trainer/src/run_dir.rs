@@ -218,15 +218,14 @@ impl StageCtx {
         let key = format!("begin/{stage}");
         if d.rank() == 0 {
             let begun = self.begin_writer(stage, hash_input, intact, 0, 1);
-            let decision = match &begun {
-                Ok(Some(_)) => "run".to_string(),
-                Ok(None) => "skip".to_string(),
-                Err(e) => format!("error:{e}"),
-            };
-            d.decide(&key, Some(&decision), d.timeout())?;
+            let decision = begun.as_ref().map(|dir| match dir {
+                Some(_) => "run".to_string(),
+                None => "skip".to_string(),
+            });
+            publish(d, &key, decision)?;
             return begun;
         }
-        match d.decide(&key, None, d.timeout())?.as_str() {
+        match follow(d, &key, stage)?.as_str() {
             "skip" => Ok(None),
             "run" => Ok(Some(StageDir {
                 path: self.stage_path(stage),
@@ -234,10 +233,9 @@ impl StageCtx {
                 started: Instant::now(),
                 lock: None,
             })),
-            other => Err(Error::LeaderFailed {
-                stage: stage.to_string(),
-                message: other.strip_prefix("error:").unwrap_or(other).to_string(),
-            }),
+            other => Err(Error::Invalid(format!(
+                "rank 0's decision on stage `{stage}` is `{other}`, not run or skip"
+            ))),
         }
     }
 
@@ -395,23 +393,47 @@ pub fn run_stage_checked(
     // the ranks leave the stage together, with rank 0's outcome
     let key = format!("end/{stage}");
     if d.rank() == 0 {
-        let decision = match &done {
-            Ok(o) => format!("{o:?}"),
-            Err(e) => format!("error:{e}"),
-        };
-        d.decide(&key, Some(&decision), d.timeout())?;
+        publish(d, &key, done.as_ref().map(|o| format!("{o:?}")))?;
         return done;
     }
     done?;
-    match d.decide(&key, None, d.timeout())?.as_str() {
+    match follow(d, &key, stage)?.as_str() {
         "Completed" => Ok(StageOutcome::Completed),
         "Skipped" => Ok(StageOutcome::Skipped),
         "Interrupted" => Ok(StageOutcome::Interrupted),
         "Partial" => Ok(StageOutcome::Partial),
-        other => Err(Error::LeaderFailed {
+        other => Err(Error::Invalid(format!(
+            "rank 0's outcome of stage `{stage}` is `{other}`, not a stage outcome"
+        ))),
+    }
+}
+
+/// Prefix of a decision that carries rank 0's error instead.
+const LEADER_ERROR: &str = "error:";
+
+/// Rank 0 shares its decision `key` (a word, or the error that stopped it) with the other ranks.
+fn publish(
+    d: &crate::parallel::Dist,
+    key: &str,
+    decision: std::result::Result<String, &Error>,
+) -> Result<()> {
+    let text = match decision {
+        Ok(word) => word,
+        Err(e) => format!("{LEADER_ERROR}{e}"),
+    };
+    d.decide(key, Some(&text)).map(|_| ())
+}
+
+/// Rank 0's decision `key` on a rank that follows it; rank 0's error becomes
+/// [`Error::LeaderFailed`].
+fn follow(d: &crate::parallel::Dist, key: &str, stage: &str) -> Result<String> {
+    let text = d.decide(key, None)?;
+    match text.strip_prefix(LEADER_ERROR) {
+        Some(message) => Err(Error::LeaderFailed {
             stage: stage.to_string(),
-            message: other.strip_prefix("error:").unwrap_or(other).to_string(),
+            message: message.to_string(),
         }),
+        None => Ok(text),
     }
 }
 

@@ -323,35 +323,13 @@ fn image_rows(
 ) -> Result<Vec<ModelReport>> {
     let ec = &ctx.config.eval;
     let device = ctx.device;
-    let dist = ctx.dist.as_deref();
-    let (rank, world) = dist.map_or((0, 1), |d| (d.rank(), d.world()));
     let spec_text = ctx.config.data.dataset.clone().unwrap_or_default();
     let net = feature_net(ctx, &spec_text)?;
     let seeds: Vec<u64> = (0..ec.samples as u64).map(|i| EVAL_SEED_BASE + i).collect();
     if !dir.writes() {
         for f in found {
             let model = Model::load(&f.path, device)?;
-            let (mut one_stats, mut many_stats) =
-                (FeatureStats::new(net.dim()), FeatureStats::new(net.dim()));
-            let mut totals = [0.0; 3];
-            for (i, chunk) in seeds.chunks(ec.batch_size.max(1)).enumerate() {
-                if i % world == rank {
-                    sample_chunk(
-                        ctx,
-                        &net,
-                        &model,
-                        chunk,
-                        &mut one_stats,
-                        &mut many_stats,
-                        &mut totals,
-                    )?;
-                }
-            }
-            if let Some(d) = dist {
-                d.sum_stats(&one_stats)?;
-                d.sum_stats(&many_stats)?;
-                d.sum(&totals)?;
-            }
+            sampled_stats(ctx, &net, &model, &seeds, |_, _, _, _| Ok(()))?;
         }
         return Ok(Vec::new());
     }
@@ -380,45 +358,22 @@ fn image_rows(
     let mut rows = Vec::new();
     for f in found {
         let model = Model::load(&f.path, device)?;
-        let mut one_stats = FeatureStats::new(net.dim());
-        let mut many_stats = FeatureStats::new(net.dim());
-        // agreement × samples, NFE summed over batches, batches
-        let mut totals = [0.0; 3];
         let mut progress = Progress::new(&format!("eval {}", f.name), 0, seeds.len() as u64);
-        let mut done = 0usize;
         let s = slug(f.name);
-        for (i, chunk) in seeds.chunks(ec.batch_size.max(1)).enumerate() {
-            done += chunk.len();
-            if i % world != rank {
-                continue;
-            }
-            let (one, many) = sample_chunk(
-                ctx,
-                &net,
-                &model,
-                chunk,
-                &mut one_stats,
-                &mut many_stats,
-                &mut totals,
-            )?;
-            if i == 0 {
-                let k = (chunk.len() as i64).min(64);
-                for (suffix, x) in [("1step", &one.x), ("ode", &many.x)] {
-                    let file = format!("samples-{s}-{suffix}.png");
-                    pictures::grid_png(&dir.path.join(&file), &x.narrow(0, 0, k), 8)?;
-                    dir.output(&format!("grid_{s}_{suffix}"), file);
+        let (one_stats, many_stats, [agree, nfe_total, batches]) =
+            sampled_stats(ctx, &net, &model, &seeds, |i, done, one, many| {
+                if i == 0 {
+                    let k = one.x.size()[0].min(64);
+                    for (suffix, x) in [("1step", &one.x), ("ode", &many.x)] {
+                        let file = format!("samples-{s}-{suffix}.png");
+                        pictures::grid_png(&dir.path.join(&file), &x.narrow(0, 0, k), 8)?;
+                        dir.output(&format!("grid_{s}_{suffix}"), file);
+                    }
                 }
-            }
-            progress.set(done as u64, || format!("NFE {}", many.nfe));
-        }
+                progress.set(done as u64, || format!("NFE {}", many.nfe));
+                Ok(())
+            })?;
         progress.finish();
-        if let Some(d) = dist {
-            one_stats = d.sum_stats(&one_stats)?;
-            many_stats = d.sum_stats(&many_stats)?;
-            let t = d.sum(&totals)?;
-            totals.copy_from_slice(&t);
-        }
-        let [agree, nfe_total, batches] = totals;
         let mut pictures = vec![
             format!("samples-{s}-1step.png"),
             format!("samples-{s}-ode.png"),
@@ -460,6 +415,48 @@ fn image_rows(
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// This rank's batches of `seeds` for `model` (every W-th batch of `eval.batch_size` on rank r of
+/// W) through [`sample_chunk`], calling `seen(batch index, seeds up to its end, one-step, ODE)`
+/// after each; the statistics summed over the ranks: one-step and ODE features, and [agreement ×
+/// samples, NFE summed over batches, batches].
+fn sampled_stats(
+    ctx: &StageCtx,
+    net: &FeatureNet,
+    model: &Model,
+    seeds: &[u64],
+    mut seen: impl FnMut(usize, usize, &Solution, &Solution) -> Result<()>,
+) -> Result<(FeatureStats, FeatureStats, [f64; 3])> {
+    let dist = ctx.dist.as_deref();
+    let (rank, world) = dist.map_or((0, 1), |d| (d.rank(), d.world()));
+    let mut one_stats = FeatureStats::new(net.dim());
+    let mut many_stats = FeatureStats::new(net.dim());
+    let mut totals = [0.0; 3];
+    let mut done = 0usize;
+    for (i, chunk) in seeds.chunks(ctx.config.eval.batch_size.max(1)).enumerate() {
+        done += chunk.len();
+        if i % world != rank {
+            continue;
+        }
+        let (one, many) = sample_chunk(
+            ctx,
+            net,
+            model,
+            chunk,
+            &mut one_stats,
+            &mut many_stats,
+            &mut totals,
+        )?;
+        seen(i, done, &one, &many)?;
+    }
+    if let Some(d) = dist {
+        one_stats = d.sum_stats(&one_stats)?;
+        many_stats = d.sum_stats(&many_stats)?;
+        let summed = d.sum(&totals)?;
+        totals.copy_from_slice(&summed);
+    }
+    Ok((one_stats, many_stats, totals))
 }
 
 /// Samples one batch of evaluation seeds with `model` (one Euler step and the solver), adds the
