@@ -14,6 +14,7 @@ pub mod agreement;
 mod error;
 pub mod features;
 pub mod fid;
+pub mod font;
 pub mod inception;
 pub mod pictures;
 pub mod plot;

@@ -58,25 +58,213 @@ fn to_rgb_bytes(images: &Tensor) -> Result<(usize, usize, usize, Vec<u8>)> {
     Ok((s[0] as usize, s[2] as usize, s[3] as usize, bytes))
 }
 
-/// Tiles `images` ([B, C, H, W] in [-1, 1]) into a grid with `cols` columns and a 2-pixel white
-/// border; an 8×8 grid of 64 samples is the usual report picture.
-pub fn grid_png(path: &Path, images: &Tensor, cols: usize) -> Result<()> {
+/// Pictures are enlarged to at least this many pixels on their long side (by an integer factor,
+/// without smoothing, at most [`MAX_UPSCALE`]×), so 16×16 or 32×32 samples can be judged by eye at
+/// 100 % and every pixel stays a sample's pixel.
+pub const MIN_LONG_SIDE: usize = 512;
+/// The largest enlargement factor.
+pub const MAX_UPSCALE: usize = 16;
+
+/// The integer factor that brings a `width`×`height` picture to [`MIN_LONG_SIDE`].
+pub fn upscale_factor(width: usize, height: usize) -> usize {
+    MIN_LONG_SIDE
+        .div_ceil(width.max(height).max(1))
+        .clamp(1, MAX_UPSCALE)
+}
+
+/// Nearest-neighbour enlargement of an RGB image by `factor`.
+pub fn upscale(pixels: &[u8], width: usize, height: usize, factor: usize) -> Vec<u8> {
+    let f = factor.max(1);
+    if f == 1 {
+        return pixels.to_vec();
+    }
+    let ow = width * f;
+    let mut out = Vec::with_capacity(ow * height * f * 3);
+    for y in 0..height {
+        let mut row = Vec::with_capacity(ow * 3);
+        for x in 0..width {
+            let p = &pixels[(y * width + x) * 3..(y * width + x + 1) * 3];
+            for _ in 0..f {
+                row.extend_from_slice(p);
+            }
+        }
+        for _ in 0..f {
+            out.extend_from_slice(&row);
+        }
+    }
+    out
+}
+
+/// An RGB picture in memory: `width`×`height`, row-major, 3 bytes a pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// `width·height·3` bytes.
+    pub pixels: Vec<u8>,
+}
+
+impl RgbImage {
+    /// A white picture.
+    pub fn white(width: usize, height: usize) -> Self {
+        RgbImage {
+            width,
+            height,
+            pixels: vec![255; width * height * 3],
+        }
+    }
+
+    /// Copies `other` with its top-left corner at (`x`, `y`), clipped to this picture.
+    pub fn paste(&mut self, other: &RgbImage, x: usize, y: usize) {
+        for row in 0..other.height.min(self.height.saturating_sub(y)) {
+            let n = other.width.min(self.width.saturating_sub(x));
+            let src = &other.pixels[row * other.width * 3..(row * other.width + n) * 3];
+            let d = ((y + row) * self.width + x) * 3;
+            self.pixels[d..d + n * 3].copy_from_slice(src);
+        }
+    }
+
+    /// Enlarged by `factor` without smoothing.
+    pub fn upscaled(&self, factor: usize) -> RgbImage {
+        RgbImage {
+            width: self.width * factor.max(1),
+            height: self.height * factor.max(1),
+            pixels: upscale(&self.pixels, self.width, self.height, factor),
+        }
+    }
+
+    /// Writes the picture as a PNG.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_rgb_png(path, self.width, self.height, &self.pixels)
+    }
+
+    /// The picture as PNG bytes (for embedding, e.g. in TensorBoard event files).
+    pub fn to_png(&self) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut buf, self.width as u32, self.height as u32);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            let png_err = |source| Error::Png {
+                path: "<memory>".into(),
+                source,
+            };
+            let mut w = enc.write_header().map_err(png_err)?;
+            w.write_image_data(&self.pixels).map_err(png_err)?;
+            w.finish().map_err(png_err)?;
+        }
+        Ok(buf)
+    }
+}
+
+/// Tiles `images` ([B, C, H, W] in [-1, 1]) at 1× into a grid with `cols` columns and a 2-pixel
+/// white border.
+pub fn tile(images: &Tensor, cols: usize) -> Result<RgbImage> {
     let (b, h, w, bytes) = to_rgb_bytes(images)?;
     let cols = cols.clamp(1, b.max(1));
     let rows = b.div_ceil(cols);
     let pad = 2;
-    let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
-    let mut out = vec![255u8; gw * gh * 3];
+    let mut out = RgbImage::white(cols * (w + pad) + pad, rows * (h + pad) + pad);
+    let gw = out.width;
     for i in 0..b {
         let (r, c) = (i / cols, i % cols);
         let (ox, oy) = (pad + c * (w + pad), pad + r * (h + pad));
         for y in 0..h {
             let src = &bytes[(i * h * w + y * w) * 3..(i * h * w + (y + 1) * w) * 3];
             let d = ((oy + y) * gw + ox) * 3;
-            out[d..d + w * 3].copy_from_slice(src);
+            out.pixels[d..d + w * 3].copy_from_slice(src);
         }
     }
-    write_rgb_png(path, gw, gh, &out)
+    Ok(out)
+}
+
+/// [`tile`] enlarged to [`MIN_LONG_SIDE`]: the sample grid of reports and training snapshots (8
+/// columns of 64 samples is the usual one).
+pub fn grid_image(images: &Tensor, cols: usize) -> Result<RgbImage> {
+    let g = tile(images, cols)?;
+    Ok(g.upscaled(upscale_factor(g.width, g.height)))
+}
+
+/// Writes [`grid_image`] as a PNG.
+pub fn grid_png(path: &Path, images: &Tensor, cols: usize) -> Result<()> {
+    grid_image(images, cols)?.save(path)
+}
+
+/// One column of a [`comparison_png`]: a grid of samples under a caption.
+#[derive(Debug)]
+pub struct Panel {
+    /// Caption lines, e.g. the model and how it sampled, its size and NFE, its metric.
+    pub caption: Vec<String>,
+    /// [B, C, H, W] in [-1, 1].
+    pub images: Tensor,
+}
+
+/// Each panel's grid is enlarged to at least this width in a comparison figure.
+const PANEL_MIN_WIDTH: usize = 256;
+/// Caption magnification: 10×14-pixel letters.
+const CAPTION_SCALE: usize = 2;
+
+/// Panels side by side, every grid with `cols` columns and enlarged by the same integer factor,
+/// each under its caption: data | model A one step | model A ODE | … in one picture.
+pub fn comparison_png(path: &Path, panels: &[Panel], cols: usize) -> Result<()> {
+    comparison_image(panels, cols)?.save(path)
+}
+
+/// The picture [`comparison_png`] writes.
+pub fn comparison_image(panels: &[Panel], cols: usize) -> Result<RgbImage> {
+    if panels.is_empty() {
+        return Err(Error::BadInput(
+            "a comparison needs at least one panel".into(),
+        ));
+    }
+    let grids = panels
+        .iter()
+        .map(|p| tile(&p.images, cols))
+        .collect::<Result<Vec<_>>>()?;
+    let widest = grids.iter().map(|g| g.width).max().unwrap_or(1);
+    let f = PANEL_MIN_WIDTH
+        .div_ceil(widest.max(1))
+        .clamp(1, MAX_UPSCALE);
+    let grids: Vec<RgbImage> = grids.iter().map(|g| g.upscaled(f)).collect();
+    let (gap, line) = (16, crate::font::text_height(CAPTION_SCALE) + 6);
+    let lines = panels.iter().map(|p| p.caption.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = panels
+        .iter()
+        .zip(&grids)
+        .map(|(p, g)| {
+            p.caption
+                .iter()
+                .map(|c| crate::font::text_width(c, CAPTION_SCALE))
+                .max()
+                .unwrap_or(0)
+                .max(g.width)
+        })
+        .collect();
+    let top = gap + lines * line;
+    let width = gap + widths.iter().map(|w| w + gap).sum::<usize>();
+    let height = top + grids.iter().map(|g| g.height).max().unwrap_or(0) + gap;
+    let mut out = RgbImage::white(width, height);
+    let mut x = gap;
+    for ((p, g), w) in panels.iter().zip(&grids).zip(&widths) {
+        for (k, c) in p.caption.iter().enumerate() {
+            let (ow, oh) = (out.width, out.height);
+            crate::font::draw_text(
+                &mut out.pixels,
+                ow,
+                oh,
+                x,
+                gap + k * line,
+                c,
+                CAPTION_SCALE,
+                [40, 40, 40],
+            );
+        }
+        out.paste(g, x, top);
+        x += w + gap;
+    }
+    Ok(out)
 }
 
 /// One row per sample (the first `rows`), one column per captured time along the ODE (at most

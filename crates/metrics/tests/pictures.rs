@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
-use slimflow_metrics::pictures::{curves_png, grid_png, loss_curve_png, trajectory_strip_png};
+use slimflow_metrics::pictures::{
+    comparison_png, curves_png, grid_png, loss_curve_png, trajectory_strip_png, upscale_factor,
+    Panel, MIN_LONG_SIDE,
+};
 use tch::{Kind, Tensor};
 
 fn decode(path: &Path) -> (u32, u32, Vec<u8>) {
@@ -27,10 +30,25 @@ fn grids_tile_images_in_place() {
     let p = dir.path().join("grid.png");
     grid_png(&p, &imgs, 8).unwrap();
     let (w, h, px) = decode(&p);
-    assert_eq!((w, h), (8 * 10 + 2, 8 * 10 + 2));
-    // image 9 = row 1, col 1: its top-left pixel at (2 + 10, 2 + 10)
+    // 82 px at 1×, enlarged 7× without smoothing to reach 512 px
+    let f = upscale_factor(82, 82);
+    assert_eq!(f, 7);
+    assert_eq!((w, h), (82 * 7, 82 * 7));
+    assert!(w as usize >= MIN_LONG_SIDE);
+    // image 9 = row 1, col 1: its top-left pixel at (2 + 10, 2 + 10) at 1×, a 7×7 block now
     let at = |x: usize, y: usize| px[(y * w as usize + x) * 3];
-    assert_eq!(at(12, 12), (9.0f64 / 63.0 * 255.0).round() as u8);
+    let level = (9.0f64 / 63.0 * 255.0).round() as u8;
+    assert_eq!(at(12 * f, 12 * f), level);
+    assert_eq!(
+        at(12 * f + 6, 12 * f + 6),
+        level,
+        "nearest neighbour, no smoothing"
+    );
+    assert_eq!(
+        at(12 * f - 1, 12 * f),
+        255,
+        "the border before it stays white"
+    );
     assert_eq!(at(0, 0), 255, "white border");
     // grayscale input works too; bad shapes are errors
     grid_png(
@@ -62,10 +80,15 @@ fn trajectory_strips_pick_both_ends() {
     let p = dir.path().join("strip.png");
     trajectory_strip_png(&p, &states, 2, 6).unwrap();
     let (w, h, px) = decode(&p);
-    assert_eq!((w, h), (6 * 8 + 2, 2 * 8 + 2));
+    let f = upscale_factor(6 * 8 + 2, 2 * 8 + 2);
+    assert_eq!((w as usize, h as usize), ((6 * 8 + 2) * f, (2 * 8 + 2) * f));
     let at = |x: usize, y: usize| px[(y * w as usize + x) * 3];
-    assert_eq!(at(2, 2), 0, "first column is t = start (−1 → 0)");
-    assert_eq!(at(2 + 5 * 8, 2), 255, "last column is t = end (+1 → 255)");
+    assert_eq!(at(2 * f, 2 * f), 0, "first column is t = start (−1 → 0)");
+    assert_eq!(
+        at((2 + 5 * 8) * f, 2 * f),
+        255,
+        "last column is t = end (+1 → 255)"
+    );
 }
 
 #[test]
@@ -93,4 +116,39 @@ fn loss_curves_from_metrics_jsonl() {
     let msg = loss_curve_png(&jsonl, &out).unwrap_err().to_string();
     assert!(msg.contains("metrics.jsonl:2"), "{msg}");
     assert!(curves_png(&out, &[("x".into(), vec![(0.0, f64::NAN)])]).is_err());
+}
+
+#[test]
+fn comparisons_put_captioned_panels_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let panel = |level: f64, caption: &[&str]| Panel {
+        caption: caption.iter().map(|s| s.to_string()).collect(),
+        images: Tensor::full([16, 3, 16, 16], level, (Kind::Float, tch::Device::Cpu)),
+    };
+    let panels = [
+        panel(-1.0, &["DATA"]),
+        panel(1.0, &["1-RF 1 STEP", "NFE 1 · FD 79.1"]),
+        panel(0.0, &["1-RF ODE", "15.7M PARAMS · NFE 100"]),
+    ];
+    let p = dir.path().join("comparison.png");
+    comparison_png(&p, &panels, 4).unwrap();
+    let (w, h, px) = decode(&p);
+    let at = |x: usize, y: usize| &px[(y * w as usize + x) * 3..(y * w as usize + x) * 3 + 3];
+    // each 4×4 grid of 16 px tiles is 74 px at 1×, enlarged 4× to reach 256 px per panel
+    assert!(w >= 3 * 296 && h >= 296, "{w}×{h}");
+    // find the panels' first sample pixels along a row through the grids
+    let y = h as usize - 16 - 296 + 2 * 4 + 1;
+    let row: Vec<&[u8]> = (0..w as usize).map(|x| at(x, y)).collect();
+    assert!(row.contains(&&[0u8, 0, 0][..]), "data panel (black)");
+    assert!(row.contains(&&[128u8, 128, 128][..]), "ODE panel (grey)");
+    let black = row.iter().position(|p| *p == [0, 0, 0]).unwrap();
+    let grey = row.iter().position(|p| *p == [128, 128, 128]).unwrap();
+    assert!(black < grey, "panels keep their order");
+    // captions are dark ink above the grids
+    let ink = (0..w as usize)
+        .flat_map(|x| (0..40).map(move |y| (x, y)))
+        .filter(|&(x, y)| at(x, y) == [40, 40, 40])
+        .count();
+    assert!(ink > 100, "captions drawn ({ink} ink pixels)");
+    assert!(comparison_png(&p, &[], 4).is_err());
 }

@@ -231,6 +231,36 @@ fn toy_rows(
     Ok(rows)
 }
 
+/// Samples per panel of `comparison.png`, in rows of [`COMPARISON_COLUMNS`].
+const COMPARISON_SAMPLES: usize = 16;
+const COMPARISON_COLUMNS: usize = 4;
+
+/// The one-step and ODE panels of one model, captioned with its name, size, NFE and metric.
+fn comparison_panels(row: &ModelReport, one: &Tensor, many: &Tensor) -> [pictures::Panel; 2] {
+    let size = format_params(row.params);
+    let panel = |how: &str, nfe: usize, distance: f64, x: &Tensor| pictures::Panel {
+        caption: vec![
+            format!("{} {how}", row.model),
+            format!("{size} params · NFE {nfe}"),
+            format!("{} {distance:.1}", row.metric),
+        ],
+        images: x.shallow_clone(),
+    };
+    [
+        panel("1 step", 1, row.distance_1step, one),
+        panel("ODE", row.nfe, row.distance_many, many),
+    ]
+}
+
+/// 15_700_000 → "15.7M", 820_000 → "820K".
+fn format_params(n: i64) -> String {
+    match n {
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.0}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
 /// One Euler step and the many-step solve from the same noise `z`.
 fn one_and_many(
     field: &dyn slimflow_sampling::Velocity,
@@ -356,10 +386,15 @@ fn image_rows(
     std::fs::write(dir.path.join("metric.txt"), &note).map_err(io_err(&dir.path))?;
     dir.output("metric", net.metric_name().to_string());
     let mut rows = Vec::new();
+    let mut panels = vec![pictures::Panel {
+        caption: vec!["data".into()],
+        images: set.batch(&grid_idx[..n_grid.min(COMPARISON_SAMPLES)]),
+    }];
     for f in found {
         let model = Model::load(&f.path, device)?;
         let mut progress = Progress::new(&format!("eval {}", f.name), 0, seeds.len() as u64);
         let s = slug(f.name);
+        let mut firsts = Vec::new();
         let (one_stats, many_stats, [agree, nfe_total, batches]) =
             sampled_stats(ctx, &net, &model, &seeds, |i, done, one, many| {
                 if i == 0 {
@@ -368,6 +403,8 @@ fn image_rows(
                         let file = format!("samples-{s}-{suffix}.png");
                         pictures::grid_png(&dir.path.join(&file), &x.narrow(0, 0, k), 8)?;
                         dir.output(&format!("grid_{s}_{suffix}"), file);
+                        let c = k.min(COMPARISON_SAMPLES as i64);
+                        firsts.push(x.narrow(0, 0, c).to_device(tch::Device::Cpu));
                     }
                 }
                 progress.set(done as u64, || format!("NFE {}", many.nfe));
@@ -412,8 +449,17 @@ fn image_rows(
             class_labels: label_rule(ctx, &model),
         };
         log_row(&row);
+        if let [one, many] = &firsts[..] {
+            panels.extend(comparison_panels(&row, one, many));
+        }
         rows.push(row);
     }
+    pictures::comparison_png(
+        &dir.path.join("comparison.png"),
+        &panels,
+        COMPARISON_COLUMNS,
+    )?;
+    dir.output("comparison", "comparison.png");
     Ok(rows)
 }
 
