@@ -217,7 +217,11 @@ fn dispatch(cli: Cli) -> Result<()> {
                     "warnings",
                 ]))?;
             }
-            run(cargo().args(["test", "--workspace"]).args(&args))
+            let mut test = cargo();
+            if let Some(py) = setup::tensorboard_python()? {
+                test.env("SLIMFLOW_TENSORBOARD_PYTHON", py);
+            }
+            run(test.args(["test", "--workspace"]).args(&args))
         }
         Cmd::Bench { args } => {
             setup::ensure()?;

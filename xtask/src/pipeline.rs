@@ -184,6 +184,17 @@ pub fn run_all(
             );
         }
     }
+    let out = Command::new(bin)
+        .arg("report")
+        .arg(run_dir)
+        .output()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "writing the run report failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     Ok(stages)
 }
 
@@ -279,6 +290,17 @@ pub fn print_report(run_dir: &Path, stages: &[Stage]) -> Result<()> {
     }
     println!("NFE: evaluations of the many-step solve; 1-step vs ODE: E‖x_1step − x_ODE‖².");
     println!("Report: {}", path.display());
+    let page = run_dir.join("report.html");
+    if page.is_file() {
+        println!(
+            "Run report (stages, models, every picture): {}",
+            page.display()
+        );
+    }
+    let comparison = run_dir.join("eval").join("comparison.png");
+    if comparison.is_file() {
+        println!("Side by side: {}", comparison.display());
+    }
     let eval_dir = run_dir.join("eval");
     for r in &rows {
         if !r.pictures.is_empty() {

@@ -184,7 +184,8 @@ fn ensure_cuda_headers(torch: &Path, install: bool) {
     }
 }
 
-fn install(venv: &Path) -> Result<PathBuf> {
+/// Creates a Python virtual environment with pip at `venv` unless one is there.
+fn create_venv(venv: &Path) -> Result<()> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&python)
         .arg("--version")
@@ -209,22 +210,74 @@ fn install(venv: &Path) -> Result<PathBuf> {
             );
         }
     }
-    eprintln!(
-        "setup: installing torch=={TORCH_VERSION} from PyPI into {} (once; ~4.6 GB)",
-        venv.display()
-    );
-    let status = Command::new(venv.join("bin").join("pip"))
+    Ok(())
+}
+
+/// `pip install` into `venv`.
+fn pip_install(venv: &Path, requirement: &str) -> Result<bool> {
+    Ok(Command::new(venv.join("bin").join("pip"))
         .args([
             "install",
             "--disable-pip-version-check",
             "--no-input",
             "--progress-bar",
             "off",
+            "-q",
         ])
-        .arg(format!("torch=={TORCH_VERSION}"))
+        .arg(requirement)
         .status()
-        .context("running pip")?;
-    if !status.success() {
+        .context("running pip")?
+        .success())
+}
+
+/// The TensorBoard release whose reader the event-file tests check against.
+const TENSORBOARD_VERSION: &str = "2.21.0";
+
+/// A Python with `tensorboard` (its own venv in the cache, installed once from PyPI) for the tests
+/// that read event files with TensorBoard itself; `None`, with a warning, when it cannot be
+/// installed outside CI (those tests then skip), an error under CI=true.
+pub fn tensorboard_python() -> Result<Option<PathBuf>> {
+    let venv = cache_dir()?.join(format!("tensorboard-{TENSORBOARD_VERSION}"));
+    let python = venv.join("bin").join("python");
+    let has = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import tensorboard"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has(&python) {
+        return Ok(Some(python));
+    }
+    let attempt = create_venv(&venv).and_then(|()| {
+        eprintln!(
+            "setup: installing tensorboard=={TENSORBOARD_VERSION} into {} (once, for the tests)",
+            venv.display()
+        );
+        pip_install(&venv, &format!("tensorboard=={TENSORBOARD_VERSION}"))
+    });
+    match attempt {
+        Ok(true) if has(&python) => Ok(Some(python)),
+        other => {
+            let why = match other {
+                Err(e) => format!("{e:#}"),
+                Ok(_) => "pip failed (see above); check network access to PyPI".into(),
+            };
+            if std::env::var("CI").as_deref() == Ok("true") {
+                bail!("tensorboard=={TENSORBOARD_VERSION} for the event-file tests: {why}");
+            }
+            eprintln!("setup: no tensorboard for the tests ({why}); the tests that need it skip");
+            Ok(None)
+        }
+    }
+}
+
+fn install(venv: &Path) -> Result<PathBuf> {
+    create_venv(venv)?;
+    eprintln!(
+        "setup: installing torch=={TORCH_VERSION} from PyPI into {} (once; ~4.6 GB)",
+        venv.display()
+    );
+    if !pip_install(venv, &format!("torch=={TORCH_VERSION}"))? {
         bail!("pip could not install torch=={TORCH_VERSION} (see its output above); check network access to PyPI, or set LIBTORCH to an existing libtorch {TORCH_VERSION}");
     }
     find_torch_package(venv).with_context(|| {

@@ -90,12 +90,17 @@ fn image_demo_distils_a_one_step_student_that_beats_the_teacher_in_one_step() {
         );
         assert!(png_size(&run.join(model).join("loss.png")).0 > 0);
     }
-    // Periodic sample grids: 8×8 tiles of 16 px with 2 px borders.
+    // Periodic sample grids: 8×8 tiles of 16 px with 2 px borders (146 px), enlarged 4× to judge.
     assert_eq!(
         png_size(&run.join("train/samples/step-0000300.png")),
-        (146, 146)
+        (584, 584)
     );
     assert!(run.join("distill/samples/step-0000100.png").is_file());
+    // The same grids and every logged scalar in TensorBoard event files beside metrics.jsonl.
+    for (stage, grids) in [("train", [150, 300]), ("reflow", [200, 400])] {
+        tensorboard_matches_metrics(&run.join(stage), &grids);
+    }
+    tensorboard_reads(&run);
     assert!(run.join("generate-pairs/pairs/pairs.json").is_file());
 
     let rows: Vec<serde_json::Value> =
@@ -106,10 +111,17 @@ fn image_demo_distils_a_one_step_student_that_beats_the_teacher_in_one_step() {
         assert_eq!(r["metric"], "FD-standin");
         for p in r["pictures"].as_array().unwrap() {
             let (w, h) = png_size(&run.join("eval").join(p.as_str().unwrap()));
-            assert!(w >= 146 && h >= 18, "{p}: {w}×{h}");
+            assert!(w.max(h) >= 512, "{p}: {w}×{h}");
         }
     }
-    assert!(png_size(&run.join("eval/samples-data.png")).0 == 146);
+    assert_eq!(png_size(&run.join("eval/samples-data.png")).0, 584);
+    // data | three models at one step and along the ODE, each panel at least 256 px wide
+    let (w, h) = png_size(&run.join("eval/comparison.png"));
+    assert!(w >= 7 * 256 && h >= 256, "comparison {w}×{h}");
+    let page = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(
+        page.contains("eval/comparison.png") && page.contains("train/samples/step-0000300.png")
+    );
     let teacher = row("1-RF")["distance_1step"].as_f64().unwrap();
     let distilled = row("distilled")["distance_1step"].as_f64().unwrap();
     assert!(
@@ -124,6 +136,94 @@ fn image_demo_distils_a_one_step_student_that_beats_the_teacher_in_one_step() {
         md.contains("| FD-standin 1-step |") && md.contains("not FID"),
         "{md}"
     );
+}
+
+/// The stage's event file holds metrics.jsonl's records as scalars (f32) and the sample grids at
+/// `grid_steps` as images.
+fn tensorboard_matches_metrics(stage: &Path, grid_steps: &[i64]) {
+    let files: Vec<PathBuf> = std::fs::read_dir(stage)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("events.out.tfevents."))
+        .collect();
+    assert_eq!(files.len(), 1, "{}: {files:?}", stage.display());
+    let events = slimflow_tensorboard::read_events(&files[0]).unwrap();
+    let jsonl = std::fs::read_to_string(stage.join("metrics.jsonl")).unwrap();
+    let mut records = 0;
+    for line in jsonl.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let step = v["step"].as_i64().unwrap();
+        let logged: Vec<(String, f32)> = events
+            .iter()
+            .filter(|e| e.step == step)
+            .flat_map(|e| &e.values)
+            .filter_map(|v| match v {
+                slimflow_tensorboard::Value::Scalar { tag, value } => Some((tag.clone(), *value)),
+                _ => None,
+            })
+            .collect();
+        for (k, want) in v.as_object().unwrap().iter().filter(|(k, _)| *k != "step") {
+            let got = logged.iter().find(|(t, _)| t == k).map(|(_, v)| *v);
+            assert_eq!(got, want.as_f64().map(|w| w as f32), "{k} at step {step}");
+        }
+        records += 1;
+    }
+    assert!(records > 0);
+    let images: Vec<(i64, u32)> = events
+        .iter()
+        .flat_map(|e| e.values.iter().map(move |v| (e.step, v)))
+        .filter_map(|(s, v)| match v {
+            slimflow_tensorboard::Value::Image { tag, width, .. } if tag == "samples" => {
+                Some((s, *width))
+            }
+            _ => None,
+        })
+        .collect();
+    let want: Vec<(i64, u32)> = grid_steps.iter().map(|&s| (s, 584)).collect();
+    assert_eq!(images, want, "{}", stage.display());
+}
+
+/// TensorBoard itself (`SLIMFLOW_TENSORBOARD_PYTHON`, set by `cargo xtask test`) finds every
+/// stage's scalars and sample images under the run directory; skipped without it, except under CI.
+fn tensorboard_reads(run: &Path) {
+    let py = std::env::var("SLIMFLOW_TENSORBOARD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = r#"
+import sys
+from tensorboard.backend.event_processing import event_multiplexer as em
+m = em.EventMultiplexer(size_guidance={"scalars": 0, "images": 0})
+m.AddRunsFromDirectory(sys.argv[1])
+m.Reload()
+for run, tags in sorted(m.Runs().items()):
+    n = len(m.Images(run, "samples")) if "samples" in tags["images"] else 0
+    print(run, ",".join(sorted(tags["scalars"])), n)
+"#;
+    let out = match Command::new(&py).arg("-c").arg(script).arg(run).output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "TensorBoard could not read the run with {py} ({why}); `cargo xtask test` installs it"
+            );
+            eprintln!("skipped the TensorBoard read: {py} has no tensorboard ({why})");
+            return;
+        }
+    };
+    for stage in ["train", "reflow", "distill"] {
+        let line = out
+            .lines()
+            .find(|l| l.split(' ').next() == Some(stage))
+            .unwrap_or_else(|| panic!("TensorBoard saw no run {stage}:\n{out}"));
+        let parts: Vec<&str> = line.split(' ').collect();
+        assert!(
+            parts[1].split(',').any(|t| t == "loss") && parts[1].contains("lr"),
+            "{line}"
+        );
+        assert_eq!(parts[2], "2", "two sample grids in {stage}: {line}");
+    }
 }
 
 #[test]

@@ -95,6 +95,7 @@ pub enum Value {
 static FILE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Appends events to one new event file in a log directory.
+#[derive(Debug)]
 pub struct EventWriter {
     path: PathBuf,
     out: BufWriter<File>,

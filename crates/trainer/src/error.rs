@@ -98,6 +98,9 @@ pub enum Error {
     /// From the metrics crate.
     #[error(transparent)]
     Metrics(#[from] slimflow_metrics::Error),
+    /// Writing TensorBoard event files.
+    #[error(transparent)]
+    TensorBoard(#[from] slimflow_tensorboard::Error),
     /// From the schedules crate.
     #[error(transparent)]
     Schedules(#[from] slimflow_schedules::Error),

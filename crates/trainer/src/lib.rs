@@ -26,6 +26,7 @@ pub mod run_loop;
 pub mod sink;
 pub mod stage;
 pub mod summary;
+pub mod tensorboard;
 
 pub use config::{load_config, ConfigError, PipelineConfig};
 pub use error::{Error, Result};

@@ -37,6 +37,7 @@ use crate::optim::{update, zero_grad, Adam, UpdateInfo};
 use crate::parallel::{checksum, Dist};
 use crate::progress::Progress;
 use crate::sink::{JsonlSink, MetricSink};
+use crate::tensorboard::TensorBoard;
 
 /// Settings of one training loop.
 #[derive(Debug, Clone, Copy)]
@@ -86,12 +87,14 @@ pub struct Observers<'a> {
 }
 
 impl<'a> Observers<'a> {
-    /// The stages' set for `stage_dir`: `metrics.jsonl`, then sample grids and checkpoints at the
-    /// cadence of `settings`.
+    /// The stages' set for `stage_dir`: `metrics.jsonl` and TensorBoard event files, then sample
+    /// grids (also logged to TensorBoard) and checkpoints at the cadence of `settings`.
     pub fn standard(stage_dir: &Path, settings: &LoopSettings<'_>) -> Self {
+        let tb = TensorBoard::new(stage_dir);
         Observers::default()
             .sink(JsonlSink::new(stage_dir.join("metrics.jsonl")))
-            .hook(SampleGrid::new(stage_dir, settings.checkpoint))
+            .sink(tb.clone())
+            .hook(SampleGrid::new(stage_dir, settings.checkpoint).with_tensorboard(tb))
             .hook(Checkpoints::new(
                 stage_dir.join("checkpoints"),
                 settings.checkpoint,
@@ -1117,6 +1120,53 @@ mod tests {
         }
         let read = |p: &Path| std::fs::read_to_string(p).unwrap();
         assert_eq!(read(&copy), read(&dir.path().join("metrics.jsonl")));
+        // TensorBoard: one event file per session, the same records as f32 scalars; the resumed
+        // session first marks its restart at step 6 so TensorBoard hides the killed session's past.
+        let files = crate::tensorboard::event_files(dir.path());
+        assert_eq!(files.len(), 2, "{files:?}");
+        let scalars = |events: &[slimflow_tensorboard::Event]| -> Vec<(u64, Vec<(String, f64)>)> {
+            events
+                .iter()
+                .filter(|e| !e.values.is_empty())
+                .map(|e| {
+                    let fields = e
+                        .values
+                        .iter()
+                        .filter_map(|v| match v {
+                            slimflow_tensorboard::Value::Scalar { tag, value } => {
+                                Some((tag.clone(), *value as f64))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    (e.step as u64, fields)
+                })
+                .collect()
+        };
+        let as_f32 = |m: &MemorySink| -> Vec<(u64, Vec<(String, f64)>)> {
+            m.records
+                .iter()
+                .map(|(s, f)| {
+                    (
+                        *s,
+                        f.iter()
+                            .map(|(k, v)| (k.clone(), *v as f32 as f64))
+                            .collect(),
+                    )
+                })
+                .collect()
+        };
+        let first = slimflow_tensorboard::read_events(&files[0]).unwrap();
+        let second = slimflow_tensorboard::read_events(&files[1]).unwrap();
+        assert_eq!(scalars(&first), as_f32(&memory));
+        assert_eq!(scalars(&second), as_f32(&memory2));
+        assert!(!first.iter().any(|e| e.session_start));
+        let restart: Vec<i64> = second
+            .iter()
+            .filter(|e| e.session_start)
+            .map(|e| e.step)
+            .collect();
+        assert_eq!(restart, vec![6]);
         // and the standard hooks still keep the checkpoint schedule
         assert_eq!(
             checkpointing::list_states(&dir.path().join("checkpoints")),

@@ -10,15 +10,28 @@ use crate::error::Result;
 use crate::run_dir::Manifest;
 use crate::stage::STAGES;
 
+/// The PNGs of a stage directory and of its subfolders one level down (e.g. `samples/`), as paths
+/// relative to it, sorted.
 fn pictures(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".png"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let pngs = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".png"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut v = pngs(dir);
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.filter_map(|e| e.ok()) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let sub = e.file_name().to_string_lossy().into_owned();
+                v.extend(pngs(&e.path()).into_iter().map(|p| format!("{sub}/{p}")));
+            }
+        }
+    }
     v.sort();
     v
 }

@@ -87,6 +87,7 @@ fn the_report_renders_with_every_picture_loaded() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("toy run & co"); // a name that needs escaping in HTML and URLs
+    std::fs::create_dir_all(run.join("train/samples")).unwrap();
     for (stage, wall) in [("train", 12.5), ("reflow", 30.0), ("eval", 4.0)] {
         std::fs::create_dir_all(run.join(stage)).unwrap();
         std::fs::write(
@@ -96,7 +97,8 @@ fn the_report_renders_with_every_picture_loaded() {
         .unwrap();
     }
     let imgs = Tensor::rand([16, 3, 8, 8], (Kind::Float, tch::Device::Cpu)) * 2.0 - 1.0;
-    slimflow_metrics::pictures::grid_png(&run.join("train/step-0000100.png"), &imgs, 4).unwrap();
+    slimflow_metrics::pictures::grid_png(&run.join("train/samples/step-0000100.png"), &imgs, 4)
+        .unwrap();
     slimflow_metrics::pictures::grid_png(&run.join("eval/samples-1-rf-1step.png"), &imgs, 4)
         .unwrap();
     let panels = [slimflow_metrics::pictures::Panel {
@@ -140,8 +142,8 @@ fn the_report_renders_with_every_picture_loaded() {
     assert!(dom.contains("All 4 pictures loaded."));
 
     // the check can fail: a picture that went away is named
-    std::fs::remove_file(run.join("train/step-0000100.png")).unwrap();
+    std::fs::remove_file(run.join("train/samples/step-0000100.png")).unwrap();
     let dom = rendered_dom(&browser, &page, &profile);
     assert_eq!(check_count(&dom, "missing"), 1, "{dom}");
-    assert!(dom.contains("train/step-0000100.png"));
+    assert!(dom.contains("train/samples/step-0000100.png"));
 }

@@ -13,6 +13,8 @@ use crate::config::CheckpointConfig;
 use crate::ema::Ema;
 use crate::error::Result;
 use crate::optim::Adam;
+use crate::tensorboard::TensorBoard;
+use slimflow_metrics::pictures::RgbImage;
 
 /// Runs after every optimizer step, after the metric sinks have received the step's record.
 pub trait StepHook {
@@ -116,6 +118,7 @@ pub struct SampleGrid {
     stage_dir: PathBuf,
     every: u64,
     solver_steps: usize,
+    tensorboard: Option<TensorBoard>,
 }
 
 impl SampleGrid {
@@ -125,25 +128,40 @@ impl SampleGrid {
             stage_dir: stage_dir.to_path_buf(),
             every: cfg.sample_every,
             solver_steps: cfg.sample_steps,
+            tensorboard: None,
         }
+    }
+
+    /// Also logs each grid to `tb` (tag `samples`).
+    pub fn with_tensorboard(mut self, tb: TensorBoard) -> Self {
+        self.tensorboard = Some(tb);
+        self
     }
 }
 
 impl StepHook for SampleGrid {
     fn after_step(&mut self, view: &StepView<'_>) -> Result<()> {
         if self.every > 0 && (view.step % self.every == 0 || view.is_last()) {
-            sample_grid(&self.stage_dir, view.model, view.step, self.solver_steps)?;
+            let grid = sample_grid(&self.stage_dir, view.model, view.step, self.solver_steps)?;
+            if let (Some(tb), Some(grid)) = (&self.tensorboard, grid) {
+                tb.image("samples", view.step, &grid)?;
+            }
         }
         Ok(())
     }
 }
 
 /// Euler samples of the current weights from fixed noise (and fixed labels for class-conditional
-/// models), as `samples/step-N.png` (image models).
-fn sample_grid(stage_dir: &Path, model: &Model, step: u64, steps: usize) -> Result<()> {
+/// models), as `samples/step-N.png` (image models; the grid is returned, `None` for others).
+fn sample_grid(
+    stage_dir: &Path,
+    model: &Model,
+    step: u64,
+    steps: usize,
+) -> Result<Option<RgbImage>> {
     let shape = model.config().data_shape();
     if shape.len() != 3 {
-        return Ok(());
+        return Ok(None);
     }
     let seeds: Vec<u64> = (0..64u64).map(|i| (1 << 50) + i).collect();
     let z = slimflow_data::seeded_normal(&seeds, &shape, model.vs.device());
@@ -160,8 +178,9 @@ fn sample_grid(stage_dir: &Path, model: &Model, step: u64, steps: usize) -> Resu
     let x = slimflow_sampling::solve(&solver, &field, &z, 1e-3, 1.0, false)?.x;
     let dir = stage_dir.join("samples");
     std::fs::create_dir_all(&dir).map_err(crate::error::io_err(&dir))?;
-    slimflow_metrics::pictures::grid_png(&dir.join(format!("step-{step:07}.png")), &x, 8)?;
-    Ok(())
+    let grid = slimflow_metrics::pictures::grid_image(&x, 8)?;
+    grid.save(&dir.join(format!("step-{step:07}.png")))?;
+    Ok(Some(grid))
 }
 
 /// The keep-last-N schedule of [`checkpointing::plan`]: a state every `every` steps and at the last
