@@ -28,7 +28,7 @@ pub struct GpuCheckArgs {
 }
 
 /// Whether a CUDA GPU is visible (`nvidia-smi -L` lists one); `SLIMFLOW_NO_CUDA` forces CPU.
-fn cuda_available() -> bool {
+pub(crate) fn cuda_available() -> bool {
     if std::env::var_os("SLIMFLOW_NO_CUDA").is_some() {
         return false;
     }

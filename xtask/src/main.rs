@@ -154,6 +154,17 @@ pub fn build_cli() -> Result<PathBuf> {
     build_cli_profile(false)
 }
 
+/// Whether the binary is built with NCCL (data parallelism between GPUs): when a GPU is visible, or
+/// `SLIMFLOW_NCCL=1` asks for it (a cluster's login node without GPUs that builds for its GPU
+/// nodes); `SLIMFLOW_NCCL=0` leaves it out.
+fn with_nccl() -> bool {
+    match std::env::var("SLIMFLOW_NCCL").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => gpu_check::cuda_available(),
+    }
+}
+
 /// [`build_cli`] in the release (`true`) or the dev profile.
 pub fn build_cli_profile(release: bool) -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("SLIMFLOW_BIN") {
@@ -164,6 +175,9 @@ pub fn build_cli_profile(release: bool) -> Result<PathBuf> {
         args.push("--release");
     }
     args.extend(["--quiet", "-p", "slimflow-cli", "--bin", "slimflow"]);
+    if with_nccl() {
+        args.extend(["--features", "nccl"]);
+    }
     run(cargo().args(args))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
