@@ -69,7 +69,11 @@ fn reference_statistics_and_distances() {
         .unwrap()
         .info()
         .clone();
-    assert_eq!((grid.width, grid.height), (8 * 34 + 2, 2 * 34 + 2));
+    // 8 columns of 32 px tiles with 2 px borders (274 × 70), enlarged 2× to reach 512 px
+    assert_eq!(
+        (grid.width, grid.height),
+        (2 * (8 * 34 + 2), 2 * (2 * 34 + 2))
+    );
     let d = fid(&s, &samples.display().to_string());
     assert!(
         d.is_finite() && d > other,

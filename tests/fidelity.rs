@@ -138,9 +138,15 @@ fn class_labels_reach_every_stage_of_a_fashion_mnist_pipeline() {
     for model in ["1rf", "2rf", "distilled"] {
         for solver in ["1step", "ode"] {
             let grid = run.join(format!("eval/samples-{model}-{solver}.png"));
-            assert_eq!(png_size(&grid), (82, 82), "{}", grid.display());
+            // 8×8 tiles of 8 px with borders (82 px), enlarged 7× to reach 512 px
+            assert_eq!(png_size(&grid), (7 * 82, 7 * 82), "{}", grid.display());
             let classes = run.join(format!("eval/samples-{model}-{solver}-classes.png"));
-            assert_eq!(png_size(&classes), (82, 102), "{}", classes.display());
+            assert_eq!(
+                png_size(&classes),
+                (6 * 82, 6 * 102),
+                "{}",
+                classes.display()
+            );
         }
     }
     let report: Vec<serde_json::Value> =
@@ -204,7 +210,7 @@ fn class_labels_reach_every_stage_of_a_fashion_mnist_pipeline() {
     let single = tensor(&out, "samples").2;
     let per = samples.len() / 40;
     assert_eq!(&samples[12 * per..16 * per], &single[..4 * per]);
-    assert_eq!(png_size(&all.with_extension("png")), (42, 102));
+    assert_eq!(png_size(&all.with_extension("png")), (6 * 42, 6 * 102));
     let mut c = stage_cmd("sample", &config, &run, &[]);
     c.args(["--n", "4", "--classes", "all", "--class", "1", "--out"])
         .arg(&all);
