@@ -307,8 +307,9 @@ const PALETTE: [Rgb; 6] = [
     [140, 86, 75],
 ];
 
-/// Line plot of named series of (step, value) on a 640×400 canvas; the y axis is logarithmic when
-/// every value is positive and they span more than a factor of 20. Non-finite values are skipped.
+/// Line plot of named series of (step, value) on a 640×400 canvas, with a legend of their names;
+/// the y axis is logarithmic when every value is positive and they span more than a factor of 20.
+/// Non-finite values are skipped.
 pub fn curves_png(path: &Path, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
     let (w, h, m) = (640usize, 400usize, 40usize);
     let points: Vec<&(f64, f64)> = series
@@ -370,24 +371,23 @@ pub fn curves_png(path: &Path, series: &[(String, Vec<(f64, f64)>)]) -> Result<(
         if pts.len() == 1 {
             put(pts[0].0 as i64, pts[0].1 as i64, c, &mut px);
         }
-        // legend swatch, top right: one 12×4 bar per series
+        // legend, top right: one 12×4 bar per series after its name
+        let ly = m / 2 + 10 * k;
         for dy in 0..4 {
             for dx in 0..12 {
-                put(
-                    (w - m - 12 + dx) as i64,
-                    (m / 2 + 8 * k + dy) as i64,
-                    c,
-                    &mut px,
-                );
+                put((w - m - 12 + dx) as i64, (ly + 2 + dy) as i64, c, &mut px);
             }
         }
+        let name = &series[k].0;
+        let tx = (w - m - 16).saturating_sub(crate::font::text_width(name, 1));
+        crate::font::draw_text(&mut px, w, h, tx, ly, name, 1, [80, 80, 80]);
     }
     write_rgb_png(path, w, h, &px)
 }
 
-/// Plots every numeric field of a `metrics.jsonl` (one JSON object per line with a `step`) whose
-/// name contains "loss" (all fields when none does).
-pub fn loss_curve_png(jsonl: &Path, out: &Path) -> Result<Vec<String>> {
+/// Every numeric field of a `metrics.jsonl` (one JSON object per line with a `step`) as a series
+/// of (step, value), in the order the fields first appear.
+pub fn read_metrics(jsonl: &Path) -> Result<Vec<(String, Vec<(f64, f64)>)>> {
     let text = std::fs::read_to_string(jsonl).map_err(|source| Error::Io {
         path: jsonl.to_path_buf(),
         source,
@@ -414,6 +414,13 @@ pub fn loss_curve_png(jsonl: &Path, out: &Path) -> Result<Vec<String>> {
             }
         }
     }
+    Ok(series)
+}
+
+/// Plots every numeric field of a `metrics.jsonl` whose name contains "loss" (all fields when none
+/// does).
+pub fn loss_curve_png(jsonl: &Path, out: &Path) -> Result<Vec<String>> {
+    let series = read_metrics(jsonl)?;
     let lossy: Vec<_> = series
         .iter()
         .filter(|(n, _)| n.contains("loss"))

@@ -68,6 +68,9 @@ pub fn pipeline_report(run_dir: &Path) -> Result<String> {
     }
     let (found, total) = totals(&stages);
     let _ = writeln!(md, "\nTotal wall time {total:.1} s over {found} stages.\n");
+    if all_losses_png(run_dir)? {
+        let _ = writeln!(md, "![loss of every training stage](losses.png)\n");
+    }
     let eval = run_dir.join("eval").join("report.json");
     if eval.exists() {
         let rows = slimflow_metrics::report::read_json(&eval)?;
@@ -90,6 +93,30 @@ pub fn pipeline_report(run_dir: &Path) -> Result<String> {
     let html = html_report(&name, run_dir, &stages)?;
     slimflow_tensor_io::atomic_write(&run_dir.join("report.html"), html.as_bytes())?;
     Ok(md)
+}
+
+/// `RUN_DIR/losses.png`: the total loss of every training stage in one figure, named by stage;
+/// false (and no file) when no stage has logged one.
+fn all_losses_png(run_dir: &Path) -> Result<bool> {
+    let mut series = Vec::new();
+    for stage in STAGES.iter().map(|s| s.name) {
+        let jsonl = run_dir.join(stage).join("metrics.jsonl");
+        if !jsonl.is_file() {
+            continue;
+        }
+        let loss = slimflow_metrics::pictures::read_metrics(&jsonl)?
+            .into_iter()
+            .find(|(n, _)| n == "loss");
+        if let Some((_, points)) = loss.filter(|(_, p)| p.iter().any(|(_, y)| y.is_finite())) {
+            series.push((stage.to_string(), points));
+        }
+    }
+    let out = run_dir.join("losses.png");
+    if series.is_empty() {
+        return Ok(false);
+    }
+    slimflow_metrics::pictures::curves_png(&out, &series)?;
+    Ok(true)
 }
 
 /// One stage of the run and its manifest, when it ran.
@@ -231,6 +258,13 @@ fn html_report(name: &str, run_dir: &Path, stages: &[StageRow]) -> Result<String
         h,
         "</table>\n<p>Total wall time {total:.1} s over {found} stages.</p>"
     );
+    if run_dir.join("losses.png").is_file() {
+        let _ = writeln!(
+            h,
+            "<figure><img src=\"losses.png\" alt=\"loss of every training stage\">\
+             <figcaption>The total loss of every training stage.</figcaption></figure>"
+        );
+    }
     let eval = run_dir.join("eval").join("report.json");
     if eval.exists() {
         let rows = slimflow_metrics::report::read_json(&eval)?;

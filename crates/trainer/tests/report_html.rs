@@ -96,6 +96,17 @@ fn the_report_renders_with_every_picture_loaded() {
         )
         .unwrap();
     }
+    for (stage, scale) in [("train", 1.0), ("reflow", 0.5)] {
+        let lines: String = (1..=5)
+            .map(|s| {
+                format!(
+                    "{{\"step\": {s}, \"loss\": {}, \"lr\": 0.1}}\n",
+                    scale / s as f64
+                )
+            })
+            .collect();
+        std::fs::write(run.join(stage).join("metrics.jsonl"), lines).unwrap();
+    }
     let imgs = Tensor::rand([16, 3, 8, 8], (Kind::Float, tch::Device::Cpu)) * 2.0 - 1.0;
     slimflow_metrics::pictures::grid_png(&run.join("train/samples/step-0000100.png"), &imgs, 4)
         .unwrap();
@@ -136,10 +147,12 @@ fn the_report_renders_with_every_picture_loaded() {
 
     let profile = tmp.path().join("profile");
     let dom = rendered_dom(&browser, &page, &profile);
-    // train's grid, eval's comparison and grid, and the comparison again in its own section
+    // the stages' losses, train's grid, eval's comparison and grid, and the comparison again in
+    // its own section
+    assert!(run.join("losses.png").is_file());
     assert_eq!(check_count(&dom, "missing"), 0, "{dom}");
-    assert_eq!(check_count(&dom, "loaded"), 4);
-    assert!(dom.contains("All 4 pictures loaded."));
+    assert_eq!(check_count(&dom, "loaded"), 5);
+    assert!(dom.contains("All 5 pictures loaded."));
 
     // the check can fail: a picture that went away is named
     std::fs::remove_file(run.join("train/samples/step-0000100.png")).unwrap();
