@@ -385,9 +385,12 @@ pub fn curves_png(path: &Path, series: &[(String, Vec<(f64, f64)>)]) -> Result<(
     write_rgb_png(path, w, h, &px)
 }
 
+/// A named series of (step, value) points.
+pub type Series = (String, Vec<(f64, f64)>);
+
 /// Every numeric field of a `metrics.jsonl` (one JSON object per line with a `step`) as a series
 /// of (step, value), in the order the fields first appear.
-pub fn read_metrics(jsonl: &Path) -> Result<Vec<(String, Vec<(f64, f64)>)>> {
+pub fn read_metrics(jsonl: &Path) -> Result<Vec<Series>> {
     let text = std::fs::read_to_string(jsonl).map_err(|source| Error::Io {
         path: jsonl.to_path_buf(),
         source,
