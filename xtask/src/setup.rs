@@ -222,7 +222,6 @@ fn pip_install(venv: &Path, requirement: &str) -> Result<bool> {
             "--no-input",
             "--progress-bar",
             "off",
-            "-q",
         ])
         .arg(requirement)
         .status()

@@ -22,7 +22,18 @@ pub fn write_rgb_png(path: &Path, width: usize, height: usize, pixels: &[u8]) ->
         path: path.to_path_buf(),
         source,
     })?;
-    let mut enc = png::Encoder::new(BufWriter::new(file), width as u32, height as u32);
+    encode_rgb(BufWriter::new(file), width, height, pixels, path)
+}
+
+/// PNG-encodes RGB `pixels` into `out`; `path` names the destination in errors.
+fn encode_rgb(
+    out: impl std::io::Write,
+    width: usize,
+    height: usize,
+    pixels: &[u8],
+    path: &Path,
+) -> Result<()> {
+    let mut enc = png::Encoder::new(out, width as u32, height as u32);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     let png_err = |source| Error::Png {
@@ -72,29 +83,6 @@ pub fn upscale_factor(width: usize, height: usize) -> usize {
         .clamp(1, MAX_UPSCALE)
 }
 
-/// Nearest-neighbour enlargement of an RGB image by `factor`.
-pub fn upscale(pixels: &[u8], width: usize, height: usize, factor: usize) -> Vec<u8> {
-    let f = factor.max(1);
-    if f == 1 {
-        return pixels.to_vec();
-    }
-    let ow = width * f;
-    let mut out = Vec::with_capacity(ow * height * f * 3);
-    for y in 0..height {
-        let mut row = Vec::with_capacity(ow * 3);
-        for x in 0..width {
-            let p = &pixels[(y * width + x) * 3..(y * width + x + 1) * 3];
-            for _ in 0..f {
-                row.extend_from_slice(p);
-            }
-        }
-        for _ in 0..f {
-            out.extend_from_slice(&row);
-        }
-    }
-    out
-}
-
 /// An RGB picture in memory: `width`×`height`, row-major, 3 bytes a pixel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RgbImage {
@@ -126,12 +114,26 @@ impl RgbImage {
         }
     }
 
-    /// Enlarged by `factor` without smoothing.
+    /// Enlarged by `factor` without smoothing (nearest neighbour).
     pub fn upscaled(&self, factor: usize) -> RgbImage {
+        let f = factor.max(1);
+        if self.width == 0 || self.height == 0 {
+            return RgbImage::white(self.width * f, self.height * f);
+        }
+        let mut pixels = Vec::with_capacity(self.pixels.len() * f * f);
+        for row in self.pixels.chunks_exact(self.width * 3) {
+            let wide: Vec<u8> = row
+                .chunks_exact(3)
+                .flat_map(|p| std::iter::repeat_n(p, f).flatten().copied())
+                .collect();
+            for _ in 0..f {
+                pixels.extend_from_slice(&wide);
+            }
+        }
         RgbImage {
-            width: self.width * factor.max(1),
-            height: self.height * factor.max(1),
-            pixels: upscale(&self.pixels, self.width, self.height, factor),
+            width: self.width * f,
+            height: self.height * f,
+            pixels,
         }
     }
 
@@ -143,18 +145,13 @@ impl RgbImage {
     /// The picture as PNG bytes (for embedding, e.g. in TensorBoard event files).
     pub fn to_png(&self) -> Result<Vec<u8>> {
         let mut buf = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut buf, self.width as u32, self.height as u32);
-            enc.set_color(png::ColorType::Rgb);
-            enc.set_depth(png::BitDepth::Eight);
-            let png_err = |source| Error::Png {
-                path: "<memory>".into(),
-                source,
-            };
-            let mut w = enc.write_header().map_err(png_err)?;
-            w.write_image_data(&self.pixels).map_err(png_err)?;
-            w.finish().map_err(png_err)?;
-        }
+        encode_rgb(
+            &mut buf,
+            self.width,
+            self.height,
+            &self.pixels,
+            Path::new("<memory>"),
+        )?;
         Ok(buf)
     }
 }

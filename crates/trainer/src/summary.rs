@@ -9,27 +9,30 @@ use std::path::Path;
 use crate::error::Result;
 use crate::run_dir::Manifest;
 use crate::stage::STAGES;
+use slimflow_metrics::report::ModelReport;
 
 /// The PNGs of a stage directory and of its subfolders one level down (e.g. `samples/`), as paths
 /// relative to it, sorted.
 fn pictures(dir: &Path) -> Vec<String> {
-    let pngs = |d: &Path| -> Vec<String> {
+    let mut v = Vec::new();
+    let entries = |d: &Path| {
         std::fs::read_dir(d)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.ends_with(".png"))
-                    .collect()
-            })
-            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .collect::<Vec<_>>()
     };
-    let mut v = pngs(dir);
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.filter_map(|e| e.ok()) {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                let sub = e.file_name().to_string_lossy().into_owned();
-                v.extend(pngs(&e.path()).into_iter().map(|p| format!("{sub}/{p}")));
+    for e in entries(dir) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            for sub in entries(&e.path()) {
+                let file = sub.file_name().to_string_lossy().into_owned();
+                if file.ends_with(".png") {
+                    v.push(format!("{name}/{file}"));
+                }
             }
+        } else if name.ends_with(".png") {
+            v.push(name);
         }
     }
     v.sort();
@@ -72,25 +75,34 @@ pub fn pipeline_report(run_dir: &Path) -> Result<String> {
         let _ = writeln!(md, "![loss of every training stage](losses.png)\n");
     }
     let eval = run_dir.join("eval").join("report.json");
-    if eval.exists() {
-        let rows = slimflow_metrics::report::read_json(&eval)?;
+    let models = if eval.exists() {
+        Some(slimflow_metrics::report::read_json(&eval)?)
+    } else {
+        None
+    };
+    if let Some(rows) = &models {
         let _ = writeln!(
             md,
             "## Models\n\n{}",
-            slimflow_metrics::report::to_markdown_at(&rows, "eval/")
+            slimflow_metrics::report::to_markdown_at(rows, "eval/")
         );
     }
-    let mut pics = String::new();
-    for stage in STAGES.iter().map(|s| s.name) {
-        for p in pictures(&run_dir.join(stage)) {
-            let _ = writeln!(pics, "- {stage}: [{p}]({stage}/{p})");
-        }
-    }
+    let pics: Vec<(&str, Vec<String>)> = STAGES
+        .iter()
+        .map(|s| (s.name, pictures(&run_dir.join(s.name))))
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
     if !pics.is_empty() {
-        let _ = writeln!(md, "## Pictures\n\n{pics}");
+        let _ = writeln!(md, "## Pictures\n");
+        for (stage, files) in &pics {
+            for p in files {
+                let _ = writeln!(md, "- {stage}: [{p}]({stage}/{p})");
+            }
+        }
+        let _ = writeln!(md);
     }
     slimflow_tensor_io::atomic_write(&run_dir.join("report.md"), md.as_bytes())?;
-    let html = html_report(&name, run_dir, &stages)?;
+    let html = html_report(&name, run_dir, &stages, models.as_deref(), &pics);
     slimflow_tensor_io::atomic_write(&run_dir.join("report.html"), html.as_bytes())?;
     Ok(md)
 }
@@ -216,7 +228,13 @@ figure img{image-rendering:pixelated;max-width:100%}figcaption{font-size:90%;col
 
 /// The run as one HTML page: the stage table with wall times, the model table, the comparison
 /// figure and every picture of every stage, with paths relative to the run directory.
-fn html_report(name: &str, run_dir: &Path, stages: &[StageRow]) -> Result<String> {
+fn html_report(
+    name: &str,
+    run_dir: &Path,
+    stages: &[StageRow],
+    models: Option<&[ModelReport]>,
+    pics: &[(&str, Vec<String>)],
+) -> String {
     let mut h = String::new();
     let _ = writeln!(
         h,
@@ -265,9 +283,7 @@ fn html_report(name: &str, run_dir: &Path, stages: &[StageRow]) -> Result<String
              <figcaption>The total loss of every training stage.</figcaption></figure>"
         );
     }
-    let eval = run_dir.join("eval").join("report.json");
-    if eval.exists() {
-        let rows = slimflow_metrics::report::read_json(&eval)?;
+    if let Some(rows) = models {
         let metric = rows.first().map(|r| r.metric.clone()).unwrap_or_default();
         let _ = writeln!(
             h,
@@ -276,7 +292,7 @@ fn html_report(name: &str, run_dir: &Path, stages: &[StageRow]) -> Result<String
              <th>1-step vs ODE</th></tr>",
             m = esc(&metric)
         );
-        for r in &rows {
+        for r in rows {
             let _ = writeln!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{:.4}</td>\
@@ -309,22 +325,18 @@ fn html_report(name: &str, run_dir: &Path, stages: &[StageRow]) -> Result<String
         }
     }
     let _ = writeln!(h, "<h2>Pictures</h2>");
-    for stage in STAGES.iter().map(|s| s.name) {
-        let pics = pictures(&run_dir.join(stage));
-        if pics.is_empty() {
-            continue;
-        }
+    for (stage, files) in pics {
         let _ = writeln!(h, "<h3>{}</h3>", esc(stage));
-        for p in pics {
+        for p in files {
             let src = href(&format!("{stage}/{p}"));
             let _ = writeln!(
                 h,
                 "<figure><img src=\"{src}\" alt=\"{a}\" loading=\"eager\">\
                  <figcaption>{a}</figcaption></figure>",
-                a = esc(&p)
+                a = esc(p)
             );
         }
     }
     let _ = writeln!(h, "{PICTURE_CHECK}\n</body></html>");
-    Ok(h)
+    h
 }

@@ -36,11 +36,6 @@ impl TensorBoard {
         }
     }
 
-    /// The directory the event files go to.
-    pub fn dir(&self) -> PathBuf {
-        self.inner.borrow().dir.clone()
-    }
-
     fn with<T>(&self, f: impl FnOnce(&mut EventWriter) -> Result<T>) -> Result<T> {
         let inner = &mut *self.inner.borrow_mut();
         let w = match inner.writer.take() {
