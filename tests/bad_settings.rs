@@ -161,6 +161,30 @@ fn meaningless_and_misplaced_settings_are_refused_by_name() {
 }
 
 #[test]
+fn a_cuda_request_without_cuda_names_the_fix() {
+    if tch::Cuda::device_count() > 0 {
+        eprintln!("skipped: this machine has CUDA");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fix = ["device cuda:0", "no CUDA device", "--device cpu"];
+    let mut train = stage("train", &[]);
+    train.extend(["--device".into(), "cuda".into()]);
+    refused(&train, d, &fix);
+    let mut set = stage("train", &["device=\"cuda:0\""]);
+    set.push("--dry-run".into());
+    refused(&set, d, &fix);
+    let config = toy_config().display().to_string();
+    let bench = [
+        "bench", "--config", &config, "--stage", "train", "--batch", "8",
+    ];
+    let mut bench: Vec<String> = bench.map(String::from).to_vec();
+    bench.extend(["--device".into(), "cuda".into()]);
+    refused(&bench, d, &fix);
+}
+
+#[test]
 fn sample_counts_that_make_nothing_or_too_much_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

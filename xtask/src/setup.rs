@@ -213,9 +213,59 @@ fn create_venv(venv: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `pip install` into `venv`.
-fn pip_install(venv: &Path, requirement: &str) -> Result<bool> {
-    Ok(Command::new(venv.join("bin").join("pip"))
+/// How a `pip install` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pip {
+    Installed,
+    /// Failed; the first line of pip's error output that says why, when it names the disk or the
+    /// network.
+    Failed(Option<Cause>),
+}
+
+/// Why pip failed, from its error output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cause {
+    DiskFull(String),
+    Offline(String),
+    /// The index answered without a matching file, or pip's retries are off and every request
+    /// failed (then pip says only this).
+    NoneFound(String),
+}
+
+/// The cause a line of pip's error output names, if it is one a user can act on.
+fn cause(line: &str) -> Option<Cause> {
+    const DISK: &[&str] = &[
+        "No space left on device",
+        "[Errno 28]",
+        "Disk quota exceeded",
+    ];
+    const NET: &[&str] = &[
+        "Failed to establish a new connection",
+        "NewConnectionError",
+        "name resolution",
+        "Name or service not known",
+        "Network is unreachable",
+        "ConnectTimeoutError",
+        "ProxyError",
+        "SSLError",
+    ];
+    let line = line.trim();
+    if DISK.iter().any(|n| line.contains(n)) {
+        Some(Cause::DiskFull(line.to_string()))
+    } else if NET.iter().any(|n| line.contains(n)) {
+        Some(Cause::Offline(line.to_string()))
+    } else if line.contains("(from versions: none)") {
+        Some(Cause::NoneFound(line.to_string()))
+    } else {
+        None
+    }
+}
+
+/// `pip install` into `venv`, showing pip's output as it comes and keeping the first line of its
+/// error output that names a cause.
+fn pip_install(venv: &Path, requirement: &str, envs: &[(&str, &str)]) -> Result<Pip> {
+    use std::io::BufRead;
+    let mut child = Command::new(venv.join("bin").join("pip"))
         .args([
             "install",
             "--disable-pip-version-check",
@@ -224,9 +274,76 @@ fn pip_install(venv: &Path, requirement: &str) -> Result<bool> {
             "off",
         ])
         .arg(requirement)
-        .status()
-        .context("running pip")?
-        .success())
+        .envs(envs.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running pip")?;
+    let mut found = None;
+    if let Some(err) = child.stderr.take() {
+        for line in std::io::BufReader::new(err).lines() {
+            let line = line.context("reading pip's output")?;
+            eprintln!("{line}");
+            if found.is_none() {
+                found = cause(&line);
+            }
+        }
+    }
+    Ok(if child.wait().context("waiting for pip")?.success() {
+        Pip::Installed
+    } else {
+        Pip::Failed(found)
+    })
+}
+
+/// Free bytes on the filesystem holding `dir` (or its nearest existing ancestor).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let dir = dir.ancestors().find(|d| d.exists())?;
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// Space the torch install needs where it goes: 4.6 GB installed, with headroom for pip's
+/// unpacking.
+const TORCH_NEEDS_BYTES: u64 = 6_000_000_000;
+
+fn gb(bytes: u64) -> String {
+    format!("{:.1} GB", bytes as f64 / 1e9)
+}
+
+/// Refuses to start a download that cannot fit: `free` bytes where `venv` goes.
+fn check_space(venv: &Path, free: Option<u64>) -> Result<()> {
+    match free {
+        Some(free) if free < TORCH_NEEDS_BYTES => bail!(
+            "{} has {} free, and torch=={TORCH_VERSION} needs about {} there; free some space, set SLIMFLOW_CACHE to a directory on a larger disk, or set LIBTORCH to an existing libtorch {TORCH_VERSION}",
+            venv.display(),
+            gb(free),
+            gb(TORCH_NEEDS_BYTES)
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The one-line error for a failed install of `what` into `venv`.
+fn pip_failure(what: &str, venv: &Path, cause: Option<Cause>) -> anyhow::Error {
+    let tmp = std::env::temp_dir();
+    match cause {
+        Some(Cause::DiskFull(line)) => anyhow::anyhow!(
+            "the disk filled up while pip installed {what} (pip: `{line}`); free space in {} ({} free now) and {} ({} free now), or set SLIMFLOW_CACHE and TMPDIR to a larger disk, then run the same command again",
+            venv.display(),
+            free_bytes(venv).map_or_else(|| "?".into(), gb),
+            tmp.display(),
+            free_bytes(&tmp).map_or_else(|| "?".into(), gb),
+        ),
+        Some(Cause::Offline(line)) => anyhow::anyhow!(
+            "pip cannot reach the package index to download {what} (pip: `{line}`); setup downloads it once: connect this machine to the network, point pip at a mirror (PIP_INDEX_URL) or a proxy (HTTPS_PROXY), or set LIBTORCH to an existing libtorch {TORCH_VERSION}"
+        ),
+        Some(Cause::NoneFound(line)) => anyhow::anyhow!(
+            "pip found no {what} to install (pip: `{line}`): without network access pip says only this, and with it the index has no wheel for this platform and Python; check the network (PIP_INDEX_URL, HTTPS_PROXY), or set LIBTORCH to an existing libtorch {TORCH_VERSION}"
+        ),
+        None => anyhow::anyhow!(
+            "pip could not install {what} (see its output above); check network access to PyPI, or set LIBTORCH to an existing libtorch {TORCH_VERSION}"
+        ),
+    }
 }
 
 /// The TensorBoard release whose reader the event-file tests check against.
@@ -252,14 +369,18 @@ pub fn tensorboard_python() -> Result<Option<PathBuf>> {
             "setup: installing tensorboard=={TENSORBOARD_VERSION} into {} (once, for the tests)",
             venv.display()
         );
-        pip_install(&venv, &format!("tensorboard=={TENSORBOARD_VERSION}"))
+        let what = format!("tensorboard=={TENSORBOARD_VERSION}");
+        match pip_install(&venv, &what, &[])? {
+            Pip::Installed => Ok(()),
+            Pip::Failed(cause) => Err(pip_failure(&what, &venv, cause)),
+        }
     });
     match attempt {
-        Ok(true) if has(&python) => Ok(Some(python)),
+        Ok(()) if has(&python) => Ok(Some(python)),
         other => {
             let why = match other {
                 Err(e) => format!("{e:#}"),
-                Ok(_) => "pip failed (see above); check network access to PyPI".into(),
+                Ok(()) => format!("{} has no tensorboard after installing it", venv.display()),
             };
             if std::env::var("CI").as_deref() == Ok("true") {
                 bail!("tensorboard=={TENSORBOARD_VERSION} for the event-file tests: {why}");
@@ -271,13 +392,15 @@ pub fn tensorboard_python() -> Result<Option<PathBuf>> {
 }
 
 fn install(venv: &Path) -> Result<PathBuf> {
+    check_space(venv, free_bytes(venv))?;
     create_venv(venv)?;
     eprintln!(
         "setup: installing torch=={TORCH_VERSION} from PyPI into {} (once; ~4.6 GB)",
         venv.display()
     );
-    if !pip_install(venv, &format!("torch=={TORCH_VERSION}"))? {
-        bail!("pip could not install torch=={TORCH_VERSION} (see its output above); check network access to PyPI, or set LIBTORCH to an existing libtorch {TORCH_VERSION}");
+    let what = format!("torch=={TORCH_VERSION}");
+    if let Pip::Failed(cause) = pip_install(venv, &what, &[])? {
+        return Err(pip_failure(&what, venv, cause));
     }
     find_torch_package(venv).with_context(|| {
         format!(
@@ -305,6 +428,89 @@ mod tests {
                 build.contains(&format!("\"{header}\"")),
                 "crates/c10d/build.rs does not check {header}"
             );
+        }
+    }
+
+    #[test]
+    fn pip_errors_name_the_disk_or_the_network() {
+        let full = "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device";
+        assert_eq!(cause(full), Some(Cause::DiskFull(full.into())));
+        let refused = "WARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, status=None)) after connection broken by 'NewConnectionError('<pip._vendor.urllib3.connection.HTTPSConnection object at 0x7f>: Failed to establish a new connection: [Errno 111] Connection refused')': /simple/torch/";
+        assert!(matches!(cause(refused), Some(Cause::Offline(_))));
+        let dns = "  Failed to establish a new connection: [Errno -3] Temporary failure in name resolution";
+        assert!(matches!(cause(dns), Some(Cause::Offline(_))));
+        assert_eq!(
+            cause("ERROR: No matching distribution found for torch==2.11.0"),
+            None
+        );
+        let none = "ERROR: Could not find a version that satisfies the requirement torch==2.11.0 (from versions: none)";
+        assert!(matches!(cause(none), Some(Cause::NoneFound(_))));
+        assert_eq!(cause("Collecting torch==2.11.0"), None);
+
+        let venv = Path::new("/cache/torch-2.11.0");
+        let line = pip_failure("torch==2.11.0", venv, cause(full)).to_string();
+        assert!(
+            line.contains("disk filled up") && line.contains("/cache/torch-2.11.0"),
+            "{line}"
+        );
+        let line = pip_failure("torch==2.11.0", venv, cause(dns)).to_string();
+        assert!(
+            line.contains("cannot reach the package index") && line.contains("PIP_INDEX_URL"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "one line: {line}");
+    }
+
+    #[test]
+    fn a_disk_without_room_is_refused_before_the_download() {
+        let venv = Path::new("/cache/torch-2.11.0");
+        let err = check_space(venv, Some(1_200_000_000))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("has 1.2 GB free")
+                && err.contains("about 6.0 GB")
+                && err.contains("SLIMFLOW_CACHE"),
+            "{err}"
+        );
+        assert!(check_space(venv, Some(TORCH_NEEDS_BYTES)).is_ok());
+        assert!(
+            check_space(venv, None).is_ok(),
+            "unknown free space does not block"
+        );
+        let here = free_bytes(&std::env::temp_dir().join("not").join("made")).expect("statvfs");
+        assert!(here > 0);
+    }
+
+    /// pip against a package index on a loopback port nobody listens on, as on a machine without
+    /// network: the failure is named as the network's.
+    #[test]
+    fn an_unreachable_index_is_named_as_the_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let venv = dir.path().join("venv");
+        if let Err(e) = create_venv(&venv) {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{e:#}");
+            eprintln!("skipped: {e:#}");
+            return;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let index = format!("http://127.0.0.1:{port}/simple");
+        let envs = [
+            ("PIP_INDEX_URL", index.as_str()),
+            ("PIP_EXTRA_INDEX_URL", ""),
+            ("PIP_FIND_LINKS", ""),
+            ("PIP_CONFIG_FILE", "/dev/null"),
+            ("PIP_RETRIES", "1"),
+            ("PIP_NO_CACHE_DIR", "1"),
+        ];
+        match pip_install(&venv, "torch==2.11.0", &envs).unwrap() {
+            Pip::Failed(Some(Cause::Offline(line))) => {
+                assert!(line.contains("onnection"), "{line}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 

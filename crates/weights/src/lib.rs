@@ -19,6 +19,8 @@
 //! download records its SHA-256 beside the file ([`Checksum::Recorded`]) and every later use
 //! ([`locate_fid_ref`]) verifies the file against that record.
 
+mod meter;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -223,7 +225,8 @@ impl DownloadLimits {
 
 /// Downloads `url` to `dest` and verifies it. An existing `dest` with the right digest is kept; a
 /// `<dest>.part` left by an interrupted run is continued with a range request (restarted if the
-/// server ignores ranges). Progress is drawn when `progress` is set and stderr is a terminal.
+/// server ignores ranges). With `progress`, a bar on a terminal, else a line every 10 % with the
+/// rate and the ETA.
 /// Limits come from [`DownloadLimits::from_env`].
 pub fn download(url: &str, dest: &Path, checksum: Checksum, progress: bool) -> Result<()> {
     download_with(url, dest, checksum, progress, &DownloadLimits::from_env()?)
@@ -291,25 +294,8 @@ pub fn download_with(
         .truncate(!resumed)
         .open(&part)
         .map_err(io(&part))?;
-    let bar = if progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let bar = indicatif::ProgressBar::new(total.unwrap_or(0));
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(
-            dest.file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned(),
-        );
-        bar.set_position(start);
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    let mut meter = meter::Meter::new(&name, start, total, progress);
     let mut reader = resp.into_reader();
     let mut buf = vec![0u8; 1 << 16];
     let mut written = start;
@@ -335,7 +321,7 @@ pub fn download_with(
         }
         file.write_all(&buf[..n]).map_err(io(&part))?;
         written += n as u64;
-        bar.set_position(written);
+        meter.set(written);
         window_bytes += n as u64;
         let span = window_start.elapsed();
         if span >= limits.window {
@@ -355,7 +341,7 @@ pub fn download_with(
     }
     file.sync_all().map_err(io(&part))?;
     drop(file);
-    bar.finish_and_clear();
+    meter.finish();
     if let Some(total) = total.filter(|&t| t != written) {
         return Err(network(
             format!("connection closed after {written} of {total} bytes"),

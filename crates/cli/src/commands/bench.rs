@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use slimflow_models::Precision;
@@ -188,16 +188,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     if choice == DeviceChoice::Auto {
         return Err(usage("--device", "say cpu, cuda or cuda:N"));
     }
-    if let DeviceChoice::Cuda(n) = choice {
-        if n as i64 >= tch::Cuda::device_count() {
-            bail!(
-                "--device {}: libtorch sees {} CUDA device(s)",
-                args.device,
-                tch::Cuda::device_count()
-            );
-        }
-    }
-    let device = choice.device();
+    let device = choice.resolve()?;
     let (path, preset) = match (&args.preset, &args.config) {
         (Some(name), _) => (preset_path(name)?, Some(name.clone())),
         (None, Some(p)) => (p.clone(), None),

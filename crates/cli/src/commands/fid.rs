@@ -64,7 +64,7 @@ pub struct FidArgs {
 fn device(opts: &FidOptions) -> Result<Device> {
     let choice = opts.device.clone().unwrap_or_else(|| "auto".into());
     match slimflow_trainer::config::DeviceChoice::try_from(choice.clone()) {
-        Ok(d) => Ok(d.device()),
+        Ok(d) => Ok(d.resolve()?),
         Err(_) => bail!("--device {choice}: use cpu, cuda, cuda:N or auto"),
     }
 }

@@ -112,21 +112,14 @@ pub fn context(args: &StageArgs, what: &str) -> Result<StageCtx> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
     // Local workers of a launched job each take their own GPU.
-    let mut device = config.device.device();
+    let mut choice = config.device;
     if launch.local_world > 1
-        && matches!(config.device, DeviceChoice::Auto | DeviceChoice::Cuda(0))
-        && device.is_cuda()
+        && matches!(choice, DeviceChoice::Auto | DeviceChoice::Cuda(0))
+        && choice.device().is_cuda()
     {
-        device = tch::Device::Cuda(launch.local_rank);
+        choice = DeviceChoice::Cuda(launch.local_rank);
     }
-    if let tch::Device::Cuda(n) = device {
-        if n as i64 >= tch::Cuda::device_count() {
-            anyhow::bail!(
-                "device cuda:{n} but libtorch sees {} CUDA device(s)",
-                tch::Cuda::device_count()
-            );
-        }
-    }
+    let device = choice.resolve()?;
     let dist = if launch.is_distributed() && !args.dry_run {
         if device == tch::Device::Cpu
             && launch.local_world > 1

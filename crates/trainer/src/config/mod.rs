@@ -27,7 +27,7 @@ mod train;
 mod training;
 
 pub use data::{DataConfig, Target};
-pub use device::DeviceChoice;
+pub use device::{DeviceChoice, NoSuchCuda};
 pub use distill::DistillConfig;
 pub use eval::{ClassLabels, EvalConfig};
 pub use fidelity::{is_gaussian, is_standard};
