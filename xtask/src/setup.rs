@@ -140,17 +140,17 @@ fn ensure_cuda_headers(torch: &Path, install: bool) {
     if missing.is_empty() {
         return;
     }
-    // <venv>/lib/pythonX.Y/site-packages/torch → <venv>/bin/python
-    let python = torch
+    // <venv>/lib/pythonX.Y/site-packages/torch → <venv>
+    let venv = torch
         .ancestors()
         .nth(4)
-        .map(|venv| venv.join("bin").join("python"))
-        .filter(|p| p.exists());
-    let shown = python
-        .as_ref()
-        .map_or_else(|| "python3".to_owned(), |p| p.display().to_string());
+        .filter(|venv| venv_python(venv).exists());
+    let shown = venv.map_or_else(
+        || "python3".to_owned(),
+        |v| venv_python(v).display().to_string(),
+    );
     let hint = format!("{shown} -m pip install {}", CUDA_HEADER_WHEELS.join(" "));
-    let (true, Some(python)) = (install, python) else {
+    let (true, Some(venv)) = (install, venv) else {
         eprintln!(
             "setup: note: {} lacks {} (needed only by `slimflow-c10d --features nccl`); install with `{hint}`",
             include.display(),
@@ -162,19 +162,10 @@ fn ensure_cuda_headers(torch: &Path, install: bool) {
         "setup: installing the CUDA headers for the `nccl` feature ({})",
         CUDA_HEADER_WHEELS.join(", ")
     );
-    let ok = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--progress-bar",
-            "off",
-        ])
-        .args(CUDA_HEADER_WHEELS)
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = matches!(
+        pip_install(venv, CUDA_HEADER_WHEELS, &[]),
+        Ok(Pip::Installed)
+    );
     let missing = missing_cuda_headers(&include);
     if !ok || !missing.is_empty() {
         eprintln!(
@@ -261,19 +252,26 @@ fn cause(line: &str) -> Option<Cause> {
     }
 }
 
-/// `pip install` into `venv`, showing pip's output as it comes and keeping the first line of its
-/// error output that names a cause.
-fn pip_install(venv: &Path, requirement: &str, envs: &[(&str, &str)]) -> Result<Pip> {
+/// The Python of the virtual environment `venv`.
+fn venv_python(venv: &Path) -> PathBuf {
+    venv.join("bin").join("python")
+}
+
+/// `pip install` of `requirements` into `venv`, showing pip's output as it comes and keeping the
+/// first line of its error output that names a cause.
+fn pip_install(venv: &Path, requirements: &[&str], envs: &[(&str, &str)]) -> Result<Pip> {
     use std::io::BufRead;
-    let mut child = Command::new(venv.join("bin").join("pip"))
+    let mut child = Command::new(venv_python(venv))
         .args([
+            "-m",
+            "pip",
             "install",
             "--disable-pip-version-check",
             "--no-input",
             "--progress-bar",
             "off",
         ])
-        .arg(requirement)
+        .args(requirements)
         .envs(envs.iter().copied())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -354,7 +352,7 @@ const TENSORBOARD_VERSION: &str = "2.21.0";
 /// installed outside CI (those tests then skip), an error under CI=true.
 pub fn tensorboard_python() -> Result<Option<PathBuf>> {
     let venv = cache_dir()?.join(format!("tensorboard-{TENSORBOARD_VERSION}"));
-    let python = venv.join("bin").join("python");
+    let python = venv_python(&venv);
     let has = |py: &Path| {
         Command::new(py)
             .args(["-c", "import tensorboard"])
@@ -370,7 +368,7 @@ pub fn tensorboard_python() -> Result<Option<PathBuf>> {
             venv.display()
         );
         let what = format!("tensorboard=={TENSORBOARD_VERSION}");
-        match pip_install(&venv, &what, &[])? {
+        match pip_install(&venv, &[&what], &[])? {
             Pip::Installed => Ok(()),
             Pip::Failed(cause) => Err(pip_failure(&what, &venv, cause)),
         }
@@ -399,7 +397,7 @@ fn install(venv: &Path) -> Result<PathBuf> {
         venv.display()
     );
     let what = format!("torch=={TORCH_VERSION}");
-    if let Pip::Failed(cause) = pip_install(venv, &what, &[])? {
+    if let Pip::Failed(cause) = pip_install(venv, &[&what], &[])? {
         return Err(pip_failure(&what, venv, cause));
     }
     find_torch_package(venv).with_context(|| {
@@ -506,7 +504,7 @@ mod tests {
             ("PIP_RETRIES", "1"),
             ("PIP_NO_CACHE_DIR", "1"),
         ];
-        match pip_install(&venv, "torch==2.11.0", &envs).unwrap() {
+        match pip_install(&venv, &["torch==2.11.0"], &envs).unwrap() {
             Pip::Failed(Some(Cause::Offline(line))) => {
                 assert!(line.contains("onnection"), "{line}")
             }

@@ -71,7 +71,8 @@ pub fn pipeline_report(run_dir: &Path) -> Result<String> {
     }
     let (found, total) = totals(&stages);
     let _ = writeln!(md, "\nTotal wall time {total:.1} s over {found} stages.\n");
-    if all_losses_png(run_dir)? {
+    let losses = all_losses_png(run_dir)?;
+    if losses {
         let _ = writeln!(md, "![loss of every training stage](losses.png)\n");
     }
     let eval = run_dir.join("eval").join("report.json");
@@ -102,7 +103,7 @@ pub fn pipeline_report(run_dir: &Path) -> Result<String> {
         let _ = writeln!(md);
     }
     slimflow_tensor_io::atomic_write(&run_dir.join("report.md"), md.as_bytes())?;
-    let html = html_report(&name, run_dir, &stages, models.as_deref(), &pics);
+    let html = html_report(&name, run_dir, &stages, losses, models.as_deref(), &pics);
     slimflow_tensor_io::atomic_write(&run_dir.join("report.html"), html.as_bytes())?;
     Ok(md)
 }
@@ -226,12 +227,14 @@ figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}\
 figure img{image-rendering:pixelated;max-width:100%}figcaption{font-size:90%;color:#555}\
 .warn{color:#b00;font-weight:bold}";
 
-/// The run as one HTML page: the stage table with wall times, the model table, the comparison
-/// figure and every picture of every stage, with paths relative to the run directory.
+/// The run as one HTML page: the stage table with wall times, the losses figure (when `losses`),
+/// the model table, the comparison figure and every picture of every stage, with paths relative
+/// to the run directory.
 fn html_report(
     name: &str,
     run_dir: &Path,
     stages: &[StageRow],
+    losses: bool,
     models: Option<&[ModelReport]>,
     pics: &[(&str, Vec<String>)],
 ) -> String {
@@ -276,7 +279,7 @@ fn html_report(
         h,
         "</table>\n<p>Total wall time {total:.1} s over {found} stages.</p>"
     );
-    if run_dir.join("losses.png").is_file() {
+    if losses {
         let _ = writeln!(
             h,
             "<figure><img src=\"losses.png\" alt=\"loss of every training stage\">\
