@@ -56,6 +56,9 @@ pub struct CaseResult {
     pub keys: Vec<KeyResult>,
     /// Why the case failed to run, if it did.
     pub error: Option<String>,
+    /// libtorch's intra-op threads during the case: the reference's recorded
+    /// `environment.torch_num_threads` when the case has one (`None`: the process default).
+    pub threads: Option<i32>,
 }
 
 /// A loaded case: its json, directory and io tensors.
@@ -217,6 +220,7 @@ pub fn run_case(json_path: &Path) -> CaseResult {
         status: Status::Fail,
         keys: vec![],
         error: Some(e.to_string()),
+        threads: None,
     };
     let json: Value = match std::fs::read_to_string(json_path)
         .map_err(|source| Error::Io {
@@ -248,10 +252,16 @@ pub fn run_case(json_path: &Path) -> CaseResult {
             status: Status::NotImplemented,
             keys: vec![],
             error: None,
+            threads: None,
         };
     };
     let c = Case::new(&json, json_path);
-    match run(&c) {
+    let threads = match recorded_threads(&c) {
+        Ok(t) => t,
+        Err(e) => return fail(kind, e),
+    };
+    let result = with_threads(threads, || run(&c));
+    let result = match result {
         Ok(keys) if keys.is_empty() => fail(
             kind,
             c.bad("no output of this case was compared (no elementwise `compare` entry matched)"),
@@ -266,9 +276,50 @@ pub fn run_case(json_path: &Path) -> CaseResult {
             },
             keys,
             error: None,
+            threads,
         },
         Err(e) => fail(kind, e),
+    };
+    CaseResult { threads, ..result }
+}
+
+/// The reference's intra-op thread count, `environment.torch_num_threads`, when recorded.
+///
+/// A float32 reduction's summation order follows libtorch's thread count, and some outputs carry
+/// that order to the tolerance: Adam's first update lr·g/(|g| + ε) turns the last bit of a gradient
+/// at ε's scale into a visible weight difference. Replaying at the recording's count makes such a
+/// case compare the same computation.
+fn recorded_threads(case: &Case<'_>) -> Result<Option<i32>> {
+    let Some(v) = case
+        .json
+        .get("environment")
+        .and_then(|e| e.get("torch_num_threads"))
+    else {
+        return Ok(None);
+    };
+    match v.as_i64() {
+        Some(n) if (1..=4096).contains(&n) => Ok(Some(n as i32)),
+        _ => Err(case.bad(format!(
+            "`environment.torch_num_threads` must be a positive integer, got {v}"
+        ))),
     }
+}
+
+/// Runs `body` with libtorch's intra-op threads set to `threads`, restoring the count after. The
+/// count is process-wide, so cases that set it run one at a time (no case restores another's count
+/// mid-run).
+fn with_threads<T>(threads: Option<i32>, body: impl FnOnce() -> T) -> T {
+    static THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let Some(n) = threads else {
+        return body();
+    };
+    // a case that panicked while holding the lock leaves nothing to repair: the count is reset here
+    let _held = THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let before = tch::get_num_threads();
+    tch::set_num_threads(n);
+    let out = body();
+    tch::set_num_threads(before);
+    out
 }
 
 /// Runs `body` for every run of the case, consuming its arguments, then fails on any argument left

@@ -1,8 +1,9 @@
 //! Timing a stage's training step: the same batch assembly, objective, backward pass, guard, clip,
 //! Adam and EMA the `train`, `reflow` and `distill` stages run ([`run_loop::timed_steps`]), on
-//! synthetic data of the network's shape held in memory, after warm-up steps; and, beside it, a
-//! plain tch step (forward, L2 loss, backward, `nn::Adam`) of the same network and batch, so the
-//! difference is the loop's overhead.
+//! synthetic data of the network's shape held in memory, after warm-up steps; and, interleaved with
+//! it step by step, a plain tch step (forward, L2 loss, backward, `nn::Adam`) of the same network and
+//! batch, so the ratio is the loop's overhead and load or clock drift on a shared machine falls on
+//! both alike.
 
 use std::cell::Cell;
 use std::time::Instant;
@@ -55,6 +56,8 @@ pub struct BenchRequest {
     pub device: Device,
     /// The loop's autocast (CUDA only): float16 with its dynamic loss scale, or bfloat16.
     pub autocast: crate::config::Autocast,
+    /// Also time the plain tch step, one after each timed step of ours.
+    pub baseline: bool,
 }
 
 /// What [`bench_step`] measured.
@@ -70,6 +73,8 @@ pub struct BenchResult {
     pub random_lpips: bool,
     /// Phase times of each timed step.
     pub steps: Vec<StepPhases>,
+    /// Seconds of each interleaved plain tch step (empty without `baseline`).
+    pub baseline: Vec<f64>,
 }
 
 /// Number of synthetic pairs held in memory, in batches.
@@ -77,7 +82,15 @@ const POOL_BATCHES: i64 = 4;
 
 /// Times `req.steps` training steps of `req.stage` as configured in `cfg` (its objective, optimizer
 /// and EMA settings; the batch size from `req`), on synthetic pairs of the network's data shape.
-pub fn bench_step(cfg: &PipelineConfig, req: &BenchRequest) -> Result<BenchResult> {
+///
+/// `first_timed` runs once our first timed step is done and before the baseline's network exists
+/// (the caller reads the memory high-water mark of our step alone there). With `req.baseline` a
+/// plain tch step ([`PlainStep`]) then warms up and runs after each of our timed steps.
+pub fn bench_step(
+    cfg: &PipelineConfig,
+    req: &BenchRequest,
+    first_timed: &mut dyn FnMut(),
+) -> Result<BenchResult> {
     if req.batch == 0 || req.steps == 0 {
         return Err(Error::Invalid("batch and steps must be at least 1".into()));
     }
@@ -187,13 +200,34 @@ pub fn bench_step(cfg: &PipelineConfig, req: &BenchRequest) -> Result<BenchResul
             BenchStage::Distill => (pool.batch(n, rng), Vec::new()),
         })
     };
+    let mut plain: Option<PlainStep> = None;
+    let mut baseline = Vec::new();
+    let mut between = |step: u64| -> Result<()> {
+        if step < req.warmup {
+            return Ok(());
+        }
+        if step == req.warmup {
+            first_timed();
+            if req.baseline {
+                let mut p = PlainStep::new(cfg, req)?;
+                for _ in 0..req.warmup {
+                    p.run()?;
+                }
+                plain = Some(p);
+            }
+        }
+        if let Some(p) = plain.as_mut() {
+            baseline.push(p.run()?);
+        }
+        Ok(())
+    };
     let steps = run_loop::timed_steps(
         &mut model,
         &settings,
         &*objective,
         &mut batches,
-        req.warmup,
-        req.steps,
+        (req.warmup, req.steps),
+        &mut between,
     )?;
     Ok(BenchResult {
         arch: arch.name().to_string(),
@@ -201,49 +235,70 @@ pub fn bench_step(cfg: &PipelineConfig, req: &BenchRequest) -> Result<BenchResul
         objective: describe,
         random_lpips: random_lpips.get(),
         steps,
+        baseline,
     })
 }
 
-/// Seconds per step of a plain tch 1-RF step on the network [`bench_step`] trains for `req.stage`,
-/// at the same batch: t ~ U(0, 1), x_t, forward, mean squared error to x1 − x0, backward and
-/// `nn::Adam` at the section's lr (no guard, clip, warm-up or EMA), after `req.warmup` steps.
-pub fn plain_tch_steps(cfg: &PipelineConfig, req: &BenchRequest) -> Result<Vec<f64>> {
-    if req.batch == 0 || req.steps == 0 {
-        return Err(Error::Invalid("batch and steps must be at least 1".into()));
+/// A plain tch 1-RF step on the network [`bench_step`] trains for `req.stage`, at the same batch:
+/// t ~ U(0, 1), x_t, forward, mean squared error to x1 − x0, backward and `nn::Adam` at the
+/// section's lr (no guard, clip, warm-up or EMA): the baseline of the loop's overhead.
+pub struct PlainStep {
+    model: Model,
+    opt: tch::nn::Optimizer,
+    x0: Tensor,
+    x1: Tensor,
+    labels: Option<Tensor>,
+    shape: Vec<i64>,
+}
+
+impl PlainStep {
+    /// A fresh network (seeded) and optimizer with one synthetic batch.
+    pub fn new(cfg: &PipelineConfig, req: &BenchRequest) -> Result<Self> {
+        if req.batch == 0 {
+            return Err(Error::Invalid("batch must be at least 1".into()));
+        }
+        let (arch, lr) = match req.stage {
+            BenchStage::Train => (&cfg.model, cfg.train.optim.lr),
+            BenchStage::Reflow => (cfg.student_arch(), cfg.reflow.optim.lr),
+            BenchStage::Distill => (cfg.student_arch(), cfg.distill.optim.lr),
+        };
+        tch::manual_seed(0);
+        let model = Model::new(arch, req.device)?;
+        let pool = SyntheticPairs::new(&model, req.batch, req.device);
+        let opt = tch::nn::Adam::default().build(&model.vs, lr)?;
+        let n = req.batch as i64;
+        let x1 = pool.x1.narrow(0, 0, n);
+        let mut shape = vec![n];
+        shape.extend(std::iter::repeat_n(1, x1.dim() - 1));
+        Ok(PlainStep {
+            x0: pool.x0.narrow(0, 0, n),
+            labels: pool.labels.as_ref().map(|l| l.narrow(0, 0, n)),
+            x1,
+            model,
+            opt,
+            shape,
+        })
     }
-    let (arch, lr) = match req.stage {
-        BenchStage::Train => (&cfg.model, cfg.train.optim.lr),
-        BenchStage::Reflow => (cfg.student_arch(), cfg.reflow.optim.lr),
-        BenchStage::Distill => (cfg.student_arch(), cfg.distill.optim.lr),
-    };
-    let (device, warmup, steps) = (req.device, req.warmup, req.steps);
-    tch::manual_seed(0);
-    let model = Model::new(arch, device)?;
-    let pool = SyntheticPairs::new(&model, req.batch, device);
-    let mut opt = tch::nn::Adam::default().build(&model.vs, lr)?;
-    let n = req.batch as i64;
-    let x1 = pool.x1.narrow(0, 0, n);
-    let x0 = pool.x0.narrow(0, 0, n);
-    let labels = pool.labels.as_ref().map(|l| l.narrow(0, 0, n));
-    let mut shape = vec![n];
-    shape.extend(std::iter::repeat_n(1, x1.dim() - 1));
-    let mut out = Vec::new();
-    for step in 0..warmup + steps {
+
+    /// One step; its wall time in seconds, once the device is idle.
+    pub fn run(&mut self) -> Result<f64> {
+        let device = self.model.vs.device();
         synchronize(device);
         let start = Instant::now();
+        let n = self.x1.size()[0];
         let t = Tensor::rand([n], (Kind::Float, device));
-        let tb = t.view(shape.as_slice());
-        let xt = &tb * &x1 + (1.0 - &tb) * &x0;
-        let v = model.net().forward_t(&xt, &t, labels.as_ref(), true);
-        let loss = (v - (&x1 - &x0)).square().mean(Kind::Float);
-        opt.backward_step(&loss);
+        let tb = t.view(self.shape.as_slice());
+        let xt = &tb * &self.x1 + (1.0 - &tb) * &self.x0;
+        let v = self
+            .model
+            .net()
+            .forward_t(&xt, &t, self.labels.as_ref(), true);
+        let loss = (v - (&self.x1 - &self.x0)).square().mean(Kind::Float);
+        self.opt.backward_step(&loss);
         let _ = loss.double_value(&[]);
         synchronize(device);
-        if step >= warmup {
-            out.push(start.elapsed().as_secs_f64());
-        }
+        Ok(start.elapsed().as_secs_f64())
     }
-    Ok(out)
 }
 
 /// Synthetic pairs (z, x1[, label]) of the network's data shape on the device, drawn per batch
@@ -355,4 +410,37 @@ pub fn bench_sampling(
         nfe,
         seconds,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_config, Autocast};
+
+    #[test]
+    fn the_baseline_runs_after_each_timed_step_once_our_memory_is_read() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs/toy/checkerboard.toml");
+        let cfg = load_config(&path, &[]).unwrap();
+        let mut req = BenchRequest {
+            stage: BenchStage::Train,
+            batch: 8,
+            steps: 3,
+            warmup: 2,
+            device: Device::Cpu,
+            autocast: Autocast::Off,
+            baseline: true,
+        };
+        let marks = Cell::new(0);
+        let r = bench_step(&cfg, &req, &mut || marks.set(marks.get() + 1)).unwrap();
+        assert_eq!(marks.get(), 1);
+        assert_eq!(r.steps.len(), 3);
+        assert_eq!(r.baseline.len(), 3);
+        assert!(r.baseline.iter().all(|s| *s > 0.0));
+        req.baseline = false;
+        let r = bench_step(&cfg, &req, &mut || marks.set(marks.get() + 1)).unwrap();
+        assert_eq!((marks.get(), r.steps.len(), r.baseline.len()), (2, 3, 0));
+        // a plain step alone, for callers that time it their own way
+        assert!(PlainStep::new(&cfg, &req).unwrap().run().unwrap() > 0.0);
+    }
 }

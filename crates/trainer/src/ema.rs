@@ -48,8 +48,11 @@ impl Ema {
         let d = self.decay_at(self.num_updates);
         tch::no_grad(|| {
             for (e, p) in self.values.iter_mut().zip(params) {
-                // shadow − (1 − d)·(shadow − θ), the reference's form (one rounding less than d·s + (1 − d)·θ).
-                let _ = e.g_sub_(&((&*e - p) * (1.0 - d)));
+                // shadow − (1 − d)·(shadow − θ), the reference's form (one rounding less than
+                // d·s + (1 − d)·θ), with one temporary
+                let mut diff = &*e - p;
+                let _ = diff.g_mul_scalar_(1.0 - d);
+                let _ = e.g_sub_(&diff);
             }
         });
     }

@@ -1,8 +1,11 @@
 //! Adam exactly as `torch.optim.Adam` computes it (no weight decay, no amsgrad), with moments that can
 //! be saved and restored — tch's `nn::Optimizer` cannot export its state.
 //!
-//! step t: m ← β1·m + (1 − β1)·g; v ← β2·v + (1 − β2)·g²;
-//! p ← p − (lr / (1 − β1ᵗ)) · m / (sqrt(v) / sqrt(1 − β2ᵗ) + ε).
+//! step t: m ← lerp(m, g, 1 − β1); v ← β2·v + ((1 − β2)·g)·g;
+//! p ← p + (−lr/(1 − β1ᵗ))·m / (sqrt(v)/sqrt(1 − β2ᵗ) + ε) — torch's `_single_tensor_adam` operation
+//! by operation, so a step is bit-identical to torch's on the same device and threads. The gradient
+//! clip is `clip_grad_norm_`'s: a float32 norm of the per-tensor norms, multiplied in on the device,
+//! read back once per step.
 
 use tch::Tensor;
 
@@ -38,25 +41,31 @@ impl Adam {
 
     /// One update with learning rate `lr` using each parameter's `.grad()`. Parameters without a
     /// gradient are skipped, moments included (torch: `if p.grad is None: continue`).
+    ///
+    /// Two temporaries per parameter, in place otherwise. tch's `addcmul_`/`addcdiv_` take no
+    /// `value`, so the scalar is folded into the first factor first: torch's CPU kernels compute
+    /// `self + (value·t1)·t2` and `self + (value·t1)/t2`, the same roundings.
     pub fn step(&mut self, params: &[Tensor], lr: f64) {
         self.t += 1;
-        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - self.beta2.powi(self.t as i32);
+        // torch reads the step back as a float and uses Python's `**` (C `pow`), not powi
+        let t = self.t as f64;
+        let bc1 = 1.0 - self.beta1.powf(t);
+        let bc2_sqrt = (1.0 - self.beta2.powf(t)).sqrt();
+        let neg_step = -(lr / bc1);
         tch::no_grad(|| {
             for ((p, m), v) in params.iter().zip(&mut self.m).zip(&mut self.v) {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
                 }
-                let _ = m
-                    .g_mul_scalar_(self.beta1)
-                    .g_add_(&(&g * (1.0 - self.beta1)));
+                let _ = m.lerp_(&g, 1.0 - self.beta1);
                 let _ = v
                     .g_mul_scalar_(self.beta2)
-                    .g_add_(&(g.square() * (1.0 - self.beta2)));
-                let denom = v.sqrt() / bc2.sqrt() + self.eps;
+                    .addcmul_(&(&g * (1.0 - self.beta2)), &g);
+                let mut denom = v.sqrt();
+                let _ = denom.g_div_scalar_(bc2_sqrt).g_add_scalar_(self.eps);
                 let mut p = p.shallow_clone();
-                let _ = p.g_sub_(&(&*m / &denom * (lr / bc1)));
+                let _ = p.addcdiv_(&(&*m * neg_step), &denom);
             }
         });
     }
@@ -88,27 +97,27 @@ pub fn guard_and_clip(params: &[Tensor], max_norm: f64, guard: GradGuard) -> f64
             .map(|p| p.grad())
             .filter(|g| g.defined())
             .collect();
+        if grads.is_empty() {
+            return 0.0;
+        }
         if guard == GradGuard::ZeroThenClip {
             for g in &grads {
                 let _ = g.shallow_clone().nan_to_num_(0.0, 0.0, 0.0);
             }
         }
-        let mut sq = 0.0;
-        for g in &grads {
-            sq += g.square().sum(tch::Kind::Double).double_value(&[]);
-        }
-        let norm = sq.sqrt();
-        if guard == GradGuard::SkipStep && !norm.is_finite() {
-            return norm;
+        let norm = total_norm(&grads);
+        // the step's one read-back of the gradients
+        let norm_value = norm.double_value(&[]);
+        if guard == GradGuard::SkipStep && !norm_value.is_finite() {
+            return norm_value;
         }
         if max_norm > 0.0 {
-            // NaN stays NaN here (as in torch): with ClipThenReplace the replacement below then
-            // zeroes every entry.
-            let coef = max_norm / (norm + 1e-6);
-            if coef < 1.0 || coef.is_nan() {
-                for g in &grads {
-                    let _ = g.shallow_clone().g_mul_scalar_(coef);
-                }
+            // torch: max_norm / (norm + 1e-6) as reciprocal·max_norm, clamped at 1 and always
+            // multiplied in (×1 is exact). A NaN norm stays NaN, so with ClipThenReplace the
+            // replacement below zeroes every entry; +inf gives 0.
+            let coef = ((&norm + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
+            for g in &grads {
+                let _ = g.shallow_clone().g_mul_(&coef);
             }
         }
         if guard == GradGuard::ClipThenReplace {
@@ -116,8 +125,21 @@ pub fn guard_and_clip(params: &[Tensor], max_norm: f64, guard: GradGuard) -> f64
                 let _ = g.shallow_clone().nan_to_num_(0.0, 1e5, -1e5);
             }
         }
-        norm
+        norm_value
     })
+}
+
+/// The 2-norm of all `grads` as one vector, as `clip_grad_norm_` computes it: the norm of the
+/// stacked per-tensor norms, in the gradients' dtype, left on their device.
+fn total_norm(grads: &[Tensor]) -> Tensor {
+    // `linalg_norm` of a 1-D tensor is `linalg_vector_norm` (which tch does not bind); flattening a
+    // contiguous gradient is a view and leaves the reduction order alone
+    let vector_norm = |t: &Tensor| {
+        t.flatten(0, -1)
+            .linalg_norm(2.0, None::<&[i64]>, false, None)
+    };
+    let norms: Vec<Tensor> = grads.iter().map(vector_norm).collect();
+    vector_norm(&Tensor::stack(&norms, 0))
 }
 
 /// Replaces NaN/±inf gradient entries by 0, then clips the global gradient norm to `max_norm`;
@@ -195,6 +217,55 @@ mod tests {
         for (g, e) in got.iter().zip(expected) {
             assert!((g - e).abs() < 1e-12, "{got:?} vs {expected:?}");
         }
+    }
+
+    #[test]
+    fn clipped_float32_steps_are_bit_identical_to_torch() {
+        // torch 2.11 (CPU, float32): p = torch.tensor(P0, requires_grad=True);
+        // opt = torch.optim.Adam([p], lr=1e-3); for g in G: p.grad = g;
+        // clip_grad_norm_([p], 1.0); opt.step(). Gradients at ε's scale included, where the update
+        // lr·m/(sqrt(v) + ε) is most sensitive to rounding.
+        let p0 = [0.5f32, -0.25, 1.5, -2.0, 0.125, 3.0e-3, -7.5e-4, 0.0];
+        let grads = [
+            [0.3f32, -1.2, 4e-9, -2e-9, 5.0, -0.02, 1e-8, 0.0],
+            [-0.1, 0.7, 3e-9, 1e-9, -4.0, 0.03, -1.2e-8, 2.5],
+            [0.05, -0.4, -5e-9, 7e-9, 2.0, -0.01, 2e-8, -1.5],
+        ];
+        let expected_p: [u32; 8] = [
+            0x3eff0d5f, 0xbe7e5bfc, 0x3fbffc55, 0xc00000a5, 0x3dfd3258, 0x3b7adda3, 0xba8aa662,
+            0xba2986ae,
+        ];
+        let expected_m: [u32; 8] = [
+            0x3b9d7630, 0xbcafca23, 0xaeab637c, 0x2f910ccc, 0x3da8357b, 0xb9165026, 0x3046157d,
+            0xbc45a1ee,
+        ];
+        let expected_v: [u32; 8] = [
+            0x368d6a66, 0x38d30c6c, 0x1db8f3bc, 0x1e14028c, 0x3b148e0f, 0x3396ab22, 0x1fab1892,
+            0x3a23ebeb,
+        ];
+        let p = Tensor::from_slice(&p0).set_requires_grad(true);
+        let params = [p.shallow_clone()];
+        let cfg = OptimConfig {
+            lr: 1e-3,
+            ..OptimConfig::default()
+        };
+        let mut adam = Adam::new(&cfg, &params);
+        for g in grads {
+            zero_grad(&params);
+            (&p * Tensor::from_slice(&g)).sum(Kind::Float).backward();
+            guard_and_clip(&params, 1.0, GradGuard::ClipThenReplace);
+            adam.step(&params, 1e-3);
+        }
+        let bits = |t: &Tensor| -> Vec<u32> {
+            Vec::<f32>::try_from(&t.detach())
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&p), expected_p, "parameters");
+        assert_eq!(bits(&adam.m[0]), expected_m, "first moments");
+        assert_eq!(bits(&adam.v[0]), expected_v, "second moments");
     }
 
     #[test]

@@ -628,14 +628,15 @@ pub(crate) fn synchronize(device: tch::Device) {
 
 /// Runs `warmup + steps` training steps of `model` exactly as [`train_with`] does (the same batch
 /// function, objective, micro-batching, loss scale, guard, clip, Adam and EMA), without resuming,
-/// logging or checkpointing, and returns the phase times of the last `steps`.
+/// logging or checkpointing, and returns the phase times of the last `steps`. `between(step)` runs
+/// after each step, outside its timing (the bench interleaves its baseline there).
 pub fn timed_steps(
     model: &mut Model,
     settings: &LoopSettings<'_>,
     objective: &dyn Objective,
     next_batch: &mut BatchFn<'_>,
-    warmup: u64,
-    steps: u64,
+    (warmup, steps): (u64, u64),
+    between: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<Vec<StepPhases>> {
     let mut st = LoopState::new(model, settings);
     let device = model.vs.device();
@@ -662,6 +663,7 @@ pub fn timed_steps(
         if step >= warmup {
             out.push(clock.phases);
         }
+        between(step)?;
     }
     Ok(out)
 }
@@ -721,11 +723,15 @@ impl LossScale {
         if !self.enabled {
             return true;
         }
+        // one read-back for all gradients
         let finite = tch::no_grad(|| {
-            params.iter().all(|p| {
-                let g = p.grad();
-                !g.defined() || g.isfinite().all().int64_value(&[]) != 0
-            })
+            let flags: Vec<Tensor> = params
+                .iter()
+                .map(|p| p.grad())
+                .filter(|g| g.defined())
+                .map(|g| g.isfinite().all())
+                .collect();
+            flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) != 0
         });
         if !finite {
             self.value = (self.value / 2.0).max(1.0);

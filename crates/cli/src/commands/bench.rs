@@ -8,9 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use slimflow_models::Precision;
-use slimflow_trainer::bench::{
-    bench_sampling, bench_step, plain_tch_steps, BenchRequest, BenchStage, SamplingKind,
-};
+use slimflow_trainer::bench::{bench_sampling, bench_step, BenchRequest, BenchStage, SamplingKind};
 use slimflow_trainer::config::DeviceChoice;
 use slimflow_trainer::{load_config, ConfigError};
 
@@ -47,12 +45,13 @@ The training stages run `--warmup` untimed then `--steps` timed steps of the sta
 sampling t, batch assembly (annealing, flips), the configured objective (1-RF premetric, \
 pseudo-Huber or LPIPS-Huber, distillation with LPIPS and the flow-guided term), backward, guard, \
 clip, Adam and EMA, on synthetic pairs of the network's shape held in memory (no dataset or pair \
-store needed). Without installed LPIPS weights random ones stand in (printed). Then the same \
-network and batch run a plain tch step (forward, L2 loss, backward, tch::nn::Adam); `overhead` is \
-our step's median over that one's.
+store needed). Without installed LPIPS weights random ones stand in (printed). After each timed \
+step the same network and batch run a plain tch step (forward, L2 loss, backward, tch::nn::Adam), \
+so drift in load or clock falls on both alike; `overhead` is our step's median over that one's.
 
-Peak memory is the process's resident high-water mark (VmHWM) after the timed steps on the CPU; on \
-CUDA the allocator's peak is not reachable through tch and is reported as unavailable.
+Peak memory is the process's resident high-water mark (VmHWM) through the first timed step, before \
+the baseline's network exists, on the CPU; on CUDA the allocator's peak is not reachable through \
+tch and is reported as unavailable.
 
 Examples:
   slimflow bench --preset cifar10/slimflow --stage reflow --batch 16
@@ -221,6 +220,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         steps: args.steps,
         warmup: args.warmup,
         device,
+        baseline: !args.no_baseline,
         autocast: match args.precision {
             PrecisionArg::F32 => slimflow_trainer::config::Autocast::Off,
             PrecisionArg::Bf16 => slimflow_trainer::config::Autocast::Bf16,
@@ -247,8 +247,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let reset = !device.is_cuda() && reset_peak_rss();
     let mut report = setup;
     let text = if training {
-        let r = bench_step(&cfg, &req).context("timing the training step")?;
-        let peak = (!device.is_cuda()).then(peak_rss_bytes).flatten();
+        let mut peak = None;
+        let mut mark = || peak = (!device.is_cuda()).then(peak_rss_bytes).flatten();
+        let r = bench_step(&cfg, &req, &mut mark).context("timing the training step")?;
         let totals: Vec<f64> = r.steps.iter().map(|p| p.total()).collect();
         let (median, min, max) = stats(&totals);
         let sum = |f: fn(&slimflow_trainer::run_loop::StepPhases) -> f64| {
@@ -260,12 +261,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             "backward": sum(|p| p.backward),
             "optimizer_ema": sum(|p| p.update),
         });
-        let baseline = if args.no_baseline {
-            None
-        } else {
-            let b = plain_tch_steps(&cfg, &req).context("timing the plain tch step")?;
-            Some(stats(&b))
-        };
+        let baseline = (!r.baseline.is_empty()).then(|| stats(&r.baseline));
         let m = report.as_object_mut().expect("an object");
         m.insert("arch".into(), json!(r.arch));
         m.insert("params".into(), json!(r.params));
@@ -311,7 +307,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         );
         if let Some((b, bmin, bmax)) = baseline {
             t.push_str(&format!(
-                "plain tch step (forward, L2, backward, nn::Adam): {:.1} ms (min {:.1}, max {:.1}); overhead {:.3}×\n",
+                "plain tch step (forward, L2, backward, nn::Adam), interleaved: {:.1} ms (min {:.1}, max {:.1}); overhead {:.3}×\n",
                 b * 1e3,
                 bmin * 1e3,
                 bmax * 1e3,

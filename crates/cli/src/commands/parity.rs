@@ -33,8 +33,12 @@ pub fn run(args: &ParityArgs) -> Result<ExitCode> {
                 Status::Fail => "FAIL",
                 Status::NotImplemented => "NOT RUN",
             };
+            let threads = r
+                .threads
+                .map(|n| format!(", {n} thread(s) as recorded"))
+                .unwrap_or_default();
             println!(
-                "{label:<8} {} ({})",
+                "{label:<8} {} ({}{threads})",
                 r.case,
                 if r.kind.is_empty() { "?" } else { &r.kind }
             );
