@@ -105,6 +105,27 @@ const ROWS: &[Row] = &[
         // the recipe's 35 NFE at CPU speed would take minutes: 3 steps (5 NFE)
         cpu_args: &["--solver", "edm:3"],
     },
+    Row {
+        // the first row's step with channels-last kernels, against the same default-layout plain
+        // step; on CUDA also cuDNN autotuning and bfloat16 autocast
+        name: "slimflow_student_15.7m_reflow_channels_last",
+        args: &[
+            "--preset",
+            "cifar10/slimflow",
+            "--stage",
+            "reflow",
+            "--set",
+            "performance.channels_last=true",
+        ],
+        sizes: [(2, 1, 1), (16, 5, 1), (128, 20, 5)],
+        cuda_args: &[
+            "--set",
+            "performance.cudnn_benchmark=true",
+            "--precision",
+            "bf16",
+        ],
+        cpu_args: &[],
+    },
 ];
 
 /// Runs `bin` with `args`; its stdout parsed as JSON, or the failure in words.

@@ -49,7 +49,8 @@ fn gpu_check_quick_runs_on_the_cpu_and_writes_its_report() {
             "slimflow_student_15.7m_reflow",
             "edm_teacher_55.7m_reflow_lpips_huber",
             "slimflow_distill_flow_guided",
-            "edm_sampler_pairs"
+            "edm_sampler_pairs",
+            "slimflow_student_15.7m_reflow_channels_last"
         ]
     );
     for row in rows {
@@ -67,4 +68,7 @@ fn gpu_check_quick_runs_on_the_cpu_and_writes_its_report() {
     assert!(student["overhead"].as_f64().is_some_and(|o| o > 0.0));
     assert_eq!(rows[1]["result"]["objective"], "LPIPS-Huber");
     assert!(rows[3]["result"]["nfe"].as_u64().is_some_and(|n| n > 0));
+    let nhwc = &rows[4]["result"];
+    assert_eq!(nhwc["params"], 15_707_235);
+    assert!(nhwc["overhead"].as_f64().is_some_and(|o| o > 0.0));
 }

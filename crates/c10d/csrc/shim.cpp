@@ -1,5 +1,6 @@
 // Native shim between slimflow-c10d and libtorch's c10d (TCPStore, ProcessGroupGloo, optionally
-// ProcessGroupNCCL) plus the autocast dtype setting.
+// ProcessGroupNCCL), plus the autocast dtype setting and the multi-tensor (`_foreach_*`) operations
+// of torch's optimizers, which tch does not bind.
 //
 // Conventions of every `sfc10d_*` entry point:
 // - It never lets a C++ exception cross the FFI boundary: each body runs inside `guarded`, which
@@ -288,6 +289,73 @@ char* sfc10d_autocast_set_enabled(int device, int enabled) {
 char* sfc10d_autocast_is_enabled(int device, int* enabled) {
   return guarded(
       [&] { *enabled = at::autocast::is_autocast_enabled(device_type(device)) ? 1 : 0; });
+}
+
+// Multi-tensor operations, called exactly as torch 2.11's `_multi_tensor_adam`,
+// `clip_grad_norm_` (foreach) and a score_sde-style EMA call them, so each element sees the same
+// kernels and roundings: on CUDA one launch per chunk of tensors instead of one per tensor; on the
+// CPU libtorch runs the per-tensor ops, those of the single-tensor code.
+//
+// The lists have `n` entries, all the same device and dtype (libtorch checks). The callers check
+// that the lists they pass have equal lengths.
+
+char* sfc10d_foreach_adam(at::Tensor* const* params, at::Tensor* const* grads,
+                          at::Tensor* const* exp_avgs, at::Tensor* const* exp_avg_sqs, size_t n,
+                          double beta1, double beta2, double eps, double bias_correction2_sqrt,
+                          double neg_step_size) {
+  return guarded([&] {
+    at::NoGradGuard no_grad;
+    auto p = tensor_list(params, n);
+    auto g = tensor_list(grads, n);
+    auto m = tensor_list(exp_avgs, n);
+    auto v = tensor_list(exp_avg_sqs, n);
+    at::_foreach_lerp_(m, g, 1 - beta1);
+    at::_foreach_mul_(v, beta2);
+    at::_foreach_addcmul_(v, g, g, 1 - beta2);
+    auto denom = at::_foreach_sqrt(v);
+    // torch passes per-tensor scalar lists (all equal within one step)
+    std::vector<at::Scalar> bc2(n, at::Scalar(bias_correction2_sqrt));
+    std::vector<at::Scalar> step(n, at::Scalar(neg_step_size));
+    at::_foreach_div_(denom, bc2);
+    at::_foreach_add_(denom, eps);
+    at::_foreach_addcdiv_(p, m, denom, step);
+  });
+}
+
+// shadow <- shadow - weight * (shadow - param)
+char* sfc10d_foreach_ema(at::Tensor* const* shadow, at::Tensor* const* params, size_t n,
+                         double weight) {
+  return guarded([&] {
+    at::NoGradGuard no_grad;
+    auto s = tensor_list(shadow, n);
+    auto diff = at::_foreach_sub(s, tensor_list(params, n));
+    at::_foreach_mul_(diff, weight);
+    at::_foreach_sub_(s, diff);
+  });
+}
+
+// *out <- the 2-norm of all tensors as one vector: the norm of the stacked per-tensor norms.
+char* sfc10d_foreach_total_norm(at::Tensor* const* tensors, size_t n, at::Tensor* out) {
+  return guarded([&] {
+    at::NoGradGuard no_grad;
+    auto norms = at::_foreach_norm(tensor_list(tensors, n), 2.0);
+    *out = at::linalg_vector_norm(at::stack(norms), 2.0);
+  });
+}
+
+// tensors[i] *= factor (a 0-dim tensor, read on its device: no host synchronisation)
+char* sfc10d_foreach_mul_tensor(at::Tensor* const* tensors, size_t n, const at::Tensor* factor) {
+  return guarded([&] {
+    at::NoGradGuard no_grad;
+    at::_foreach_mul_(tensor_list(tensors, n), *factor);
+  });
+}
+
+char* sfc10d_foreach_zero(at::Tensor* const* tensors, size_t n) {
+  return guarded([&] {
+    at::NoGradGuard no_grad;
+    at::_foreach_zero_(tensor_list(tensors, n));
+  });
 }
 
 }  // extern "C"

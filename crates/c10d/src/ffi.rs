@@ -89,6 +89,35 @@ mod sys {
         pub fn sfc10d_autocast_get_dtype(device: c_int, dtype: *mut c_int) -> *mut c_char;
         pub fn sfc10d_autocast_set_enabled(device: c_int, enabled: c_int) -> *mut c_char;
         pub fn sfc10d_autocast_is_enabled(device: c_int, enabled: *mut c_int) -> *mut c_char;
+        pub fn sfc10d_foreach_adam(
+            params: *const *mut c_void,
+            grads: *const *mut c_void,
+            exp_avgs: *const *mut c_void,
+            exp_avg_sqs: *const *mut c_void,
+            n: usize,
+            beta1: f64,
+            beta2: f64,
+            eps: f64,
+            bias_correction2_sqrt: f64,
+            neg_step_size: f64,
+        ) -> *mut c_char;
+        pub fn sfc10d_foreach_ema(
+            shadow: *const *mut c_void,
+            params: *const *mut c_void,
+            n: usize,
+            weight: f64,
+        ) -> *mut c_char;
+        pub fn sfc10d_foreach_total_norm(
+            tensors: *const *mut c_void,
+            n: usize,
+            out: *mut c_void,
+        ) -> *mut c_char;
+        pub fn sfc10d_foreach_mul_tensor(
+            tensors: *const *mut c_void,
+            n: usize,
+            factor: *mut c_void,
+        ) -> *mut c_char;
+        pub fn sfc10d_foreach_zero(tensors: *const *mut c_void, n: usize) -> *mut c_char;
     }
 }
 
@@ -314,4 +343,81 @@ pub fn autocast_is_enabled(device: c_int) -> Result<bool, String> {
     // SAFETY: `out` is a valid slot.
     take_error(unsafe { sys::sfc10d_autocast_is_enabled(device, &mut out) })?;
     Ok(out != 0)
+}
+
+/// Pointers to the `at::Tensor`s of a list, checked to have `n` entries.
+fn tensor_ptrs(tensors: &[Tensor], n: usize, what: &str) -> Result<Vec<*mut c_void>, String> {
+    if tensors.len() != n {
+        return Err(format!(
+            "{what}: {} tensors where the other lists have {n}",
+            tensors.len()
+        ));
+    }
+    Ok(tensors.iter().map(tensor_ptr).collect())
+}
+
+/// Adam's multi-tensor update of torch's `_multi_tensor_adam` (lists of equal length).
+pub fn foreach_adam(
+    lists: [&[Tensor]; 4],
+    (beta1, beta2, eps): (f64, f64, f64),
+    bias_correction2_sqrt: f64,
+    neg_step_size: f64,
+) -> Result<(), String> {
+    let n = lists[0].len();
+    let p = tensor_ptrs(lists[0], n, "params")?;
+    let g = tensor_ptrs(lists[1], n, "grads")?;
+    let m = tensor_ptrs(lists[2], n, "first moments")?;
+    let v = tensor_ptrs(lists[3], n, "second moments")?;
+    // SAFETY: four arrays of `n` valid `at::Tensor*` (lengths checked above), borrowed from live
+    // tch tensors for the duration of this blocking call; the shim writes only tensor storage.
+    take_error(unsafe {
+        sys::sfc10d_foreach_adam(
+            p.as_ptr(),
+            g.as_ptr(),
+            m.as_ptr(),
+            v.as_ptr(),
+            n,
+            beta1,
+            beta2,
+            eps,
+            bias_correction2_sqrt,
+            neg_step_size,
+        )
+    })
+}
+
+/// shadow ← shadow − weight·(shadow − params), as one multi-tensor update.
+pub fn foreach_ema(shadow: &[Tensor], params: &[Tensor], weight: f64) -> Result<(), String> {
+    let n = shadow.len();
+    let s = tensor_ptrs(shadow, n, "shadow")?;
+    let p = tensor_ptrs(params, n, "params")?;
+    // SAFETY: two arrays of `n` valid `at::Tensor*`, borrowed for this blocking call.
+    take_error(unsafe { sys::sfc10d_foreach_ema(s.as_ptr(), p.as_ptr(), n, weight) })
+}
+
+/// The 2-norm of all `tensors` as one vector, written into `out` (its handle is replaced).
+pub fn foreach_total_norm(tensors: &[Tensor], out: &mut Tensor) -> Result<(), String> {
+    let n = tensors.len();
+    let t = tensor_ptrs(tensors, n, "tensors")?;
+    // SAFETY: `n` valid `at::Tensor*`; `out` is a live tch tensor borrowed mutably, so replacing
+    // the `at::Tensor` it points to (the old value is released by C++) is seen by no one else.
+    take_error(unsafe {
+        sys::sfc10d_foreach_total_norm(t.as_ptr(), n, out.as_mut_ptr() as *mut c_void)
+    })
+}
+
+/// tensors[i] ← tensors[i]·factor, `factor` a 0-dim tensor on their device.
+pub fn foreach_mul_tensor(tensors: &[Tensor], factor: &Tensor) -> Result<(), String> {
+    let n = tensors.len();
+    let t = tensor_ptrs(tensors, n, "tensors")?;
+    // SAFETY: `n` valid `at::Tensor*` and one more, all borrowed for this blocking call.
+    take_error(unsafe { sys::sfc10d_foreach_mul_tensor(t.as_ptr(), n, tensor_ptr(factor)) })
+}
+
+/// tensors[i] ← 0.
+pub fn foreach_zero(tensors: &[Tensor]) -> Result<(), String> {
+    let n = tensors.len();
+    let t = tensor_ptrs(tensors, n, "tensors")?;
+    // SAFETY: `n` valid `at::Tensor*`, borrowed for this blocking call.
+    take_error(unsafe { sys::sfc10d_foreach_zero(t.as_ptr(), n) })
 }

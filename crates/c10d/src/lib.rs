@@ -10,6 +10,7 @@
 //!   `all_gather`, `barrier`. Every operation waits at most the group timeout; a dead or hung
 //!   peer surfaces as a [`C10dError::Collective`] naming the operation and the rank.
 //! - [`autocast`]: libtorch's per-device autocast dtype and enable flag.
+//! - [`foreach`]: torch's multi-tensor optimizer operations (Adam, EMA, total norm, scaling).
 //!
 //! All `unsafe` code lives in the private `ffi` module.
 
@@ -103,6 +104,14 @@ pub enum C10dError {
     /// The autocast setting could not be read or written.
     #[error("autocast: {0}")]
     Autocast(String),
+    /// A multi-tensor operation was refused (list lengths, devices or dtypes that differ).
+    #[error("multi-tensor {op}: {message}")]
+    Foreach {
+        /// The operation.
+        op: &'static str,
+        /// Why.
+        message: String,
+    },
 }
 
 /// Result alias of this crate.
@@ -492,6 +501,8 @@ fn buckets(tensors: &[Tensor], bucket_bytes: usize) -> Vec<(Vec<usize>, usize)> 
     done.extend(open.into_iter().map(|(_, idxs, size)| (idxs, size)));
     done
 }
+
+pub mod foreach;
 
 /// libtorch's autocast settings (thread-local in libtorch: set them on the thread that runs the
 /// forward pass).

@@ -106,6 +106,26 @@ impl Model {
         )
     }
 
+    /// Stores every 4-D parameter (the convolution kernels) channels-last (NHWC strides, the same
+    /// NCHW shape and values). libtorch's convolutions then run their channels-last kernels and
+    /// hand channels-last activations on, which is what tensor cores want on CUDA; outputs equal
+    /// the default layout's up to float summation order. Checkpoints are written in the default
+    /// layout either way. Returns how many parameters were converted.
+    pub fn to_channels_last(&mut self) -> usize {
+        let mut n = 0;
+        tch::no_grad(|| {
+            for (_, mut v) in self.vs.variables() {
+                if v.dim() == 4 {
+                    // an NHWC-contiguous copy viewed back as NCHW: channels-last strides
+                    let nhwc = v.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+                    v.set_data(&nhwc);
+                    n += 1;
+                }
+            }
+        });
+        n
+    }
+
     /// The network.
     pub fn net(&self) -> &dyn VelocityField {
         self.net.as_ref()

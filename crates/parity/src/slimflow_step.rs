@@ -235,13 +235,13 @@ fn reflow_step(case: &Case<'_>, run: &Value, args: &RunArgs<'_>) -> Result<Vec<K
         premetric: PremetricConfig::L2Squared {},
     };
     let (names, params) = sorted_variables(&model);
-    zero_grad(&params);
+    zero_grad(&params)?;
     let terms = rf.loss_at(&model, &batch, &t)?;
     terms.total.backward();
     let mut adam = Adam::new(&optim, &params);
     let mut ema = Ema::new(optim.ema_decay, optim.ema_warmup, &params);
     ema.num_updates = before;
-    update(&params, &mut adam, &mut ema, &optim, step, true);
+    update(&params, &mut adam, &mut ema, &optim, step, true)?;
     let loss = terms.total.detach();
     case.compare_outputs(run, &|name| {
         Ok(match name {

@@ -52,10 +52,10 @@ fn training_step(c: &mut Criterion) {
             let terms = objective
                 .loss(&model, &batch(&mut rng), &mut rng)
                 .expect("loss");
-            zero_grad(&params);
+            zero_grad(&params).expect("zero");
             terms.total.backward();
-            sanitize_and_clip(&params, 1.0);
-            adam.step(&params, 2e-4);
+            sanitize_and_clip(&params, 1.0).expect("clip");
+            adam.step(&params, 2e-4).expect("adam");
         })
     });
 

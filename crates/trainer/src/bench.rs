@@ -123,8 +123,12 @@ pub fn bench_step(
             req.stage.name()
         )));
     }
+    cfg.performance
+        .apply_globals(device)
+        .map_err(Error::Invalid)?;
     tch::manual_seed(0);
     let mut model = Model::new(arch, device)?;
+    cfg.performance.prepare(&mut model);
     let pool = SyntheticPairs::new(&model, req.batch, device);
     let (n, source) = (req.batch, &cfg.data.source);
     let source_std = match cfg.data.source {
@@ -162,6 +166,7 @@ pub fn bench_step(
             let dc = &cfg.distill;
             let mut t = Model::new(arch, device)?;
             t.vs.freeze();
+            cfg.performance.prepare(&mut t);
             teacher = t;
             distance = crate::stage::build(dc.distance().build_with(device, &loader))?;
             let objective =
@@ -241,7 +246,8 @@ pub fn bench_step(
 
 /// A plain tch 1-RF step on the network [`bench_step`] trains for `req.stage`, at the same batch:
 /// t ~ U(0, 1), x_t, forward, mean squared error to x1 − x0, backward and `nn::Adam` at the
-/// section's lr (no guard, clip, warm-up or EMA): the baseline of the loop's overhead.
+/// section's lr (no guard, clip, warm-up or EMA), in the default layout whatever
+/// `[performance]` says: the baseline of the loop's overhead and of `channels_last`.
 pub struct PlainStep {
     model: Model,
     opt: tch::nn::Optimizer,

@@ -42,19 +42,13 @@ impl Ema {
         }
     }
 
-    /// One update: counts it, then averages with its decay.
-    pub fn update(&mut self, params: &[Tensor]) {
+    /// One update: counts it, then averages with its decay (one multi-tensor operation).
+    pub fn update(&mut self, params: &[Tensor]) -> Result<(), slimflow_c10d::C10dError> {
         self.num_updates += 1;
         let d = self.decay_at(self.num_updates);
-        tch::no_grad(|| {
-            for (e, p) in self.values.iter_mut().zip(params) {
-                // shadow − (1 − d)·(shadow − θ), the reference's form (one rounding less than
-                // d·s + (1 − d)·θ), with one temporary
-                let mut diff = &*e - p;
-                let _ = diff.g_mul_scalar_(1.0 - d);
-                let _ = e.g_sub_(&diff);
-            }
-        });
+        // shadow − (1 − d)·(shadow − θ), the reference's form (one rounding less than
+        // d·s + (1 − d)·θ)
+        slimflow_c10d::foreach::ema(&mut self.values, params, 1.0 - d)
     }
 }
 
@@ -68,7 +62,7 @@ mod tests {
         let mut ema = Ema::new(0.9, false, std::slice::from_ref(&p));
         let p = Tensor::from_slice(&[1.0f64]);
         for _ in 0..3 {
-            ema.update(std::slice::from_ref(&p));
+            ema.update(std::slice::from_ref(&p)).unwrap();
         }
         // 1 − 0.9³ = 0.271
         assert!((ema.values[0].double_value(&[0]) - 0.271).abs() < 1e-12);
@@ -86,7 +80,7 @@ mod tests {
         assert!((ema.decay_at(1) - 2.0 / 11.0).abs() < 1e-15);
         let n = 50u64;
         for _ in 0..n {
-            ema.update(std::slice::from_ref(&one));
+            ema.update(std::slice::from_ref(&one)).unwrap();
         }
         let mut log_prod = 0.0f64;
         for k in 1..=n {
@@ -104,7 +98,7 @@ mod tests {
         assert!(ema.decay_at(1_000_000) < 0.999_999);
         // Without the warm-up the first update keeps 0.999999 of the start.
         let mut fixed = Ema::new(0.999_999, false, std::slice::from_ref(&p0));
-        fixed.update(std::slice::from_ref(&one));
+        fixed.update(std::slice::from_ref(&one)).unwrap();
         assert!((fixed.values[0].double_value(&[0]) - 1e-6).abs() < 1e-15);
     }
 }

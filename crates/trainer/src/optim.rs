@@ -1,16 +1,22 @@
 //! Adam exactly as `torch.optim.Adam` computes it (no weight decay, no amsgrad), with moments that can
 //! be saved and restored — tch's `nn::Optimizer` cannot export its state.
 //!
-//! step t: m ← lerp(m, g, 1 − β1); v ← β2·v + ((1 − β2)·g)·g;
-//! p ← p + (−lr/(1 − β1ᵗ))·m / (sqrt(v)/sqrt(1 − β2ᵗ) + ε) — torch's `_single_tensor_adam` operation
-//! by operation, so a step is bit-identical to torch's on the same device and threads. The gradient
-//! clip is `clip_grad_norm_`'s: a float32 norm of the per-tensor norms, multiplied in on the device,
-//! read back once per step.
+//! step t: m ← lerp(m, g, 1 − β1); v ← β2·v + (1 − β2)·g·g;
+//! p ← p + (−lr/(1 − β1ᵗ))·m / (sqrt(v)/sqrt(1 − β2ᵗ) + ε).
+//!
+//! Adam, the clip, the EMA and zeroing run as torch's multi-tensor (`_foreach_*`) operations
+//! ([`slimflow_c10d::foreach`]), called as `_multi_tensor_adam` and the foreach `clip_grad_norm_`
+//! call them: one launch per chunk of tensors on CUDA, and on the CPU the per-tensor kernels of
+//! torch's single-tensor code, so a step is bit-identical to torch's on the same device and threads.
+//! The clip's coefficient is multiplied in on the device; the gradient norm is the step's one
+//! read-back of the gradients.
 
+use slimflow_c10d::foreach::{self, AdamStep};
 use tch::Tensor;
 
 use crate::config::{GradGuard, OptimConfig, WarmupRule};
 use crate::ema::Ema;
+use crate::error::Result;
 
 /// Adam state over an ordered list of parameters.
 #[derive(Debug)]
@@ -41,33 +47,29 @@ impl Adam {
 
     /// One update with learning rate `lr` using each parameter's `.grad()`. Parameters without a
     /// gradient are skipped, moments included (torch: `if p.grad is None: continue`).
-    ///
-    /// Two temporaries per parameter, in place otherwise. tch's `addcmul_`/`addcdiv_` take no
-    /// `value`, so the scalar is folded into the first factor first: torch's CPU kernels compute
-    /// `self + (value·t1)·t2` and `self + (value·t1)/t2`, the same roundings.
-    pub fn step(&mut self, params: &[Tensor], lr: f64) {
+    pub fn step(&mut self, params: &[Tensor], lr: f64) -> Result<()> {
         self.t += 1;
         // torch reads the step back as a float and uses Python's `**` (C `pow`), not powi
         let t = self.t as f64;
-        let bc1 = 1.0 - self.beta1.powf(t);
-        let bc2_sqrt = (1.0 - self.beta2.powf(t)).sqrt();
-        let neg_step = -(lr / bc1);
-        tch::no_grad(|| {
-            for ((p, m), v) in params.iter().zip(&mut self.m).zip(&mut self.v) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let _ = m.lerp_(&g, 1.0 - self.beta1);
-                let _ = v
-                    .g_mul_scalar_(self.beta2)
-                    .addcmul_(&(&g * (1.0 - self.beta2)), &g);
-                let mut denom = v.sqrt();
-                let _ = denom.g_div_scalar_(bc2_sqrt).g_add_scalar_(self.eps);
-                let mut p = p.shallow_clone();
-                let _ = p.addcdiv_(&(&*m * neg_step), &denom);
+        let step = AdamStep {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            bias_correction2_sqrt: (1.0 - self.beta2.powf(t)).sqrt(),
+            neg_step_size: -(lr / (1.0 - self.beta1.powf(t))),
+        };
+        let (mut p, mut g, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((param, mi), vi) in params.iter().zip(&self.m).zip(&self.v) {
+            let grad = param.grad();
+            if grad.defined() {
+                p.push(param.shallow_clone());
+                g.push(grad);
+                m.push(mi.shallow_clone());
+                v.push(vi.shallow_clone());
             }
-        });
+        }
+        foreach::adam(&p, &g, &mut m, &mut v, step)?;
+        Ok(())
     }
 }
 
@@ -85,67 +87,57 @@ pub fn warmup_lr(lr: f64, step: u64, warmup: u64, rule: WarmupRule) -> f64 {
     lr * (k as f64 / warmup as f64).min(1.0)
 }
 
+/// The defined gradients of `params`.
+fn grads(params: &[Tensor]) -> Vec<Tensor> {
+    params
+        .iter()
+        .map(|p| p.grad())
+        .filter(|g| g.defined())
+        .collect()
+}
+
 /// Applies `guard` and the norm clip at `max_norm` (0: no clip) to the gradients; returns the
 /// gradient norm before clipping (after zeroing for [`GradGuard::ZeroThenClip`]; possibly
 /// non-finite for [`GradGuard::ClipThenReplace`]).
 ///
 /// The clip is torch's `clip_grad_norm_`: coefficient min(1, max_norm/(norm + 1e-6)).
-pub fn guard_and_clip(params: &[Tensor], max_norm: f64, guard: GradGuard) -> f64 {
+pub fn guard_and_clip(params: &[Tensor], max_norm: f64, guard: GradGuard) -> Result<f64> {
     tch::no_grad(|| {
-        let grads: Vec<Tensor> = params
-            .iter()
-            .map(|p| p.grad())
-            .filter(|g| g.defined())
-            .collect();
+        let grads = grads(params);
         if grads.is_empty() {
-            return 0.0;
+            return Ok(0.0);
         }
         if guard == GradGuard::ZeroThenClip {
             for g in &grads {
                 let _ = g.shallow_clone().nan_to_num_(0.0, 0.0, 0.0);
             }
         }
-        let norm = total_norm(&grads);
+        let norm = foreach::total_norm(&grads)?;
         // the step's one read-back of the gradients
         let norm_value = norm.double_value(&[]);
         if guard == GradGuard::SkipStep && !norm_value.is_finite() {
-            return norm_value;
+            return Ok(norm_value);
         }
         if max_norm > 0.0 {
             // torch: max_norm / (norm + 1e-6) as reciprocal·max_norm, clamped at 1 and always
             // multiplied in (×1 is exact). A NaN norm stays NaN, so with ClipThenReplace the
             // replacement below zeroes every entry; +inf gives 0.
             let coef = ((&norm + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
-            for g in &grads {
-                let _ = g.shallow_clone().g_mul_(&coef);
-            }
+            foreach::mul(&grads, &coef)?;
         }
         if guard == GradGuard::ClipThenReplace {
             for g in &grads {
                 let _ = g.shallow_clone().nan_to_num_(0.0, 1e5, -1e5);
             }
         }
-        norm_value
+        Ok(norm_value)
     })
-}
-
-/// The 2-norm of all `grads` as one vector, as `clip_grad_norm_` computes it: the norm of the
-/// stacked per-tensor norms, in the gradients' dtype, left on their device.
-fn total_norm(grads: &[Tensor]) -> Tensor {
-    // `linalg_norm` of a 1-D tensor is `linalg_vector_norm` (which tch does not bind); flattening a
-    // contiguous gradient is a view and leaves the reduction order alone
-    let vector_norm = |t: &Tensor| {
-        t.flatten(0, -1)
-            .linalg_norm(2.0, None::<&[i64]>, false, None)
-    };
-    let norms: Vec<Tensor> = grads.iter().map(vector_norm).collect();
-    vector_norm(&Tensor::stack(&norms, 0))
 }
 
 /// Replaces NaN/±inf gradient entries by 0, then clips the global gradient norm to `max_norm`;
 /// returns the norm before clipping (after zeroing). [`guard_and_clip`] with
 /// [`GradGuard::ZeroThenClip`].
-pub fn sanitize_and_clip(params: &[Tensor], max_norm: f64) -> f64 {
+pub fn sanitize_and_clip(params: &[Tensor], max_norm: f64) -> Result<f64> {
     guard_and_clip(params, max_norm, GradGuard::ZeroThenClip)
 }
 
@@ -168,25 +160,21 @@ pub fn update(
     cfg: &OptimConfig,
     step: u64,
     apply: bool,
-) -> UpdateInfo {
-    let grad_norm = guard_and_clip(params, cfg.grad_clip, cfg.grad_guard);
+) -> Result<UpdateInfo> {
+    let grad_norm = guard_and_clip(params, cfg.grad_clip, cfg.grad_guard)?;
     let lr = warmup_lr(cfg.lr, step, cfg.warmup_steps, cfg.warmup_rule);
     let skip = cfg.grad_guard == GradGuard::SkipStep && !grad_norm.is_finite();
     if apply && !skip {
-        adam.step(params, lr);
-        ema.update(params);
+        adam.step(params, lr)?;
+        ema.update(params)?;
     }
-    UpdateInfo { lr, grad_norm }
+    Ok(UpdateInfo { lr, grad_norm })
 }
 
 /// Zeroes every defined gradient.
-pub fn zero_grad(params: &[Tensor]) {
-    for p in params {
-        let mut g = p.grad();
-        if g.defined() {
-            let _ = g.zero_();
-        }
-    }
+pub fn zero_grad(params: &[Tensor]) -> Result<()> {
+    foreach::zero(&grads(params))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -206,9 +194,9 @@ mod tests {
         };
         let mut adam = Adam::new(&cfg, std::slice::from_ref(&p));
         for g in [[0.5f64, -1.0], [0.25, 2.0]] {
-            zero_grad(std::slice::from_ref(&p));
+            zero_grad(std::slice::from_ref(&p)).unwrap();
             (&p * Tensor::from_slice(&g)).sum(Kind::Double).backward();
-            adam.step(std::slice::from_ref(&p), 0.1);
+            adam.step(std::slice::from_ref(&p), 0.1).unwrap();
         }
         let got = Vec::<f64>::try_from(&p.detach()).unwrap();
         // m = [0.9·0.05 + 0.025, 0.9·(−0.1) + 0.2] = [0.07, 0.11]
@@ -251,10 +239,10 @@ mod tests {
         };
         let mut adam = Adam::new(&cfg, &params);
         for g in grads {
-            zero_grad(&params);
+            zero_grad(&params).unwrap();
             (&p * Tensor::from_slice(&g)).sum(Kind::Float).backward();
-            guard_and_clip(&params, 1.0, GradGuard::ClipThenReplace);
-            adam.step(&params, 1e-3);
+            guard_and_clip(&params, 1.0, GradGuard::ClipThenReplace).unwrap();
+            adam.step(&params, 1e-3).unwrap();
         }
         let bits = |t: &Tensor| -> Vec<u32> {
             Vec::<f32>::try_from(&t.detach())
@@ -274,7 +262,7 @@ mod tests {
         (&p * Tensor::from_slice(&[f32::NAN, 3.0, 4.0]))
             .sum(Kind::Float)
             .backward();
-        let norm = sanitize_and_clip(std::slice::from_ref(&p), 1.0);
+        let norm = sanitize_and_clip(std::slice::from_ref(&p), 1.0).unwrap();
         assert!((norm - 5.0).abs() < 1e-5);
         let g = Vec::<f32>::try_from(&p.grad()).unwrap();
         assert_eq!(g[0], 0.0);
@@ -301,7 +289,8 @@ mod tests {
         (&p * Tensor::from_slice(&[f32::NAN, 3.0, 4.0]))
             .sum(Kind::Float)
             .backward();
-        let norm = guard_and_clip(std::slice::from_ref(&p), 1.0, GradGuard::ClipThenReplace);
+        let norm =
+            guard_and_clip(std::slice::from_ref(&p), 1.0, GradGuard::ClipThenReplace).unwrap();
         assert!(norm.is_nan());
         assert_eq!(Vec::<f32>::try_from(&p.grad()).unwrap(), vec![0.0; 3]);
         // +inf alone: the coefficient is 0, inf·0 = NaN → 0; the finite entries become 0 too.
@@ -309,14 +298,14 @@ mod tests {
         (&q * Tensor::from_slice(&[f32::INFINITY, 2.0]))
             .sum(Kind::Float)
             .backward();
-        guard_and_clip(std::slice::from_ref(&q), 1.0, GradGuard::ClipThenReplace);
+        guard_and_clip(std::slice::from_ref(&q), 1.0, GradGuard::ClipThenReplace).unwrap();
         assert_eq!(Vec::<f32>::try_from(&q.grad()).unwrap(), vec![0.0; 2]);
         // Without a clip, ±inf is replaced by ±1e5 and finite entries stay.
         let r = Tensor::from_slice(&[1.0f32, 1.0, 1.0]).set_requires_grad(true);
         (&r * Tensor::from_slice(&[f32::NEG_INFINITY, 2.0, f32::NAN]))
             .sum(Kind::Float)
             .backward();
-        guard_and_clip(std::slice::from_ref(&r), 0.0, GradGuard::ClipThenReplace);
+        guard_and_clip(std::slice::from_ref(&r), 0.0, GradGuard::ClipThenReplace).unwrap();
         assert_eq!(
             Vec::<f32>::try_from(&r.grad()).unwrap(),
             vec![-1e5, 2.0, 0.0]
@@ -331,7 +320,7 @@ mod tests {
             (&p * Tensor::from_slice(&[3.0f32, 4.0]))
                 .sum(Kind::Float)
                 .backward();
-            let n = guard_and_clip(std::slice::from_ref(&p), 1.0, guard);
+            let n = guard_and_clip(std::slice::from_ref(&p), 1.0, guard).unwrap();
             assert!((n - 5.0).abs() < 1e-6);
             let g = Vec::<f32>::try_from(&p.grad()).unwrap();
             assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6);
@@ -353,17 +342,17 @@ mod tests {
         (&p * Tensor::from_slice(&[f32::NAN, 2.0]))
             .sum(Kind::Float)
             .backward();
-        let info = update(&params, &mut adam, &mut ema, &cfg, 0, true);
+        let info = update(&params, &mut adam, &mut ema, &cfg, 0, true).unwrap();
         assert!(info.grad_norm.is_nan());
         assert_eq!(adam.t, 0);
         assert_eq!(ema.num_updates, 0);
         assert_eq!(Vec::<f32>::try_from(&p.detach()).unwrap(), vec![1.0, 1.0]);
         // A finite gradient then steps.
-        zero_grad(&params);
+        zero_grad(&params).unwrap();
         (&p * Tensor::from_slice(&[1.0f32, 2.0]))
             .sum(Kind::Float)
             .backward();
-        update(&params, &mut adam, &mut ema, &cfg, 1, true);
+        update(&params, &mut adam, &mut ema, &cfg, 1, true).unwrap();
         assert_eq!((adam.t, ema.num_updates), (1, 1));
         assert!(p.double_value(&[0]) < 1.0);
     }

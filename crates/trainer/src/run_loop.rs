@@ -331,7 +331,7 @@ impl LoopState {
         tch::manual_seed((settings.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
         let rng_at_start = settings.dist.map(|_| self.rng.clone());
         let (batch, extra) = next_batch(&mut self.rng, step)?;
-        zero_grad(&self.params);
+        zero_grad(&self.params)?;
         if let Some(c) = clock.as_deref_mut() {
             c.phases.batch = c.lap();
         }
@@ -372,7 +372,7 @@ impl LoopState {
             }
             d.mean_grads(&self.params)?;
         }
-        let stepped = self.scale.unscale(&self.params);
+        let stepped = self.scale.unscale(&self.params)?;
         let info = update(
             &self.params,
             &mut self.adam,
@@ -380,7 +380,7 @@ impl LoopState {
             settings.optim,
             step,
             stepped,
-        );
+        )?;
         Ok(Stepped::Done {
             loss,
             parts,
@@ -719,9 +719,9 @@ impl LossScale {
     }
 
     /// Divides the gradients by the scale; false (step to be skipped, scale halved) on overflow.
-    fn unscale(&mut self, params: &[Tensor]) -> bool {
+    fn unscale(&mut self, params: &[Tensor]) -> Result<bool> {
         if !self.enabled {
-            return true;
+            return Ok(true);
         }
         // one read-back for all gradients
         let finite = tch::no_grad(|| {
@@ -736,22 +736,24 @@ impl LossScale {
         if !finite {
             self.value = (self.value / 2.0).max(1.0);
             self.clean = 0;
-            crate::optim::zero_grad(params);
-            return false;
+            crate::optim::zero_grad(params)?;
+            return Ok(false);
         }
-        tch::no_grad(|| {
-            for p in params {
-                let mut g = p.grad();
-                if g.defined() {
-                    let _ = g.g_mul_scalar_(1.0 / self.value);
-                }
-            }
-        });
+        let grads: Vec<Tensor> = params
+            .iter()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .collect();
+        if let Some(g) = grads.first() {
+            // the scale is a power of two, so 1/scale is exact in every float dtype
+            let inverse = Tensor::from(1.0 / self.value).to_device(g.device());
+            slimflow_c10d::foreach::mul(&grads, &inverse.to_kind(g.kind()))?;
+        }
         self.clean += 1;
         if self.clean % self.window == 0 {
             self.value *= 2.0;
         }
-        true
+        Ok(true)
     }
 }
 
@@ -847,17 +849,17 @@ mod tests {
         let mut scale = LossScale::new(true, &OptimConfig::default());
         assert_eq!(scale.value, 65536.0);
         (&p * f64::INFINITY).sum(Kind::Float).backward();
-        assert!(!scale.unscale(&params), "overflow skips the step");
+        assert!(!scale.unscale(&params).unwrap(), "overflow skips the step");
         assert_eq!(scale.value, 32768.0);
         assert_eq!(p.grad().abs().sum(Kind::Float).double_value(&[]), 0.0);
-        zero_grad(&params);
+        zero_grad(&params).unwrap();
         (&p * 2.0 * scale.value).sum(Kind::Float).backward();
-        assert!(scale.unscale(&params));
+        assert!(scale.unscale(&params).unwrap());
         let g = Vec::<f32>::try_from(&p.grad()).unwrap();
         assert_eq!(g, vec![2.0; 3], "gradients divided by the scale");
         // without autocast the scale is inert
         let mut off = LossScale::new(false, &OptimConfig::default());
-        assert!(off.unscale(&params) && off.value == 1.0);
+        assert!(off.unscale(&params).unwrap() && off.value == 1.0);
     }
 
     #[test]
@@ -875,9 +877,9 @@ mod tests {
         assert_eq!(scale.value, 32768.0);
         let mut seen = Vec::new();
         for _ in 0..4 {
-            zero_grad(&params);
+            zero_grad(&params).unwrap();
             p.sum(Kind::Float).backward();
-            assert!(scale.unscale(&params));
+            assert!(scale.unscale(&params).unwrap());
             seen.push(scale.value);
         }
         assert_eq!(seen, vec![32768.0, 32768.0, 65536.0, 65536.0]);
@@ -889,9 +891,9 @@ mod tests {
                 ..optim.clone()
             },
         );
-        zero_grad(&params);
+        zero_grad(&params).unwrap();
         (&p * f64::NAN).sum(Kind::Float).backward();
-        assert!(!low.unscale(&params));
+        assert!(!low.unscale(&params).unwrap());
         assert_eq!(low.value, 1.0);
     }
 

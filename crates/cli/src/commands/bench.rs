@@ -242,6 +242,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         "steps": args.steps,
         "warmup": args.warmup,
         "synthetic_pairs": true,
+        "channels_last": cfg.performance.channels_last,
+        "cudnn_benchmark": cfg.performance.cudnn_benchmark,
     });
     let cuda_note = "CUDA allocator peak not reachable through tch";
     let reset = !device.is_cuda() && reset_peak_rss();
@@ -278,7 +280,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             m.insert("overhead".into(), json!(median / b));
         }
         let mut t = format!(
-            "{} step, {} ({} parameters), batch {}, {} on {}: {}\n\
+            "{} step, {} ({} parameters), batch {}, {} on {}{}: {}\n\
              synthetic pairs in memory{}\n\
              {:.1} ms/step (median; min {:.1}, max {:.1} over {} steps after {} warm-up), {:.2} images/s\n\
              shares: batch {:.1} %, forward {:.1} %, backward {:.1} %, optimizer+EMA {:.1} %\n",
@@ -288,6 +290,12 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             args.batch,
             format!("{:?}", args.precision).to_lowercase(),
             args.device,
+            match (cfg.performance.channels_last, cfg.performance.cudnn_benchmark) {
+                (false, false) => "",
+                (true, false) => ", channels-last",
+                (false, true) => ", cuDNN autotuning",
+                (true, true) => ", channels-last, cuDNN autotuning",
+            },
             r.objective,
             if r.random_lpips {
                 "; LPIPS weights not installed: random LPIPS weights"

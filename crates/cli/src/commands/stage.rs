@@ -120,6 +120,10 @@ pub fn context(args: &StageArgs, what: &str) -> Result<StageCtx> {
         choice = DeviceChoice::Cuda(launch.local_rank);
     }
     let device = choice.resolve()?;
+    config
+        .performance
+        .apply_globals(device)
+        .map_err(anyhow::Error::msg)?;
     let dist = if launch.is_distributed() && !args.dry_run {
         if device == tch::Device::Cpu
             && launch.local_world > 1

@@ -21,6 +21,7 @@ mod fidelity;
 mod optim;
 mod overrides;
 mod pairs;
+mod performance;
 mod reflow;
 mod resources;
 mod train;
@@ -34,6 +35,7 @@ pub use fidelity::{is_gaussian, is_standard};
 pub use optim::{Autocast, GradGuard, OptimConfig, WarmupRule};
 pub use overrides::parse_with_overrides;
 pub use pairs::{PairDirection, PairLabels, PairsConfig};
+pub use performance::PerformanceConfig;
 pub use reflow::{Init, LpipsHuberConfig, PairFlip, ReflowConfig};
 pub use slimflow_losses::LpipsTerm;
 pub use slimflow_metrics::features::FeatureChoice;
@@ -70,6 +72,11 @@ pub enum ConfigError {
     },
 }
 
+/// Whether `p` is the default (left out of the written config).
+fn is_default(p: &PerformanceConfig) -> bool {
+    *p == PerformanceConfig::default()
+}
+
 /// The whole pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,6 +89,9 @@ pub struct PipelineConfig {
     /// Device.
     #[serde(default)]
     pub device: DeviceChoice,
+    /// How the stages compute (layout, autotuning); not part of any stage's hash.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub performance: PerformanceConfig,
     /// Data.
     pub data: DataConfig,
     /// Teacher architecture: a preset name (`"edm-ddpmpp-cifar10"`) or a table (`arch = "ncsnpp"`, …).
@@ -127,6 +137,7 @@ impl PipelineConfig {
         let msg = "must be a plain directory name (no `/`, `..` or absolute path): the run goes to runs/<name>";
         check(&mut p, "name", plain, msg);
         note(&mut p, "model", self.model.validate());
+        p.extend(self.performance.problems(self.device));
         p.extend(self.data.problems());
         if matches!(self.data.resolve(), Ok(Target::Images(_))) {
             let ok = self.model.data_shape().len() == 3;

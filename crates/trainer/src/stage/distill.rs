@@ -38,6 +38,8 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         let mut student = Model::load(&rf2_path, ctx.device)?;
         let mut teacher = Model::load(&rf2_path, ctx.device)?;
         teacher.vs.freeze();
+        ctx.config.performance.prepare(&mut student);
+        ctx.config.performance.prepare(&mut teacher);
         let pairs = PairSource::open(&pairs_json, ctx.device, student.config())?;
         let source = SourceNoise(&cfg.data.source);
         let distance = build(dc.distance().build(ctx.device))?;

@@ -96,6 +96,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     run_stage_checked(ctx, "generate-pairs", hash, remove_damaged, |dir| {
         let mut teacher = Model::load(&teacher_path, ctx.device)?;
         teacher.set_precision(cfg.precision);
+        ctx.config.performance.prepare(&mut teacher);
         let shape = teacher.config().data_shape();
         let classes = teacher.config().label_dim();
         let label_source = cfg.label_source(classes);

@@ -60,6 +60,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         if let Some((path, _)) = &teacher {
             slimflow_tensor_io::load_strict(&mut model.vs, &slimflow_tensor_io::read(path)?, &[])?;
         }
+        cfg.performance.prepare(&mut model);
         tracing::info!(
             "reflow: 2-RF student with {} parameters ({:?} init)",
             model.num_params(),

@@ -100,7 +100,8 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
             reason: "no such model checkpoint".into(),
         });
     }
-    let model = Model::load(&path, ctx.device)?;
+    let mut model = Model::load(&path, ctx.device)?;
+    ctx.config.performance.prepare(&mut model);
     let shape = model.config().data_shape();
     let classes = model.config().label_dim();
     match (req.classes, classes) {

@@ -27,6 +27,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
     run_stage(ctx, "train", hash, |dir| {
         tch::manual_seed(stage_seed(cfg.seed, 1) as i64);
         let mut model = Model::new(&cfg.model, ctx.device)?;
+        cfg.performance.prepare(&mut model);
         tracing::info!("train: 1-RF with {} parameters", model.num_params());
         let objective = build(cfg.train.objective().build(ctx.device))?;
         let (n, device) = (cfg.train.batch_size, ctx.device);
