@@ -296,8 +296,9 @@ char* sfc10d_autocast_is_enabled(int device, int* enabled) {
 // kernels and roundings: on CUDA one launch per chunk of tensors instead of one per tensor; on the
 // CPU libtorch runs the per-tensor ops, those of the single-tensor code.
 //
-// The lists have `n` entries, all the same device and dtype (libtorch checks). The callers check
-// that the lists they pass have equal lengths.
+// The lists have `n` entries (the callers check that the lists they pass have equal lengths). One
+// device and dtype per list takes the multi-tensor kernels; otherwise libtorch runs its per-tensor
+// path, and what it cannot combine throws.
 
 char* sfc10d_foreach_adam(at::Tensor* const* params, at::Tensor* const* grads,
                           at::Tensor* const* exp_avgs, at::Tensor* const* exp_avg_sqs, size_t n,

@@ -6,8 +6,9 @@
 //! chunk of tensors instead of one per tensor, and nothing is read back to the host; on the CPU
 //! libtorch runs the per-tensor operations, those of torch's single-tensor code.
 //!
-//! The lists must have equal lengths (checked here) and share one device and dtype (checked by
-//! libtorch). Empty lists are a no-op.
+//! The lists must have equal lengths (checked here); tensors libtorch cannot combine are its
+//! error. One device and dtype per list takes the multi-tensor kernels, anything else libtorch's
+//! per-tensor path. Empty lists are a no-op.
 
 use tch::{Device, Kind, Tensor};
 

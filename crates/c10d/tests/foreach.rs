@@ -127,15 +127,63 @@ fn mismatched_lists_are_refused_not_read_past() {
     };
     let (mut m, mut v) = (copies(&p), copies(&p));
     assert!(foreach::adam(&p, &short, &mut m, &mut v, s).is_err());
-    // a list that mixes dtypes is libtorch's error, returned as one
-    let mixed = vec![
+    // pairs libtorch cannot combine (a shape mismatch) are its error, returned as one
+    let params = vec![
         Tensor::ones([2], (Kind::Float, Device::Cpu)),
-        Tensor::ones([2], (Kind::Double, Device::Cpu)),
+        Tensor::ones([2], (Kind::Float, Device::Cpu)),
     ];
     let shadow = vec![
         Tensor::ones([2], (Kind::Float, Device::Cpu)),
         Tensor::ones([3], (Kind::Float, Device::Cpu)),
     ];
-    let e = foreach::ema(&mut copies(&shadow), &mixed, 0.5).unwrap_err();
-    assert!(matches!(e, C10dError::Foreach { .. }), "{e}");
+    let e = foreach::ema(&mut copies(&shadow), &params, 0.5).unwrap_err();
+    assert!(matches!(e, C10dError::Foreach { op: "ema", .. }), "{e}");
+}
+
+#[test]
+fn foreach_on_cuda_matches_the_cpu_and_refuses_mixed_devices() {
+    if !tch::Cuda::is_available() {
+        eprintln!("SKIP foreach_on_cuda: no CUDA device visible");
+        return;
+    }
+    let cuda = Device::Cuda(0);
+    let on = |ts: &[Tensor]| -> Vec<Tensor> { ts.iter().map(|t| t.to_device(cuda)).collect() };
+    let back =
+        |ts: &[Tensor]| -> Vec<Tensor> { ts.iter().map(|t| t.to_device(Device::Cpu)).collect() };
+    let p = lists(11);
+    let g: Vec<Tensor> = lists(12).iter().map(|t| t * 1e-3).collect();
+    let m: Vec<Tensor> = lists(13).iter().map(|t| t * 1e-2).collect();
+    let v: Vec<Tensor> = lists(14).iter().map(|t| t.square() * 1e-4).collect();
+    let s = AdamStep {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        bias_correction2_sqrt: (1.0f64 - 0.999f64.powf(2.0)).sqrt(),
+        neg_step_size: -(1e-3 / (1.0 - 0.9f64.powf(2.0))),
+    };
+    let (cp, mut cm, mut cv) = (copies(&p), copies(&m), copies(&v));
+    foreach::adam(&cp, &g, &mut cm, &mut cv, s).unwrap();
+    let (gp, gg) = (on(&p), on(&g));
+    let (mut gm, mut gv) = (on(&m), on(&v));
+    foreach::adam(&gp, &gg, &mut gm, &mut gv, s).unwrap();
+    // the CUDA kernels round differently (fused multiply-adds): equal to float32 rounding
+    for (a, b) in back(&gp).iter().zip(&cp) {
+        let d = (a - b).abs().max().double_value(&[]);
+        assert!(
+            d < 1e-6,
+            "parameters differ by {d:e} between CUDA and the CPU"
+        );
+    }
+    let n_cpu = foreach::total_norm(&g).unwrap().double_value(&[]);
+    let n_cuda = foreach::total_norm(&gg).unwrap();
+    assert_eq!(n_cuda.device(), cuda, "the norm stays on the device");
+    assert!((n_cuda.double_value(&[]) - n_cpu).abs() <= 1e-6 * n_cpu);
+    // a list spanning two devices takes libtorch's per-tensor path or its error, never a crash
+    let mixed = vec![p[0].copy(), p[1].to_device(cuda)];
+    match foreach::zero(&mixed) {
+        Ok(()) => assert!(mixed
+            .iter()
+            .all(|t| t.abs().sum(Kind::Float).double_value(&[]) == 0.0)),
+        Err(e) => assert!(matches!(e, C10dError::Foreach { op: "zero", .. }), "{e}"),
+    }
 }
