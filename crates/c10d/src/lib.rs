@@ -104,7 +104,8 @@ pub enum C10dError {
     /// The autocast setting could not be read or written.
     #[error("autocast: {0}")]
     Autocast(String),
-    /// A multi-tensor operation was refused (list lengths, devices or dtypes that differ).
+    /// A multi-tensor operation was refused (list lengths that differ, tensors libtorch cannot
+    /// combine).
     #[error("multi-tensor {op}: {message}")]
     Foreach {
         /// The operation.

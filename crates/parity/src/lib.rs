@@ -305,21 +305,25 @@ fn recorded_threads(case: &Case<'_>) -> Result<Option<i32>> {
     }
 }
 
-/// Runs `body` with libtorch's intra-op threads set to `threads`, restoring the count after. The
-/// count is process-wide, so cases that set it run one at a time (no case restores another's count
-/// mid-run).
+/// Runs `body` with libtorch's intra-op threads set to `threads`, restoring the count after (also
+/// when `body` panics). The count is process-wide for the calling thread's work, so cases that set
+/// it run one at a time (no case restores another's count mid-run).
 fn with_threads<T>(threads: Option<i32>, body: impl FnOnce() -> T) -> T {
+    struct Restore(i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            tch::set_num_threads(self.0);
+        }
+    }
     static THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let Some(n) = threads else {
         return body();
     };
-    // a case that panicked while holding the lock leaves nothing to repair: the count is reset here
+    // a case that panicked while holding the lock restored its count on the way out
     let _held = THREADS.lock().unwrap_or_else(|e| e.into_inner());
-    let before = tch::get_num_threads();
+    let _restore = Restore(tch::get_num_threads());
     tch::set_num_threads(n);
-    let out = body();
-    tch::set_num_threads(before);
-    out
+    body()
 }
 
 /// Runs `body` for every run of the case, consuming its arguments, then fails on any argument left

@@ -55,7 +55,7 @@ impl Adam {
             beta1: self.beta1,
             beta2: self.beta2,
             eps: self.eps,
-            bias_correction2_sqrt: (1.0 - self.beta2.powf(t)).sqrt(),
+            bias_correction2_sqrt: (1.0 - self.beta2.powf(t)).powf(0.5),
             neg_step_size: -(lr / (1.0 - self.beta1.powf(t))),
         };
         let (mut p, mut g, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -100,7 +100,10 @@ fn grads(params: &[Tensor]) -> Vec<Tensor> {
 /// gradient norm before clipping (after zeroing for [`GradGuard::ZeroThenClip`]; possibly
 /// non-finite for [`GradGuard::ClipThenReplace`]).
 ///
-/// The clip is torch's `clip_grad_norm_`: coefficient min(1, max_norm/(norm + 1e-6)).
+/// The clip is torch's `clip_grad_norm_`: coefficient min(1, max_norm/(norm + 1e-6)), with the
+/// norm in the gradients' dtype as torch computes it, so a float32 norm whose squares overflow is
+/// +inf: the coefficient is then 0 (every entry zeroed) and [`GradGuard::SkipStep`] skips the
+/// step.
 pub fn guard_and_clip(params: &[Tensor], max_norm: f64, guard: GradGuard) -> Result<f64> {
     tch::no_grad(|| {
         let grads = grads(params);

@@ -425,10 +425,12 @@ impl LoopState {
         tch::no_grad(|| -> Result<()> {
             for (i, p) in self.params.iter().enumerate() {
                 let mut p = p.shallow_clone();
+                // copied into the tensors `new` made like the parameters, so they keep the
+                // parameters' layout (channels-last) and the multi-tensor kernels stay usable
                 p.f_copy_(&state.params[i].1.to_device(p.device()))?;
-                self.adam.m[i] = state.adam_m[i].to_device(p.device());
-                self.adam.v[i] = state.adam_v[i].to_device(p.device());
-                self.ema.values[i] = state.ema[i].to_device(p.device());
+                self.adam.m[i].f_copy_(&state.adam_m[i].to_device(p.device()))?;
+                self.adam.v[i].f_copy_(&state.adam_v[i].to_device(p.device()))?;
+                self.ema.values[i].f_copy_(&state.ema[i].to_device(p.device()))?;
             }
             Ok(())
         })?;
@@ -745,7 +747,7 @@ impl LossScale {
             .filter(|g| g.defined())
             .collect();
         if let Some(g) = grads.first() {
-            // the scale is a power of two, so 1/scale is exact in every float dtype
+            // as rfpp's `grad *= 1 / loss_scale`: 1/scale rounded to the gradients' dtype
             let inverse = Tensor::from(1.0 / self.value).to_device(g.device());
             slimflow_c10d::foreach::mul(&grads, &inverse.to_kind(g.kind()))?;
         }
@@ -816,6 +818,40 @@ mod tests {
         let end = train(dir.path(), &mut model, &settings, &objective, &mut batches).unwrap();
         assert_eq!(end, LoopEnd::Finished);
         sorted_variables(&model).1
+    }
+
+    #[test]
+    fn a_resumed_state_keeps_the_channels_last_layout() {
+        let arch = ArchConfig::preset("slimflow-3.4m").unwrap().cpu_sized();
+        let mut model = Model::new(&arch, Device::Cpu).unwrap();
+        model.to_channels_last();
+        let optim = OptimConfig::default();
+        let checkpoint = CheckpointConfig::default();
+        let settings = LoopSettings {
+            steps: 1,
+            optim: &optim,
+            checkpoint: &checkpoint,
+            seed: 1,
+            label: "test",
+            dist: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let st = LoopState::new(&model, &settings);
+        checkpointing::save_state(dir.path(), &st.state_ref().at(7)).unwrap();
+        let mut resumed = LoopState::new(&model, &settings);
+        assert_eq!(resumed.resume(dir.path(), "test").unwrap(), 7);
+        let nhwc = |t: &Tensor| t.dim() != 4 || t.size()[1] == 1 || t.stride()[1] == 1;
+        let convs = resumed.params.iter().filter(|p| p.dim() == 4).count();
+        assert!(convs > 0);
+        for (i, p) in resumed.params.iter().enumerate() {
+            let name = &resumed.names[i];
+            assert!(nhwc(p), "{name}");
+            assert!(
+                nhwc(&resumed.adam.m[i]) && nhwc(&resumed.adam.v[i]),
+                "{name} moments"
+            );
+            assert!(nhwc(&resumed.ema.values[i]), "{name} EMA");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `[performance]`: how the stages compute, not what. Results equal the defaults' up to float
-//! summation order, so these settings are not part of any stage's config hash: a run may resume
-//! with them changed.
+//! summation order and, in training with dropout, the dropout masks (drawn in memory order, so a
+//! different draw under channels-last). These settings are in no stage's config hash: a run may
+//! resume with them changed.
 
 use serde::{Deserialize, Serialize};
 
