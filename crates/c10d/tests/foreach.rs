@@ -29,19 +29,32 @@ fn copies(ts: &[Tensor]) -> Vec<Tensor> {
     ts.iter().map(|t| t.copy()).collect()
 }
 
-#[test]
-fn adam_is_the_single_tensor_update() {
-    let p = lists(1);
-    let g: Vec<Tensor> = lists(2).iter().map(|t| t * 1e-3).collect();
-    let m: Vec<Tensor> = lists(3).iter().map(|t| t * 1e-2).collect();
-    let v: Vec<Tensor> = lists(4).iter().map(|t| t.square() * 1e-4).collect();
-    let s = AdamStep {
+/// Parameters, gradients and moments of Adam's scales, from seeds `seed..seed + 4`.
+fn adam_inputs(seed: i64) -> [Vec<Tensor>; 4] {
+    let scaled = |s: i64, f: &dyn Fn(&Tensor) -> Tensor| lists(s).iter().map(f).collect();
+    [
+        lists(seed),
+        scaled(seed + 1, &|t| t * 1e-3),
+        scaled(seed + 2, &|t| t * 1e-2),
+        scaled(seed + 3, &|t| t.square() * 1e-4),
+    ]
+}
+
+/// The scalars of Adam's step `t` at `lr` (β = 0.9, 0.999; ε = 1e-8).
+fn adam_step(t: f64, lr: f64) -> AdamStep {
+    AdamStep {
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,
-        bias_correction2_sqrt: (1.0f64 - 0.999f64.powf(3.0)).sqrt(),
-        neg_step_size: -(2e-4 / (1.0 - 0.9f64.powf(3.0))),
-    };
+        bias_correction2_sqrt: (1.0f64 - 0.999f64.powf(t)).powf(0.5),
+        neg_step_size: -(lr / (1.0 - 0.9f64.powf(t))),
+    }
+}
+
+#[test]
+fn adam_is_the_single_tensor_update() {
+    let [p, g, m, v] = adam_inputs(1);
+    let s = adam_step(3.0, 2e-4);
     let (fp, mut fm, mut fv) = (copies(&p), copies(&m), copies(&v));
     foreach::adam(&fp, &g, &mut fm, &mut fv, s).unwrap();
     // torch's single-tensor Adam, tensor by tensor (tch's addcmul_/addcdiv_ take no value, so the
@@ -150,17 +163,8 @@ fn foreach_on_cuda_matches_the_cpu_and_refuses_mixed_devices() {
     let on = |ts: &[Tensor]| -> Vec<Tensor> { ts.iter().map(|t| t.to_device(cuda)).collect() };
     let back =
         |ts: &[Tensor]| -> Vec<Tensor> { ts.iter().map(|t| t.to_device(Device::Cpu)).collect() };
-    let p = lists(11);
-    let g: Vec<Tensor> = lists(12).iter().map(|t| t * 1e-3).collect();
-    let m: Vec<Tensor> = lists(13).iter().map(|t| t * 1e-2).collect();
-    let v: Vec<Tensor> = lists(14).iter().map(|t| t.square() * 1e-4).collect();
-    let s = AdamStep {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        bias_correction2_sqrt: (1.0f64 - 0.999f64.powf(2.0)).sqrt(),
-        neg_step_size: -(1e-3 / (1.0 - 0.9f64.powf(2.0))),
-    };
+    let [p, g, m, v] = adam_inputs(11);
+    let s = adam_step(2.0, 1e-3);
     let (cp, mut cm, mut cv) = (copies(&p), copies(&m), copies(&v));
     foreach::adam(&cp, &g, &mut cm, &mut cv, s).unwrap();
     let (gp, gg) = (on(&p), on(&g));
