@@ -11,7 +11,7 @@ use std::time::Instant;
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 use slimflow_losses::{normal_tensor, Batch, Lpips, LpipsConfig, Objective};
-use slimflow_models::Model;
+use slimflow_models::{ArchConfig, Model};
 use tch::{nn::OptimizerConfig, Device, Kind, Tensor};
 
 use crate::config::{CheckpointConfig, OptimConfig, PipelineConfig};
@@ -31,6 +31,15 @@ pub enum BenchStage {
 }
 
 impl BenchStage {
+    /// The network the stage trains and its section's optimizer settings.
+    fn section(self, cfg: &PipelineConfig) -> (&ArchConfig, &OptimConfig) {
+        match self {
+            BenchStage::Train => (&cfg.model, &cfg.train.optim),
+            BenchStage::Reflow => (cfg.student_arch(), &cfg.reflow.optim),
+            BenchStage::Distill => (cfg.student_arch(), &cfg.distill.optim),
+        }
+    }
+
     /// The stage's name.
     pub fn name(self) -> &'static str {
         match self {
@@ -106,11 +115,7 @@ pub fn bench_step(
             }
         }
     };
-    let (arch, section_optim) = match req.stage {
-        BenchStage::Train => (&cfg.model, &cfg.train.optim),
-        BenchStage::Reflow => (cfg.student_arch(), &cfg.reflow.optim),
-        BenchStage::Distill => (cfg.student_arch(), &cfg.distill.optim),
-    };
+    let (arch, section_optim) = req.stage.section(cfg);
     let optim = OptimConfig {
         autocast: req.autocast,
         ..section_optim.clone()
@@ -263,15 +268,11 @@ impl PlainStep {
         if req.batch == 0 {
             return Err(Error::Invalid("batch must be at least 1".into()));
         }
-        let (arch, lr) = match req.stage {
-            BenchStage::Train => (&cfg.model, cfg.train.optim.lr),
-            BenchStage::Reflow => (cfg.student_arch(), cfg.reflow.optim.lr),
-            BenchStage::Distill => (cfg.student_arch(), cfg.distill.optim.lr),
-        };
+        let (arch, optim) = req.stage.section(cfg);
         tch::manual_seed(0);
         let model = Model::new(arch, req.device)?;
         let pool = SyntheticPairs::new(&model, req.batch, req.device);
-        let opt = tch::nn::Adam::default().build(&model.vs, lr)?;
+        let opt = tch::nn::Adam::default().build(&model.vs, optim.lr)?;
         let n = req.batch as i64;
         let x1 = pool.x1.narrow(0, 0, n);
         let mut shape = vec![n];

@@ -88,7 +88,7 @@ pub fn warmup_lr(lr: f64, step: u64, warmup: u64, rule: WarmupRule) -> f64 {
 }
 
 /// The defined gradients of `params`.
-fn grads(params: &[Tensor]) -> Vec<Tensor> {
+pub(crate) fn grads(params: &[Tensor]) -> Vec<Tensor> {
     params
         .iter()
         .map(|p| p.grad())

@@ -176,6 +176,13 @@ fn clear_except(dir: &Path, keep: &Path) -> Result<()> {
 }
 
 impl StageCtx {
+    /// Loads a model checkpoint onto the stage's device, laid out as `[performance]` says.
+    pub fn load_model(&self, path: &Path) -> Result<slimflow_models::Model> {
+        let mut model = slimflow_models::Model::load(path, self.device)?;
+        self.config.performance.prepare(&mut model);
+        Ok(model)
+    }
+
     /// `<run>/<stage>`.
     pub fn stage_path(&self, stage: &str) -> PathBuf {
         self.run_dir.join(stage)

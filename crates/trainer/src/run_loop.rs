@@ -725,14 +725,10 @@ impl LossScale {
         if !self.enabled {
             return Ok(true);
         }
+        let grads = crate::optim::grads(params);
         // one read-back for all gradients
         let finite = tch::no_grad(|| {
-            let flags: Vec<Tensor> = params
-                .iter()
-                .map(|p| p.grad())
-                .filter(|g| g.defined())
-                .map(|g| g.isfinite().all())
-                .collect();
+            let flags: Vec<Tensor> = grads.iter().map(|g| g.isfinite().all()).collect();
             flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) != 0
         });
         if !finite {
@@ -741,11 +737,6 @@ impl LossScale {
             crate::optim::zero_grad(params)?;
             return Ok(false);
         }
-        let grads: Vec<Tensor> = params
-            .iter()
-            .map(|p| p.grad())
-            .filter(|g| g.defined())
-            .collect();
         if let Some(g) = grads.first() {
             // as rfpp's `grad *= 1 / loss_scale`: 1/scale rounded to the gradients' dtype
             let inverse = Tensor::from(1.0 / self.value).to_device(g.device());

@@ -35,11 +35,9 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         hash["source"] = json!(cfg.data.source);
     }
     run_stage(ctx, "distill", hash, |dir| {
-        let mut student = Model::load(&rf2_path, ctx.device)?;
-        let mut teacher = Model::load(&rf2_path, ctx.device)?;
+        let mut student = ctx.load_model(&rf2_path)?;
+        let mut teacher = ctx.load_model(&rf2_path)?;
         teacher.vs.freeze();
-        ctx.config.performance.prepare(&mut student);
-        ctx.config.performance.prepare(&mut teacher);
         let pairs = PairSource::open(&pairs_json, ctx.device, student.config())?;
         let source = SourceNoise(&cfg.data.source);
         let distance = build(dc.distance().build(ctx.device))?;

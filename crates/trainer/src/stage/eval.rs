@@ -174,8 +174,7 @@ fn toy_rows(
     let proj_seed = stage_seed(cfg.seed, 6);
     let mut rows = Vec::new();
     for f in found {
-        let mut model = Model::load(&f.path, ctx.device)?;
-        ctx.config.performance.prepare(&mut model);
+        let model = ctx.load_model(&f.path)?;
         let shape = model.config().data_shape();
         let (z, labels) = inputs(ctx, &model, &seeds)?;
         let field = model.eval_field(labels.as_ref());
@@ -359,8 +358,7 @@ fn image_rows(
     let seeds: Vec<u64> = (0..ec.samples as u64).map(|i| EVAL_SEED_BASE + i).collect();
     if !dir.writes() {
         for f in found {
-            let mut model = Model::load(&f.path, device)?;
-            ctx.config.performance.prepare(&mut model);
+            let model = ctx.load_model(&f.path)?;
             sampled_stats(ctx, &net, &model, &seeds, |_, _, _, _| Ok(()))?;
         }
         return Ok(Vec::new());
@@ -393,8 +391,7 @@ fn image_rows(
         images: set.batch(&grid_idx[..n_grid.min(COMPARISON_SAMPLES)]),
     }];
     for f in found {
-        let mut model = Model::load(&f.path, device)?;
-        ctx.config.performance.prepare(&mut model);
+        let model = ctx.load_model(&f.path)?;
         let mut progress = Progress::new(&format!("eval {}", f.name), 0, seeds.len() as u64);
         let s = slug(f.name);
         let mut firsts = Vec::new();

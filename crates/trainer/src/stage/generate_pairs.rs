@@ -13,7 +13,6 @@
 
 use serde_json::json;
 use slimflow_data::{seeded_labels, seeded_source, PairStore, PairStoreManifest};
-use slimflow_models::Model;
 use slimflow_sampling::solve;
 use tch::Tensor;
 
@@ -94,9 +93,9 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
         hash["source"] = json!(source);
     }
     run_stage_checked(ctx, "generate-pairs", hash, remove_damaged, |dir| {
-        let mut teacher = Model::load(&teacher_path, ctx.device)?;
+        // (the precision cast keeps the channels-last layout)
+        let mut teacher = ctx.load_model(&teacher_path)?;
         teacher.set_precision(cfg.precision);
-        ctx.config.performance.prepare(&mut teacher);
         let shape = teacher.config().data_shape();
         let classes = teacher.config().label_dim();
         let label_source = cfg.label_source(classes);

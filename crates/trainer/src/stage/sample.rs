@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use slimflow_data::{seeded_labels, seeded_source};
 use slimflow_metrics::plot;
-use slimflow_models::Model;
 use slimflow_sampling::{solve, SolverConfig};
 use tch::Tensor;
 
@@ -100,8 +99,7 @@ pub fn run(ctx: &StageCtx, req: &SampleRequest) -> Result<usize> {
             reason: "no such model checkpoint".into(),
         });
     }
-    let mut model = Model::load(&path, ctx.device)?;
-    ctx.config.performance.prepare(&mut model);
+    let model = ctx.load_model(&path)?;
     let shape = model.config().data_shape();
     let classes = model.config().label_dim();
     match (req.classes, classes) {
