@@ -170,29 +170,46 @@ pub fn run(args: &GpuCheckArgs) -> Result<()> {
         json!({"ran": false, "skipped": reason})
     };
 
-    // (b2) ProcessGroupNCCL: the c10d crate's tests built with the `nccl` feature (a 1-rank group
-    // on one GPU, 2 ranks on cuda:0 and cuda:1 with two or more).
+    // (b2) the CUDA build of the shim (`nccl` feature): the c10d crate's tests (ProcessGroupNCCL:
+    // a 1-rank group on one GPU, 2 ranks on cuda:0 and cuda:1 with two or more) and the trainer's
+    // CUDA tests that need it (ordinary steps under CUDA's sync debug mode "error").
     let nccl_tests = if cuda {
-        let status = crate::cargo()
-            .args([
+        let commands: [&[&str]; 2] = [
+            &[
                 "test",
                 "--release",
                 "-p",
                 "slimflow-c10d",
                 "--features",
                 "nccl",
-            ])
-            .current_dir(crate::root())
-            .status()
-            .context("starting cargo test -p slimflow-c10d --features nccl")?;
-        if !status.success() {
+            ],
+            &[
+                "test",
+                "--release",
+                "-p",
+                "slimflow-trainer",
+                "--features",
+                "nccl",
+                "--lib",
+                "--",
+                "cuda",
+            ],
+        ];
+        let mut runs = Vec::new();
+        for args in commands {
+            let line = format!("cargo {}", args.join(" "));
+            let status = crate::cargo()
+                .args(args)
+                .current_dir(crate::root())
+                .status()
+                .with_context(|| format!("starting {line}"))?;
+            runs.push(json!({"command": line, "passed": status.success()}));
+        }
+        let passed = runs.iter().all(|r| r["passed"] == true);
+        if !passed {
             failed.push("nccl_tests".to_string());
         }
-        json!({
-            "ran": true,
-            "passed": status.success(),
-            "command": "cargo test --release -p slimflow-c10d --features nccl",
-        })
+        json!({"ran": true, "passed": passed, "runs": runs})
     } else {
         let reason = "no CUDA GPU visible (nvidia-smi -L)";
         println!("NCCL tests skipped: {reason}");

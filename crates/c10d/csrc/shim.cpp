@@ -9,6 +9,7 @@
 // - Handles are opaque heap objects, created by `*_new` and destroyed by the matching `*_free`.
 // - Tensor arguments are `at::Tensor*` owned by the caller (tch's `Tensor::as_ptr`).
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -21,8 +22,10 @@
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/reducer.hpp>
 #ifdef SLIMFLOW_C10D_NCCL
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -264,6 +267,66 @@ char* sfc10d_barrier(void* group) {
   });
 }
 
+// DDP's gradient reducer over a group: each bucket of gradients is all-reduced (as a mean) from
+// the autograd engine as soon as its last gradient is accumulated, so communication overlaps the
+// rest of the backward pass, and the backward pass returns once every bucket is reduced. Buckets
+// as `DistributedDataParallel` makes them: `bucket_bytes` each, the first 1 MiB, in reverse
+// parameter order until the first iteration's gradient order rebuilds them.
+struct ReducerHandle {
+  std::unique_ptr<c10d::Reducer> reducer;
+};
+
+char* sfc10d_reducer_new(void* group, at::Tensor* const* params, size_t n, int64_t bucket_bytes,
+                         void** out) {
+  return guarded([&] {
+    auto* g = static_cast<GroupHandle*>(group);
+    auto p = tensor_list(params, n);
+    TORCH_CHECK(!p.empty(), "a gradient reducer needs at least one parameter");
+    TORCH_CHECK(bucket_bytes > 0, "the bucket size must be positive");
+    auto device = p[0].device().type();
+    auto type = device == c10::DeviceType::CUDA ? c10d::ProcessGroup::BackendType::NCCL
+                                                : c10d::ProcessGroup::BackendType::GLOO;
+    auto pg = c10::make_intrusive<c10d::ProcessGroup>(g->backend->getRank(),
+                                                      g->backend->getSize());
+    pg->setBackend(device, type, g->backend);
+    pg->setDefaultBackend(type);
+    std::vector<bool> dense(n, false);
+    auto first = static_cast<size_t>(c10d::kDefaultFirstBucketBytes);
+    auto [indices, limits] = c10d::compute_bucket_assignment_by_size(
+        p, {first, static_cast<size_t>(bucket_bytes)}, dense);
+    std::reverse(indices.begin(), indices.end());
+    std::vector<int64_t> caps(limits.rbegin(), limits.rend());
+    auto reducer = std::make_unique<c10d::Reducer>(
+        p, std::move(indices), pg, dense, bucket_bytes, /*find_unused_parameters=*/false,
+        /*gradient_as_bucket_view=*/false, std::unordered_map<size_t, std::string>{},
+        c10d::kDefaultFirstBucketBytes, /*skip_all_reduce_unused_params=*/false,
+        /*use_python_reducer=*/false, std::move(caps));
+    *out = new ReducerHandle{std::move(reducer)};
+  });
+}
+
+// Arms the reducer for the next backward pass (the last micro-batch of a step); `output` is the
+// loss that pass starts from.
+char* sfc10d_reducer_prepare(void* reducer, const at::Tensor* output) {
+  return guarded(
+      [&] { static_cast<ReducerHandle*>(reducer)->reducer->prepare_for_backward({*output}); });
+}
+
+// Rebuilds the buckets in the order gradients arrived, once, after the first reduced pass (a
+// broadcast from rank 0, so every rank must call it at the same point). *rebuilt: whether it did.
+char* sfc10d_reducer_rebuild(void* reducer, int* rebuilt) {
+  return guarded(
+      [&] { *rebuilt = static_cast<ReducerHandle*>(reducer)->reducer->rebuild_buckets() ? 1 : 0; });
+}
+
+// The destructor removes the autograd hooks; it may throw, and free has no one to report to.
+void sfc10d_reducer_free(void* reducer) {
+  try {
+    delete static_cast<ReducerHandle*>(reducer);
+  } catch (...) {
+  }
+}
+
 // dtype codes are c10::ScalarType values; device 0 = CPU, 1 = CUDA.
 static c10::DeviceType device_type(int device) {
   TORCH_CHECK(device == 0 || device == 1, "unknown device code ", device);
@@ -289,6 +352,20 @@ char* sfc10d_autocast_set_enabled(int device, int enabled) {
 char* sfc10d_autocast_is_enabled(int device, int* enabled) {
   return guarded(
       [&] { *enabled = at::autocast::is_autocast_enabled(device_type(device)) ? 1 : 0; });
+}
+
+// CUDA's synchronisation debug mode (`torch.cuda.set_sync_debug_mode`): 0 = off, 1 = warn,
+// 2 = error, in which a call that waits for the device (a blocking copy, `.item()`, a stream
+// synchronisation) throws. Process-wide. Needs the CUDA build of the shim.
+char* sfc10d_cuda_set_sync_debug_mode(int mode) {
+  return guarded([&] {
+    TORCH_CHECK(mode >= 0 && mode <= 2, "unknown sync debug mode ", mode);
+#ifdef SLIMFLOW_C10D_NCCL
+    c10::cuda::warning_state().set_sync_debug_mode(static_cast<c10::cuda::SyncDebugMode>(mode));
+#else
+    TORCH_CHECK(false, "slimflow-c10d was built without the `nccl` feature (no CUDA support)");
+#endif
+  });
 }
 
 // Multi-tensor operations, called exactly as torch 2.11's `_multi_tensor_adam`,
@@ -332,6 +409,17 @@ char* sfc10d_foreach_ema(at::Tensor* const* shadow, at::Tensor* const* params, s
     auto diff = at::_foreach_sub(s, tensor_list(params, n));
     at::_foreach_mul_(diff, weight);
     at::_foreach_sub_(s, diff);
+  });
+}
+
+// shadow <- shadow * decay + (1 - decay) * param, as `mul_(d).add_(p, alpha=1 - d)` (rfpp's EMA)
+char* sfc10d_foreach_ema_mul_add(at::Tensor* const* shadow, at::Tensor* const* params, size_t n,
+                                 double decay) {
+  return guarded([&] {
+    at::NoGradGuard no_grad;
+    auto s = tensor_list(shadow, n);
+    at::_foreach_mul_(s, decay);
+    at::_foreach_add_(s, tensor_list(params, n), 1.0 - decay);
   });
 }
 

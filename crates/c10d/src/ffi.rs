@@ -89,6 +89,17 @@ mod sys {
         pub fn sfc10d_autocast_get_dtype(device: c_int, dtype: *mut c_int) -> *mut c_char;
         pub fn sfc10d_autocast_set_enabled(device: c_int, enabled: c_int) -> *mut c_char;
         pub fn sfc10d_autocast_is_enabled(device: c_int, enabled: *mut c_int) -> *mut c_char;
+        pub fn sfc10d_cuda_set_sync_debug_mode(mode: c_int) -> *mut c_char;
+        pub fn sfc10d_reducer_new(
+            group: *mut c_void,
+            params: *const *mut c_void,
+            n: usize,
+            bucket_bytes: i64,
+            out: *mut *mut c_void,
+        ) -> *mut c_char;
+        pub fn sfc10d_reducer_prepare(reducer: *mut c_void, output: *mut c_void) -> *mut c_char;
+        pub fn sfc10d_reducer_rebuild(reducer: *mut c_void, rebuilt: *mut c_int) -> *mut c_char;
+        pub fn sfc10d_reducer_free(reducer: *mut c_void);
         pub fn sfc10d_foreach_adam(
             params: *const *mut c_void,
             grads: *const *mut c_void,
@@ -106,6 +117,12 @@ mod sys {
             params: *const *mut c_void,
             n: usize,
             weight: f64,
+        ) -> *mut c_char;
+        pub fn sfc10d_foreach_ema_mul_add(
+            shadow: *const *mut c_void,
+            params: *const *mut c_void,
+            n: usize,
+            decay: f64,
         ) -> *mut c_char;
         pub fn sfc10d_foreach_total_norm(
             tensors: *const *mut c_void,
@@ -302,6 +319,47 @@ impl RawGroup {
     }
 }
 
+/// Owned `c10d::Reducer` handle (`ReducerHandle*` in the shim).
+#[derive(Debug)]
+pub struct RawReducer(*mut c_void);
+
+// SAFETY: an owned heap object; the safe wrapper takes `&mut self` for every call, and the
+// reducer's own autograd hooks run inside backward passes, which it locks for.
+unsafe impl Send for RawReducer {}
+
+impl RawReducer {
+    pub fn new(group: &RawGroup, params: &[Tensor], bucket_bytes: i64) -> Result<Self, String> {
+        let ptrs = tensor_ptrs(params, params.len(), "params")?;
+        let mut out = ptr::null_mut();
+        // SAFETY: the group handle is live (the reducer keeps its own reference to the backend),
+        // `ptrs` holds `params.len()` live tensor handles (copied by the reducer) and `out` is a
+        // valid slot.
+        take_error(unsafe {
+            sys::sfc10d_reducer_new(group.0, ptrs.as_ptr(), ptrs.len(), bucket_bytes, &mut out)
+        })?;
+        Ok(Self(out))
+    }
+
+    pub fn prepare(&mut self, output: &Tensor) -> Result<(), String> {
+        // SAFETY: the reducer handle is live and `output` outlives the call.
+        take_error(unsafe { sys::sfc10d_reducer_prepare(self.0, tensor_ptr(output)) })
+    }
+
+    pub fn rebuild(&mut self) -> Result<bool, String> {
+        let mut out = 0;
+        // SAFETY: the reducer handle is live and `out` a valid slot.
+        take_error(unsafe { sys::sfc10d_reducer_rebuild(self.0, &mut out) })?;
+        Ok(out != 0)
+    }
+}
+
+impl Drop for RawReducer {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from `sfc10d_reducer_new` and is freed only here.
+        unsafe { sys::sfc10d_reducer_free(self.0) }
+    }
+}
+
 impl Drop for RawGroup {
     fn drop(&mut self) {
         // SAFETY: the handle came from `sfc10d_*_new` and is freed only here.
@@ -343,6 +401,11 @@ pub fn autocast_is_enabled(device: c_int) -> Result<bool, String> {
     // SAFETY: `out` is a valid slot.
     take_error(unsafe { sys::sfc10d_autocast_is_enabled(device, &mut out) })?;
     Ok(out != 0)
+}
+
+pub fn cuda_set_sync_debug_mode(mode: c_int) -> Result<(), String> {
+    // SAFETY: a plain integer; the shim validates it.
+    take_error(unsafe { sys::sfc10d_cuda_set_sync_debug_mode(mode) })
 }
 
 /// Pointers to the `at::Tensor`s of a list, checked to have `n` entries.
@@ -393,6 +456,14 @@ pub fn foreach_ema(shadow: &[Tensor], params: &[Tensor], weight: f64) -> Result<
     let p = tensor_ptrs(params, n, "params")?;
     // SAFETY: two arrays of `n` valid `at::Tensor*`, borrowed for this blocking call.
     take_error(unsafe { sys::sfc10d_foreach_ema(s.as_ptr(), p.as_ptr(), n, weight) })
+}
+
+pub fn foreach_ema_mul_add(shadow: &[Tensor], params: &[Tensor], decay: f64) -> Result<(), String> {
+    let n = shadow.len();
+    let s = tensor_ptrs(shadow, n, "shadow")?;
+    let p = tensor_ptrs(params, n, "params")?;
+    // SAFETY: two arrays of `n` valid `at::Tensor*`, borrowed for this blocking call.
+    take_error(unsafe { sys::sfc10d_foreach_ema_mul_add(s.as_ptr(), p.as_ptr(), n, decay) })
 }
 
 /// The 2-norm of all `tensors` as one vector, written into `out` (its handle is replaced).

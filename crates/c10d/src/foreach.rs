@@ -62,6 +62,15 @@ pub fn ema(shadow: &mut [Tensor], params: &[Tensor], weight: f64) -> Result<()> 
     crate::ffi::foreach_ema(shadow, params, weight).map_err(err("ema"))
 }
 
+/// shadow ← shadow·decay + (1 − decay)·params, element by element, as `mul_(decay)` then
+/// `add_(params, alpha = 1 − decay)` (rfpp's EMA).
+pub fn ema_mul_add(shadow: &mut [Tensor], params: &[Tensor], decay: f64) -> Result<()> {
+    if shadow.is_empty() && params.is_empty() {
+        return Ok(());
+    }
+    crate::ffi::foreach_ema_mul_add(shadow, params, decay).map_err(err("ema_mul_add"))
+}
+
 /// The 2-norm of all `tensors` taken as one vector, as `clip_grad_norm_` computes it (the norm
 /// of the stacked per-tensor norms), as a 0-dim tensor of their dtype left on their device; 0
 /// (float32, CPU) for an empty list.

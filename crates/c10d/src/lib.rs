@@ -9,7 +9,10 @@
 //! - [`ProcessGroup`]: `all_reduce`, [`ProcessGroup::all_reduce_bucketed`], `broadcast`,
 //!   `all_gather`, `barrier`. Every operation waits at most the group timeout; a dead or hung
 //!   peer surfaces as a [`C10dError::Collective`] naming the operation and the rank.
+//! - [`GradReducer`]: c10d's `Reducer`, DDP's bucketed gradient all-reduce that overlaps the
+//!   backward pass.
 //! - [`autocast`]: libtorch's per-device autocast dtype and enable flag.
+//! - [`cuda`]: CUDA's synchronisation debug mode, which proves a loop never waits for the GPU.
 //! - [`foreach`]: torch's multi-tensor optimizer operations (Adam, EMA, total norm, scaling).
 //!
 //! All `unsafe` code lives in the private `ffi` module.
@@ -104,6 +107,9 @@ pub enum C10dError {
     /// The autocast setting could not be read or written.
     #[error("autocast: {0}")]
     Autocast(String),
+    /// A CUDA setting could not be made (a build without the `nccl` feature has no CUDA part).
+    #[error("cuda: {0}")]
+    Cuda(String),
     /// A multi-tensor operation was refused (list lengths that differ, tensors libtorch cannot
     /// combine).
     #[error("multi-tensor {op}: {message}")]
@@ -479,6 +485,67 @@ impl ProcessGroup {
     }
 }
 
+impl ProcessGroup {
+    /// c10d's `Reducer` (the engine of `DistributedDataParallel`) over this group for `params`:
+    /// during each backward pass armed with [`GradReducer::prepare_for_backward`], every bucket of
+    /// gradients (`bucket_bytes` each, the first 1 MiB) is all-reduced as a mean from the autograd
+    /// engine once its last gradient is accumulated, overlapping the rest of the pass, which
+    /// returns with every gradient averaged. Unarmed passes only accumulate (gradient
+    /// accumulation). Every parameter must receive a gradient in every armed pass.
+    pub fn grad_reducer(&self, params: &[Tensor], bucket_bytes: usize) -> Result<GradReducer> {
+        let bytes = i64::try_from(bucket_bytes).unwrap_or(i64::MAX);
+        let raw = ffi::RawReducer::new(&self.raw, params, bytes).map_err(self.err("reducer"))?;
+        Ok(GradReducer {
+            raw,
+            group: (self.backend, self.rank, self.world_size, self.timeout),
+        })
+    }
+}
+
+/// A c10d `Reducer` made by [`ProcessGroup::grad_reducer`]. Dropping it removes its autograd
+/// hooks.
+#[derive(Debug)]
+pub struct GradReducer {
+    raw: ffi::RawReducer,
+    /// The group's backend, rank, world size and timeout, for errors.
+    group: (&'static str, usize, usize, Duration),
+}
+
+impl GradReducer {
+    /// Arms the next backward pass, which starts from `loss`, to average the gradients.
+    pub fn prepare_for_backward(&mut self, loss: &Tensor) -> Result<()> {
+        self.raw
+            .prepare(loss)
+            .map_err(|m| self.err("prepare_for_backward", m))
+    }
+
+    /// After the first reduced pass, rebuilds the buckets in the order the gradients arrived
+    /// (once; a collective, so every rank calls it at the same point, before a forward pass).
+    /// Whether it rebuilt them.
+    pub fn rebuild_buckets(&mut self) -> Result<bool> {
+        self.raw
+            .rebuild()
+            .map_err(|m| self.err("rebuild_buckets", m))
+    }
+
+    /// The error of a backward pass this reducer armed (its all-reduce failed or timed out).
+    pub fn backward_error(&self, message: String) -> C10dError {
+        self.err("all_reduce of the gradients during backward", message)
+    }
+
+    fn err(&self, op: &'static str, message: String) -> C10dError {
+        let (backend, rank, world_size, timeout) = self.group;
+        C10dError::Collective {
+            op,
+            backend,
+            rank,
+            world_size,
+            timeout,
+            message,
+        }
+    }
+}
+
 /// Packs tensor indices into buckets: one list per bucket, each of one (dtype, device), in
 /// order, at most `bucket_bytes` unless a single tensor is larger. Returns (indices, bytes).
 fn buckets(tensors: &[Tensor], bucket_bytes: usize) -> Vec<(Vec<usize>, usize)> {
@@ -564,6 +631,33 @@ pub mod autocast {
     }
 }
 
+/// CUDA settings of libtorch that `tch` does not reach.
+pub mod cuda {
+    use super::{C10dError, Result};
+
+    /// What libtorch does when a call waits for the device (`torch.cuda.set_sync_debug_mode`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum SyncDebugMode {
+        /// Nothing (the default).
+        Off,
+        /// A warning per waiting call.
+        Warn,
+        /// The waiting call fails with an error (a panic in tch's non-`f_` methods).
+        Error,
+    }
+
+    /// Sets the process-wide synchronisation debug mode. Needs the `nccl` feature (the CUDA
+    /// build of the shim); without it this is an error, never a silent no-op.
+    pub fn set_sync_debug_mode(mode: SyncDebugMode) -> Result<()> {
+        let code = match mode {
+            SyncDebugMode::Off => 0,
+            SyncDebugMode::Warn => 1,
+            SyncDebugMode::Error => 2,
+        };
+        crate::ffi::cuda_set_sync_debug_mode(code).map_err(C10dError::Cuda)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,5 +672,20 @@ mod tests {
         ];
         let b = buckets(&ts, 160);
         assert_eq!(b, vec![(vec![0, 2], 120), (vec![3], 400), (vec![1], 80)]);
+    }
+
+    #[test]
+    fn the_cuda_sync_debug_mode_is_set_by_the_cuda_build_and_refused_by_the_others() {
+        // only Warn and Off: the mode is process-wide and other tests of this binary run at once
+        let set = cuda::set_sync_debug_mode(cuda::SyncDebugMode::Warn)
+            .and_then(|()| cuda::set_sync_debug_mode(cuda::SyncDebugMode::Off));
+        if ffi::nccl_compiled() {
+            set.unwrap();
+        } else {
+            match set {
+                Err(C10dError::Cuda(m)) => assert!(m.contains("`nccl` feature"), "{m}"),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
     }
 }

@@ -97,6 +97,18 @@ fn ema_norm_mul_and_zero_match_their_definitions() {
         .collect();
     assert_eq!(bits(&fs), bits(&single));
 
+    // s·d + (1 − d)·p; tch has no `add_` with alpha to write torch's exact rounding (fused on
+    // vectorised paths), so the bits are pinned by the trainer's EMA test on torch-recorded values
+    let mut fs = copies(&shadow);
+    foreach::ema_mul_add(&mut fs, &p, 0.75).unwrap();
+    for ((f, s), p) in fs.iter().zip(&shadow).zip(&p) {
+        let want = s * 0.75 + p * 0.25;
+        let err = (f - &want).abs().max().double_value(&[]);
+        let scale = want.abs().max().double_value(&[]).max(1.0);
+        assert!(err <= 2.0 * f64::from(f32::EPSILON) * scale, "{err}");
+    }
+    assert_ne!(bits(&fs), bits(&shadow), "the average moved");
+
     let norm = foreach::total_norm(&p).unwrap();
     assert_eq!(norm.size(), Vec::<i64>::new());
     let squares: f64 = p
@@ -118,6 +130,7 @@ fn ema_norm_mul_and_zero_match_their_definitions() {
     // empty lists do nothing
     foreach::zero(&[]).unwrap();
     foreach::ema(&mut [], &[], 0.5).unwrap();
+    foreach::ema_mul_add(&mut [], &[], 0.5).unwrap();
 }
 
 #[test]

@@ -184,6 +184,66 @@ fn scenario_failure(mode: &str) {
     std::process::exit(0);
 }
 
+/// DDP's reducer: an armed backward pass averages the gradients over the ranks, an unarmed one
+/// only accumulates, and the buckets are rebuilt once, after the first reduced pass.
+fn scenario_reducer() {
+    let (_store, mut pg) = connect();
+    let (rank, world) = (pg.rank(), pg.world_size());
+    // two parameters, each rank's gradient (r + 1)·base: d/dθ Σ θ·x = x
+    let w = Tensor::zeros([3, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let b = Tensor::zeros([5], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let params = [w.shallow_clone(), b.shallow_clone()];
+    let xw = Tensor::arange(12, (Kind::Float, Device::Cpu)).view([3, 4]) * (rank as f64 + 1.0);
+    let xb = Tensor::arange(5, (Kind::Float, Device::Cpu)) * (rank as f64 + 1.0) - 2.0;
+    let loss = || (&w * &xw).sum(Kind::Float) + (&b * &xb).sum(Kind::Float);
+    // mean over ranks of (r + 1) = (world + 1)/2; of (r + 1)·x − 2 likewise
+    let factor = (world as f64 + 1.0) / 2.0;
+    let want_w = Tensor::arange(12, (Kind::Float, Device::Cpu)).view([3, 4]) * factor;
+    let want_b = Tensor::arange(5, (Kind::Float, Device::Cpu)) * factor - 2.0;
+    let close = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]) < 1e-5;
+    let mut reducer = pg.grad_reducer(&params, 1 << 20).expect("reducer");
+    let mut rebuilt = Vec::new();
+    for step in 0..3 {
+        tch::no_grad(|| {
+            for p in &params {
+                let g = p.grad();
+                if g.defined() {
+                    let _ = g.shallow_clone().zero_();
+                }
+            }
+        });
+        rebuilt.push(reducer.rebuild_buckets().expect("rebuild"));
+        let accumulate = if step == 1 { 2 } else { 1 };
+        for k in 0..accumulate {
+            let l = loss();
+            if k + 1 == accumulate {
+                reducer.prepare_for_backward(&l).expect("prepare");
+            }
+            l.f_backward().expect("backward");
+        }
+        let n = accumulate as f64;
+        assert!(
+            close(&w.grad(), &(&want_w * n)),
+            "step {step}: {:?}",
+            f32s(&w.grad())
+        );
+        assert!(
+            close(&b.grad(), &(&want_b * n)),
+            "step {step}: {:?}",
+            f32s(&b.grad())
+        );
+    }
+    assert_eq!(rebuilt, vec![false, true, false]);
+    drop(reducer);
+    // without the reducer the hooks are gone: a pass keeps the local gradient
+    let _ = w.grad().zero_();
+    let _ = b.grad().zero_();
+    loss().backward();
+    assert!(close(&w.grad(), &xw));
+    pg.barrier().expect("barrier");
+    println!("RESULT ok rank={rank}");
+}
+
 /// Entry point of the worker processes; a no-op in the normal test run.
 #[test]
 fn worker_entry() {
@@ -192,6 +252,7 @@ fn worker_entry() {
     };
     match scenario.as_str() {
         "collectives" => scenario_collectives(),
+        "reducer" => scenario_reducer(),
         "mismatch" => scenario_mismatch(),
         "dies" | "hangs" => scenario_failure(&scenario),
         other => panic!("unknown scenario {other}"),
@@ -279,7 +340,11 @@ fn result_line(f: &Finished) -> &str {
 }
 
 fn collectives(world: usize) {
-    let out = run_group("collectives", world, Duration::from_secs(30));
+    all_ok("collectives", world);
+}
+
+fn all_ok(scenario: &str, world: usize) {
+    let out = run_group(scenario, world, Duration::from_secs(30));
     for (rank, f) in out.iter().enumerate() {
         assert_eq!(
             f.status,
@@ -290,6 +355,12 @@ fn collectives(world: usize) {
         );
         assert_eq!(result_line(f), format!("RESULT ok rank={rank}"));
     }
+}
+
+#[test]
+fn the_ddp_reducer_averages_armed_backward_passes_on_two_and_three_ranks() {
+    all_ok("reducer", 2);
+    all_ok("reducer", 3);
 }
 
 #[test]

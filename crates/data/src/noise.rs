@@ -3,7 +3,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::toy::Toy;
@@ -26,10 +26,10 @@ pub fn seeded_normal(seeds: &[u64], sample_shape: &[i64], device: Device) -> Ten
     }
     let mut shape = vec![seeds.len() as i64];
     shape.extend_from_slice(sample_shape);
-    Tensor::from_slice(&values)
-        .reshape(shape.as_slice())
-        .to_kind(Kind::Float)
-        .to_device(device)
+    slimflow_tensor_io::upload(
+        &Tensor::from_slice(&values).reshape(shape.as_slice()),
+        device,
+    )
 }
 
 /// Samples of the flow's source distribution, shape [seeds.len(), …sample_shape] (float32), row i
@@ -54,9 +54,10 @@ pub fn seeded_source(
                 .iter()
                 .flat_map(|&s| source.sample(&mut ChaCha20Rng::seed_from_u64(s), 1))
                 .collect();
-            Ok(Tensor::from_slice(&values)
-                .reshape([seeds.len() as i64, 2])
-                .to_device(device))
+            Ok(slimflow_tensor_io::upload(
+                &Tensor::from_slice(&values).reshape([seeds.len() as i64, 2]),
+                device,
+            ))
         }
     }
 }
@@ -75,12 +76,16 @@ pub fn seeded_labels(seeds: &[u64], classes: u32, device: Device) -> Result<Tens
             rng.gen_range(0..classes) as i64
         })
         .collect();
-    Ok(Tensor::from_slice(&labels).to_device(device))
+    Ok(slimflow_tensor_io::upload(
+        &Tensor::from_slice(&labels),
+        device,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     #[test]
     fn each_row_depends_only_on_its_seed() {

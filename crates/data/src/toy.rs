@@ -165,9 +165,10 @@ impl Toy {
 
     /// `n` points as a float32 tensor [n, 2] on `device`.
     pub fn sample_tensor<R: Rng + ?Sized>(&self, rng: &mut R, n: usize, device: Device) -> Tensor {
-        Tensor::from_slice(&self.sample(rng, n))
-            .reshape([n as i64, 2])
-            .to_device(device)
+        slimflow_tensor_io::upload(
+            &Tensor::from_slice(&self.sample(rng, n)).reshape([n as i64, 2]),
+            device,
+        )
     }
 }
 

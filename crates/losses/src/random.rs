@@ -2,7 +2,7 @@
 
 use rand::{Rng, RngCore};
 use rand_distr::{Distribution, StandardNormal};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::error::Result;
 
@@ -15,10 +15,7 @@ pub fn normal_tensor<R: Rng + ?Sized>(rng: &mut R, shape: &[i64], device: Device
             x as f32
         })
         .collect();
-    Tensor::from_slice(&v)
-        .reshape(shape)
-        .to_kind(Kind::Float)
-        .to_device(device)
+    slimflow_tensor_io::upload(&Tensor::from_slice(&v).reshape(shape), device)
 }
 
 /// The flow's source distribution, from which objectives draw fresh noise (the flow-guided term's
@@ -42,5 +39,5 @@ impl NoiseSource for StandardGaussian {
 /// Float32 tensor [values.len()] on `device` from f64 values (e.g. sampled times).
 pub fn uniform_tensor(values: &[f64], device: Device) -> Tensor {
     let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
-    Tensor::from_slice(&v).to_device(device)
+    slimflow_tensor_io::upload(&Tensor::from_slice(&v), device)
 }

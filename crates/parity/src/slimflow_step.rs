@@ -239,7 +239,7 @@ fn reflow_step(case: &Case<'_>, run: &Value, args: &RunArgs<'_>) -> Result<Vec<K
     let terms = rf.loss_at(&model, &batch, &t)?;
     terms.total.backward();
     let mut adam = Adam::new(&optim, &params);
-    let mut ema = Ema::new(optim.ema_decay, optim.ema_warmup, &params);
+    let mut ema = Ema::for_optim(&optim, &params);
     ema.num_updates = before;
     update(&params, &mut adam, &mut ema, &optim, step, true)?;
     let loss = terms.total.detach();

@@ -1,5 +1,5 @@
 //! Safetensors files for tch: tensors with string metadata, atomic writes, SHA-256 of files, and
-//! strict loading into a [`nn::VarStore`].
+//! strict loading into a [`nn::VarStore`]; [`upload`] moves host tensors to CUDA without waiting.
 //!
 //! tch's `VarStore::load` silently ignores keys the model lacks and converts each variable to the
 //! file's dtype; [`load_strict`] instead reports every missing key, unexpected key and shape mismatch
@@ -7,8 +7,10 @@
 //! target, are synced, then renamed, so a crash never leaves a torn file under the final name.
 
 mod error;
+mod upload;
 
 pub use error::{Error, Result};
+pub use upload::upload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;

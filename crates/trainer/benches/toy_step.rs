@@ -54,7 +54,7 @@ fn training_step(c: &mut Criterion) {
                 .expect("loss");
             zero_grad(&params).expect("zero");
             terms.total.backward();
-            sanitize_and_clip(&params, 1.0).expect("clip");
+            let _ = sanitize_and_clip(&params, 1.0).expect("clip");
             adam.step(&params, 2e-4).expect("adam");
         })
     });

@@ -148,6 +148,7 @@ pub fn bench_step(
         seed: 12,
         label: "bench",
         dist: None,
+        grad_reduce: cfg.performance.grad_reduce,
     };
     let teacher;
     let distance;

@@ -8,8 +8,8 @@
 //! ([`slimflow_c10d::foreach`]), called as `_multi_tensor_adam` and the foreach `clip_grad_norm_`
 //! call them: one launch per chunk of tensors on CUDA, and on the CPU the per-tensor kernels of
 //! torch's single-tensor code, so a step is bit-identical to torch's on the same device and threads.
-//! The clip's coefficient is multiplied in on the device; the gradient norm is the step's one
-//! read-back of the gradients.
+//! The clip's coefficient is multiplied in on the device and the gradient norm stays there, so an
+//! update waits for the device only under [`GradGuard::SkipStep`], whose skip is a host decision.
 
 use slimflow_c10d::foreach::{self, AdamStep};
 use tch::Tensor;
@@ -97,18 +97,19 @@ pub(crate) fn grads(params: &[Tensor]) -> Vec<Tensor> {
 }
 
 /// Applies `guard` and the norm clip at `max_norm` (0: no clip) to the gradients; returns the
-/// gradient norm before clipping (after zeroing for [`GradGuard::ZeroThenClip`]; possibly
-/// non-finite for [`GradGuard::ClipThenReplace`]).
+/// gradient norm before clipping as a 0-dim tensor on the gradients' device (after zeroing for
+/// [`GradGuard::ZeroThenClip`]; possibly non-finite for [`GradGuard::ClipThenReplace`]).
 ///
 /// The clip is torch's `clip_grad_norm_`: coefficient min(1, max_norm/(norm + 1e-6)), with the
 /// norm in the gradients' dtype as torch computes it, so a float32 norm whose squares overflow is
 /// +inf: the coefficient is then 0 (every entry zeroed) and [`GradGuard::SkipStep`] skips the
-/// step.
-pub fn guard_and_clip(params: &[Tensor], max_norm: f64, guard: GradGuard) -> Result<f64> {
+/// step. The norm is read back to the host only by [`GradGuard::SkipStep`], whose decision is the
+/// host's (as rfpp's check before `optimizer.step()` is); the other guards run on the device.
+pub fn guard_and_clip(params: &[Tensor], max_norm: f64, guard: GradGuard) -> Result<Tensor> {
     tch::no_grad(|| {
         let grads = grads(params);
         if grads.is_empty() {
-            return Ok(0.0);
+            return Ok(Tensor::zeros([], (tch::Kind::Float, tch::Device::Cpu)));
         }
         if guard == GradGuard::ZeroThenClip {
             for g in &grads {
@@ -116,10 +117,8 @@ pub fn guard_and_clip(params: &[Tensor], max_norm: f64, guard: GradGuard) -> Res
             }
         }
         let norm = foreach::total_norm(&grads)?;
-        // the step's one read-back of the gradients
-        let norm_value = norm.double_value(&[]);
-        if guard == GradGuard::SkipStep && !norm_value.is_finite() {
-            return Ok(norm_value);
+        if guard == GradGuard::SkipStep && !norm.double_value(&[]).is_finite() {
+            return Ok(norm);
         }
         if max_norm > 0.0 {
             // torch: max_norm / (norm + 1e-6) as reciprocal·max_norm, clamped at 1 and always
@@ -133,24 +132,25 @@ pub fn guard_and_clip(params: &[Tensor], max_norm: f64, guard: GradGuard) -> Res
                 let _ = g.shallow_clone().nan_to_num_(0.0, 1e5, -1e5);
             }
         }
-        Ok(norm_value)
+        Ok(norm)
     })
 }
 
 /// Replaces NaN/±inf gradient entries by 0, then clips the global gradient norm to `max_norm`;
 /// returns the norm before clipping (after zeroing). [`guard_and_clip`] with
 /// [`GradGuard::ZeroThenClip`].
-pub fn sanitize_and_clip(params: &[Tensor], max_norm: f64) -> Result<f64> {
+pub fn sanitize_and_clip(params: &[Tensor], max_norm: f64) -> Result<Tensor> {
     guard_and_clip(params, max_norm, GradGuard::ZeroThenClip)
 }
 
 /// What one optimizer update did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug)]
 pub struct UpdateInfo {
     /// The learning rate used.
     pub lr: f64,
-    /// Gradient norm before clipping.
-    pub grad_norm: f64,
+    /// Gradient norm before clipping: a 0-dim tensor on the gradients' device, read back by the
+    /// caller when it logs.
+    pub grad_norm: Tensor,
 }
 
 /// The update of training step `step` (0-based) once its gradients are in place, in the order every
@@ -166,7 +166,8 @@ pub fn update(
 ) -> Result<UpdateInfo> {
     let grad_norm = guard_and_clip(params, cfg.grad_clip, cfg.grad_guard)?;
     let lr = warmup_lr(cfg.lr, step, cfg.warmup_steps, cfg.warmup_rule);
-    let skip = cfg.grad_guard == GradGuard::SkipStep && !grad_norm.is_finite();
+    // already read back by the guard: the value is on the host side of the wait
+    let skip = cfg.grad_guard == GradGuard::SkipStep && !grad_norm.double_value(&[]).is_finite();
     if apply && !skip {
         adam.step(params, lr)?;
         ema.update(params)?;
@@ -244,7 +245,7 @@ mod tests {
         for g in grads {
             zero_grad(&params).unwrap();
             (&p * Tensor::from_slice(&g)).sum(Kind::Float).backward();
-            guard_and_clip(&params, 1.0, GradGuard::ClipThenReplace).unwrap();
+            let _ = guard_and_clip(&params, 1.0, GradGuard::ClipThenReplace).unwrap();
             adam.step(&params, 1e-3).unwrap();
         }
         let bits = |t: &Tensor| -> Vec<u32> {
@@ -266,7 +267,7 @@ mod tests {
             .sum(Kind::Float)
             .backward();
         let norm = sanitize_and_clip(std::slice::from_ref(&p), 1.0).unwrap();
-        assert!((norm - 5.0).abs() < 1e-5);
+        assert!((norm.double_value(&[]) - 5.0).abs() < 1e-5);
         let g = Vec::<f32>::try_from(&p.grad()).unwrap();
         assert_eq!(g[0], 0.0);
         assert!((g[1] - 0.6).abs() < 1e-5 && (g[2] - 0.8).abs() < 1e-5);
@@ -294,21 +295,21 @@ mod tests {
             .backward();
         let norm =
             guard_and_clip(std::slice::from_ref(&p), 1.0, GradGuard::ClipThenReplace).unwrap();
-        assert!(norm.is_nan());
+        assert!(norm.double_value(&[]).is_nan());
         assert_eq!(Vec::<f32>::try_from(&p.grad()).unwrap(), vec![0.0; 3]);
         // +inf alone: the coefficient is 0, inf·0 = NaN → 0; the finite entries become 0 too.
         let q = Tensor::from_slice(&[1.0f32, 1.0]).set_requires_grad(true);
         (&q * Tensor::from_slice(&[f32::INFINITY, 2.0]))
             .sum(Kind::Float)
             .backward();
-        guard_and_clip(std::slice::from_ref(&q), 1.0, GradGuard::ClipThenReplace).unwrap();
+        let _ = guard_and_clip(std::slice::from_ref(&q), 1.0, GradGuard::ClipThenReplace).unwrap();
         assert_eq!(Vec::<f32>::try_from(&q.grad()).unwrap(), vec![0.0; 2]);
         // Without a clip, ±inf is replaced by ±1e5 and finite entries stay.
         let r = Tensor::from_slice(&[1.0f32, 1.0, 1.0]).set_requires_grad(true);
         (&r * Tensor::from_slice(&[f32::NEG_INFINITY, 2.0, f32::NAN]))
             .sum(Kind::Float)
             .backward();
-        guard_and_clip(std::slice::from_ref(&r), 0.0, GradGuard::ClipThenReplace).unwrap();
+        let _ = guard_and_clip(std::slice::from_ref(&r), 0.0, GradGuard::ClipThenReplace).unwrap();
         assert_eq!(
             Vec::<f32>::try_from(&r.grad()).unwrap(),
             vec![-1e5, 2.0, 0.0]
@@ -324,7 +325,7 @@ mod tests {
                 .sum(Kind::Float)
                 .backward();
             let n = guard_and_clip(std::slice::from_ref(&p), 1.0, guard).unwrap();
-            assert!((n - 5.0).abs() < 1e-6);
+            assert!((n.double_value(&[]) - 5.0).abs() < 1e-6);
             let g = Vec::<f32>::try_from(&p.grad()).unwrap();
             assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6);
         }
@@ -346,7 +347,7 @@ mod tests {
             .sum(Kind::Float)
             .backward();
         let info = update(&params, &mut adam, &mut ema, &cfg, 0, true).unwrap();
-        assert!(info.grad_norm.is_nan());
+        assert!(info.grad_norm.double_value(&[]).is_nan());
         assert_eq!(adam.t, 0);
         assert_eq!(ema.num_updates, 0);
         assert_eq!(Vec::<f32>::try_from(&p.detach()).unwrap(), vec![1.0, 1.0]);

@@ -155,6 +155,15 @@ impl Dist {
             .map_err(|e| self.lost("all_reduce of the gradients", e))
     }
 
+    /// c10d's DDP `Reducer` for `params` (25 MiB buckets): armed for a step's last backward pass,
+    /// it averages the gradients bucket by bucket while the pass runs ([`Dist::mean_grads`] does
+    /// the same after it).
+    pub fn grad_reducer(&self, params: &[Tensor]) -> Result<slimflow_c10d::GradReducer> {
+        self.lock()
+            .grad_reducer(params, DEFAULT_BUCKET_BYTES)
+            .map_err(|e| self.lost("creating the gradient reducer", e))
+    }
+
     /// The sum over ranks of `values` (float64).
     pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>> {
         let mut t = Tensor::from_slice(values).to_device(self.device);
@@ -269,7 +278,7 @@ impl Dist {
 
     /// The error for a failed collective `op`: finds the ranks that no longer answer by having
     /// every survivor check in on the store, and names them.
-    fn lost(&self, op: &str, err: slimflow_c10d::C10dError) -> Error {
+    pub(crate) fn lost(&self, op: &str, err: slimflow_c10d::C10dError) -> Error {
         let message = err.to_string();
         let gone = self.unanswered();
         Error::PeerLost {

@@ -2,8 +2,17 @@
 //!
 //! Per step: reseed libtorch's generator from (seed, step) (it only drives dropout), draw the batch and
 //! the objective's randomness from the loop's ChaCha20 generator, split it into `accumulate`
-//! micro-batches whose gradients add up, stop on a non-finite loss, then [`crate::optim::update`]:
-//! warm-up lr, the non-finite guard and the clip in the configured order, Adam, EMA. With `autocast`
+//! micro-batches whose gradients add up, then [`crate::optim::update`]: warm-up lr, the non-finite
+//! guard and the clip in the configured order, Adam, EMA.
+//!
+//! An ordinary step never waits for the device: its loss, loss terms and gradient norm stay there,
+//! and a device-side watch notes the first non-finite loss. They are read back, in one transfer, on
+//! the steps that log or where a hook acts (a checkpoint, a sample grid), and before an interrupt's
+//! state: a non-finite loss then stops the run naming its step, before anything after it is logged
+//! or saved. Three things still wait every step, each a host decision as in the reference code: the
+//! float16 loss scale's overflow check (torch's `GradScaler` with an unfused optimizer), the
+//! `skip_step` guard (rfpp's check before `optimizer.step()`), and on several ranks the reduction
+//! that lets them agree to stop. With `autocast`
 //! on CUDA the forward passes run under libtorch's autocast: in bfloat16, or in float16 with a
 //! dynamic loss scale (halved and the step skipped on overflow, doubled after `loss_scale_window`
 //! clean steps; from `loss_scale`, defaults 65536 and 2000; saved with the state). A run resumes
@@ -30,7 +39,7 @@ use tch::Tensor;
 use self::hooks::StateRef;
 pub use self::hooks::{Checkpoints, SampleGrid, StepHook, StepView};
 use crate::checkpointing;
-use crate::config::{CheckpointConfig, OptimConfig};
+use crate::config::{CheckpointConfig, GradReduce, OptimConfig};
 use crate::ema::Ema;
 use crate::error::{Error, Result};
 use crate::optim::{update, zero_grad, Adam, UpdateInfo};
@@ -54,6 +63,8 @@ pub struct LoopSettings<'a> {
     pub label: &'a str,
     /// The data-parallel job this process is a rank of, if any.
     pub dist: Option<&'a Dist>,
+    /// How its ranks average the gradients.
+    pub grad_reduce: GradReduce,
 }
 
 /// How a loop ended.
@@ -135,6 +146,11 @@ impl<'a> Observers<'a> {
         Ok(())
     }
 
+    /// Whether a hook acts after `step` of `steps` (sinks act on the logged steps).
+    fn acts_at(&self, step: u64, steps: u64) -> bool {
+        self.hooks.iter().any(|h| h.acts_at(step, steps))
+    }
+
     fn finish(&mut self, end: LoopEnd) -> Result<LoopEnd> {
         for sink in &mut self.sinks {
             sink.finish()?;
@@ -179,6 +195,9 @@ pub fn train_with(
     let mut st = LoopState::new(model, settings);
     let start = st.resume(&ckpt_dir, settings.label)?;
     if let Some(d) = dist {
+        if settings.grad_reduce == GradReduce::Overlap {
+            st.reducer = Some(d.grad_reducer(&st.params)?);
+        }
         let mut state = vec![start as f64];
         state.extend(st.checksum()?);
         d.check_identical("resumed step and state", start, &state)?;
@@ -194,53 +213,66 @@ pub fn train_with(
             p.finish();
         }
     };
+    // the newest loss read back, for the progress line
+    let mut shown: Option<f64> = None;
     for step in start..settings.steps {
         // on several ranks the request travels with the step's statistics, so all stop together
         if dist.is_none() && crate::interrupt::requested() {
+            // the state about to be saved must not follow a non-finite step
+            if let Some((bad, value)) = st.watch.first()? {
+                return Err(non_finite_loss(bad, value, &ckpt_dir, &st.names));
+            }
             return interrupted(&st, &ckpt_dir, step, settings, observers, writer);
         }
-        let (loss, parts, extra, UpdateInfo { lr, grad_norm }) =
-            match st.step(model, settings, objective, next_batch, step, None)? {
-                Stepped::Done {
-                    loss,
-                    parts,
-                    extra,
-                    info,
-                } => (loss, parts, extra, info),
-                Stepped::Interrupted => {
-                    finish_progress(&mut progress);
-                    return interrupted(&st, &ckpt_dir, step, settings, observers, writer);
-                }
-                Stepped::NonFinite(value) => {
-                    finish_progress(&mut progress);
-                    let checkpoint = checkpointing::latest_good(&ckpt_dir, &st.names).map(|g| g.0);
-                    return Err(Error::NonFiniteLoss {
-                        step,
-                        value,
-                        checkpoint,
-                    });
-                }
-            };
+        let out = match st.step(model, settings, objective, next_batch, step, None)? {
+            Stepped::Done(out) => out,
+            Stepped::Interrupted => {
+                finish_progress(&mut progress);
+                return interrupted(&st, &ckpt_dir, step, settings, observers, writer);
+            }
+            Stepped::NonFinite(value) => {
+                finish_progress(&mut progress);
+                return Err(non_finite_loss(step, value, &ckpt_dir, &st.names));
+            }
+        };
         let done = step + 1;
         let logged = done % settings.checkpoint.log_every.max(1) == 0 || done == settings.steps;
-        let record = logged.then(|| {
-            let mut fields = vec![("loss", loss), ("grad_norm", grad_norm), ("lr", lr)];
-            if st.scale.enabled {
-                fields.push(("loss_scale", st.scale.value));
+        // Reading the step's numbers waits for the device: only where something uses them, and
+        // then with the non-finite watch, so nothing is logged or saved after a non-finite loss.
+        let values = if logged || observers.acts_at(done, settings.steps) {
+            let values = out.read(&st.watch)?;
+            if let Some((bad, value)) = values.non_finite {
+                finish_progress(&mut progress);
+                return Err(non_finite_loss(bad, value, &ckpt_dir, &st.names));
             }
-            fields.extend(parts.iter().chain(&extra).copied());
-            fields
-        });
+            shown = Some(values.loss);
+            Some(values)
+        } else {
+            None
+        };
+        let record = match (&values, logged) {
+            (Some(v), true) => {
+                let mut fields = vec![("loss", v.loss), ("grad_norm", v.grad_norm), ("lr", out.lr)];
+                if st.scale.enabled {
+                    fields.push(("loss_scale", st.scale.value));
+                }
+                fields.extend(v.parts.iter().chain(&out.extra).copied());
+                Some(fields)
+            }
+            _ => None,
+        };
         if let (Some(d), true) = (dist, logged) {
             d.check_identical("parameters, Adam moments and EMA", done, &st.checksum()?)?;
         }
         if let Some(p) = progress.as_mut() {
-            p.set(done, || format!("loss {loss:.4}"));
+            p.set(done, || {
+                shown.map_or_else(String::new, |l| format!("loss {l:.4}"))
+            });
         }
         observers.after_step(&StepView {
             step: done,
             steps: settings.steps,
-            loss,
+            loss: values.as_ref().map(|v| v.loss),
             record: record.as_deref(),
             model,
             state: st.state_ref(),
@@ -285,20 +317,120 @@ fn interrupted(
     observers.finish(LoopEnd::Interrupted)
 }
 
+/// The error for a non-finite loss at `step` (0-based), naming the newest intact state.
+fn non_finite_loss(step: u64, value: f64, ckpt_dir: &Path, names: &[String]) -> Error {
+    Error::NonFiniteLoss {
+        step,
+        value,
+        checkpoint: checkpointing::latest_good(ckpt_dir, names).map(|g| g.0),
+    }
+}
+
 /// What one step did.
 enum Stepped {
-    /// The parameters were updated.
-    Done {
-        loss: f64,
-        parts: Vec<(&'static str, f64)>,
-        /// The batch function's own fields (e.g. β).
-        extra: Vec<(&'static str, f64)>,
-        info: UpdateInfo,
-    },
-    /// A micro-batch's loss was not finite; nothing was updated.
+    /// The parameters were updated (or the update was skipped by the loss scale or the guard).
+    Done(StepOut),
+    /// The ranks' mean loss was not finite; nothing was updated (several ranks only: one process
+    /// learns of a non-finite loss from its [`NonFiniteWatch`]).
     NonFinite(f64),
     /// A rank asked to stop; nothing was updated and the generator is back where the step began.
     Interrupted,
+}
+
+/// A done step's numbers, left on the device until a step that logs or saves reads them.
+struct StepOut {
+    /// The mean loss over the micro-batches (0-dim, float64).
+    loss: Tensor,
+    /// The objective's parts, likewise.
+    parts: Vec<(&'static str, Tensor)>,
+    /// The batch function's own fields (e.g. β).
+    extra: Vec<(&'static str, f64)>,
+    lr: f64,
+    /// The gradient norm before clipping (0-dim).
+    grad_norm: Tensor,
+}
+
+/// [`StepOut`] read back.
+struct StepValues {
+    loss: f64,
+    grad_norm: f64,
+    parts: Vec<(&'static str, f64)>,
+    /// The first non-finite step since the run (re)started and its loss.
+    non_finite: Option<(u64, f64)>,
+}
+
+impl StepOut {
+    /// Reads the step's numbers and `watch` back in one transfer.
+    fn read(&self, watch: &NonFiniteWatch) -> Result<StepValues> {
+        let mut all = vec![&self.loss, &self.grad_norm];
+        all.extend(self.parts.iter().map(|p| &p.1));
+        all.push(&watch.first);
+        let values = read_f64(&all)?;
+        let (head, watched) = values.split_at(values.len() - 2);
+        Ok(StepValues {
+            loss: head[0],
+            grad_norm: head[1],
+            parts: self
+                .parts
+                .iter()
+                .map(|p| p.0)
+                .zip(head[2..].iter().copied())
+                .collect(),
+            non_finite: (watched[0] >= 0.0).then_some((watched[0] as u64, watched[1])),
+        })
+    }
+}
+
+/// The values of `tensors` (any devices and dtypes, each flattened) as float64, in one transfer
+/// per device.
+fn read_f64(tensors: &[&Tensor]) -> Result<Vec<f64>> {
+    #[cfg(test)]
+    tests::READS.with(|r| r.set(r.get() + 1));
+    let Some(first) = tensors.first() else {
+        return Ok(Vec::new());
+    };
+    let device = first.device();
+    let flat: Vec<Tensor> = tensors
+        .iter()
+        .map(|t| t.to_device(device).to_kind(tch::Kind::Double).reshape([-1]))
+        .collect();
+    Ok(Vec::<f64>::try_from(
+        &Tensor::f_cat(&flat, 0)?.to_device(tch::Device::Cpu),
+    )?)
+}
+
+/// The first step whose loss was not finite, tracked on the device so that ordinary steps need
+/// no read-back: `[step, loss]`, step −1 while every loss was finite. The loop reads it with each
+/// step it logs or saves at, and before an interrupt's state.
+struct NonFiniteWatch {
+    first: Tensor,
+}
+
+impl NonFiniteWatch {
+    fn new(device: tch::Device) -> Self {
+        NonFiniteWatch {
+            first: Tensor::from_slice(&[-1.0f64, 0.0]).to_device(device),
+        }
+    }
+
+    /// Notes the loss of `step` (0-dim float64 on the watch's device).
+    fn observe(&mut self, step: u64, loss: &Tensor) {
+        tch::no_grad(|| {
+            let fresh = self
+                .first
+                .get(0)
+                .lt(0.0)
+                .logical_and(&loss.isfinite().logical_not());
+            let candidate = Tensor::stack(&[loss.full_like(step as f64), loss.shallow_clone()], 0);
+            self.first = candidate.where_self(&fresh, &self.first);
+        })
+    }
+
+    /// The first non-finite step and its loss, if there was one (a read-back).
+    fn first(&self) -> Result<Option<(u64, f64)>> {
+        let v = read_f64(&[&self.first])?;
+        Ok((v[0] >= 0.0).then_some((v[0] as u64, v[1])))
+    }
 }
 
 /// The loop's trainable state: the parameters (sorted by name), Adam, the EMA and the generator.
@@ -313,6 +445,9 @@ struct LoopState {
     scale: LossScale,
     /// The autocast dtype of the forward passes (CUDA only).
     autocast: Option<tch::Kind>,
+    watch: NonFiniteWatch,
+    /// On several ranks: c10d's DDP reducer, which averages the gradients during the backward pass.
+    reducer: Option<slimflow_c10d::GradReducer>,
 }
 
 impl LoopState {
@@ -343,17 +478,16 @@ impl LoopState {
             accumulate,
             (&self.scale, self.autocast),
             &mut self.rng,
-            settings.dist,
+            settings.dist.map(|d| (d, self.reducer.as_mut())),
             clock,
         )?;
-        let (mut loss, mut parts) = match pass {
-            Pass::Done { loss, parts } => (loss, parts),
-            Pass::NonFinite(value) => return Ok(Stepped::NonFinite(value)),
-        };
+        let (mut loss, mut parts) = pass;
         if let Some(d) = settings.dist {
-            // one reduction carries the loss terms and any rank's interrupt request
-            let mut values = vec![loss];
-            values.extend(parts.iter().map(|p| p.1));
+            // one reduction carries the loss terms and any rank's interrupt request (the ranks
+            // must agree on both, so this step reads back every step)
+            let mut all = vec![&loss];
+            all.extend(parts.iter().map(|p| &p.1));
+            let mut values = read_f64(&all)?;
             values.push(f64::from(u8::from(crate::interrupt::requested())));
             let sums = d.sum(&values)?;
             let w = d.world() as f64;
@@ -363,17 +497,22 @@ impl LoopState {
                 }
                 return Ok(Stepped::Interrupted);
             }
-            loss = sums[0] / w;
+            let mean = sums[0] / w;
+            if !mean.is_finite() {
+                return Ok(Stepped::NonFinite(mean));
+            }
+            loss = Tensor::from(mean);
             for (p, s) in parts.iter_mut().zip(&sums[1..]) {
-                p.1 = s / w;
+                p.1 = Tensor::from(s / w);
             }
-            if !loss.is_finite() {
-                return Ok(Stepped::NonFinite(loss));
+            if self.reducer.is_none() {
+                d.mean_grads(&self.params)?;
             }
-            d.mean_grads(&self.params)?;
+        } else {
+            self.watch.observe(step, &loss);
         }
         let stepped = self.scale.unscale(&self.params)?;
-        let info = update(
+        let UpdateInfo { lr, grad_norm } = update(
             &self.params,
             &mut self.adam,
             &mut self.ema,
@@ -381,12 +520,13 @@ impl LoopState {
             step,
             stepped,
         )?;
-        Ok(Stepped::Done {
+        Ok(Stepped::Done(StepOut {
             loss,
             parts,
             extra,
-            info,
-        })
+            lr,
+            grad_norm,
+        }))
     }
 
     fn new(model: &Model, settings: &LoopSettings<'_>) -> Self {
@@ -398,7 +538,7 @@ impl LoopState {
         let scale = LossScale::new(autocast == Some(tch::Kind::Half), settings.optim);
         let (names, params) = sorted_variables(model);
         let adam = Adam::new(settings.optim, &params);
-        let ema = Ema::new(settings.optim.ema_decay, settings.optim.ema_warmup, &params);
+        let ema = Ema::for_optim(settings.optim, &params);
         LoopState {
             names,
             params,
@@ -408,6 +548,8 @@ impl LoopState {
             rng: ChaCha20Rng::seed_from_u64(settings.seed),
             scale,
             autocast,
+            watch: NonFiniteWatch::new(model.vs.device()),
+            reducer: None,
         }
     }
 
@@ -492,22 +634,15 @@ impl LoopState {
     }
 }
 
-/// One step's forward and backward passes.
-enum Pass {
-    /// Gradients accumulated: the mean loss and loss terms over the micro-batches.
-    Done {
-        loss: f64,
-        parts: Vec<(&'static str, f64)>,
-    },
-    /// A micro-batch's loss was not finite (and got no backward pass).
-    NonFinite(f64),
-}
+/// One step's forward and backward passes: the mean loss and loss terms over the micro-batches
+/// (0-dim float64 tensors on the device).
+type Pass = (Tensor, Vec<(&'static str, Tensor)>);
 
 /// Runs `batch` as `accumulate` micro-batches (under autocast when `scale` is enabled), each loss
 /// multiplied by `scale / accumulate` before its backward pass so the gradients add up to the whole
 /// batch's. On a rank of `dist`, the objective draws for each whole micro-batch and the rank keeps
-/// its rows of batch and draws; a non-finite loss is then returned as the loss, for the ranks to
-/// agree on after the reduction.
+/// its rows of batch and draws. Nothing is read back: a non-finite loss gets its backward pass like
+/// any other, and the caller's watch (or the ranks' reduction) stops the run.
 #[allow(clippy::too_many_arguments)]
 fn backward(
     model: &Model,
@@ -516,9 +651,17 @@ fn backward(
     accumulate: usize,
     (scale, autocast): (&LossScale, Option<tch::Kind>),
     rng: &mut ChaCha20Rng,
-    dist: Option<&Dist>,
+    dist: Option<(&Dist, Option<&mut slimflow_c10d::GradReducer>)>,
     mut clock: Option<&mut PhaseClock>,
 ) -> Result<Pass> {
+    let (dist, mut reducer) = match dist {
+        Some((d, r)) => (Some(d), r),
+        None => (None, None),
+    };
+    if let (Some(d), Some(r)) = (dist, reducer.as_deref_mut()) {
+        // before the step's first forward pass, on every rank alike
+        r.rebuild_buckets().map_err(|e| reducer_error(d, e))?;
+    }
     let n = batch.x0.size().first().copied().unwrap_or(0);
     let ways = accumulate as i64 * dist.map_or(1, |d| d.world() as i64);
     if n % ways != 0 || n == 0 {
@@ -528,9 +671,12 @@ fn backward(
             dist.map_or(1, |d| d.world())
         )));
     }
-    let mut loss = 0.0;
-    let mut parts: Vec<(&'static str, f64)> = Vec::new();
-    for micro in split(batch, accumulate) {
+    let mut loss: Option<Tensor> = None;
+    let mut parts: Vec<(&'static str, Tensor)> = Vec::new();
+    let share = |t: &Tensor| t.detach().to_kind(tch::Kind::Double) / accumulate as f64;
+    let add =
+        |sum: Option<Tensor>, t: Tensor| Some(sum.map_or_else(|| t.shallow_clone(), |s| s + &t));
+    for (k, micro) in split(batch, accumulate).into_iter().enumerate() {
         let draws = objective.draw(model, &micro, rng)?;
         let (micro, draws) = match dist {
             Some(d) => {
@@ -546,32 +692,53 @@ fn backward(
         let terms = tch::autocast(autocast.is_some(), || {
             objective.loss_with(model, &micro, &draws)
         })?;
-        let value = terms.total.double_value(&[]);
         if let Some(c) = clock.as_deref_mut() {
             c.phases.forward += c.lap();
         }
-        if !value.is_finite() {
-            if dist.is_some() {
-                return Ok(Pass::Done {
-                    loss: value,
-                    parts: terms.parts,
-                });
+        let scaled = terms.total.to_kind(tch::Kind::Float) * (scale.value / accumulate as f64);
+        // the reducer averages during the last micro-batch's pass; the others only accumulate
+        match (dist, reducer.as_deref_mut()) {
+            (Some(d), Some(r)) if k + 1 == accumulate => {
+                r.prepare_for_backward(&scaled)
+                    .map_err(|e| reducer_error(d, e))?;
+                scaled.f_backward().map_err(|e| {
+                    d.lost(
+                        "all_reduce of the gradients",
+                        r.backward_error(e.to_string()),
+                    )
+                })?;
             }
-            return Ok(Pass::NonFinite(value));
+            _ => scaled.backward(),
         }
-        (terms.total.to_kind(tch::Kind::Float) * (scale.value / accumulate as f64)).backward();
         if let Some(c) = clock.as_deref_mut() {
             c.phases.backward += c.lap();
         }
-        loss += value / accumulate as f64;
+        loss = add(loss, share(&terms.total));
         for (k, v) in terms.parts {
+            let v = share(&v);
             match parts.iter_mut().find(|(name, _)| *name == k) {
-                Some(slot) => slot.1 += v / accumulate as f64,
-                None => parts.push((k, v / accumulate as f64)),
+                Some(slot) => slot.1 = &slot.1 + v,
+                None => parts.push((k, v)),
             }
         }
     }
-    Ok(Pass::Done { loss, parts })
+    let loss = loss.ok_or_else(|| Error::Invalid("a step without micro-batches".into()))?;
+    Ok((loss, parts))
+}
+
+/// The error of the DDP reducer: a parameter without a gradient in a reduced pass is the model's
+/// doing (the reducer's own message says which, by index in the sorted parameter list), anything
+/// else a lost peer.
+fn reducer_error(d: &Dist, e: slimflow_c10d::C10dError) -> Error {
+    let message = e.to_string();
+    if message.contains("did not receive grad") || message.contains("not used in producing loss") {
+        return Error::Invalid(format!(
+            "{message}\n(parameter indices count the parameters sorted by name.) A parameter that \
+             gets no gradient in some step stops the overlapped gradient reduction: set \
+             performance.grad_reduce = \"after_backward\""
+        ));
+    }
+    d.lost("the gradient reducer", e)
 }
 
 /// Wall time of one training step's phases, in seconds.
@@ -645,7 +812,8 @@ pub fn timed_steps(
     let mut out = Vec::with_capacity(steps as usize);
     for step in 0..warmup + steps {
         let mut clock = PhaseClock::new(device);
-        let stepped = st.step(
+        // one process: a done step (the watch sees a non-finite loss)
+        st.step(
             model,
             settings,
             objective,
@@ -653,19 +821,18 @@ pub fn timed_steps(
             step,
             Some(&mut clock),
         )?;
-        // the bench runs one process, so only a non-finite loss ends it early
-        if let Stepped::NonFinite(value) = stepped {
-            return Err(Error::NonFiniteLoss {
-                step,
-                value,
-                checkpoint: None,
-            });
-        }
         clock.phases.update = clock.lap();
         if step >= warmup {
             out.push(clock.phases);
         }
         between(step)?;
+    }
+    if let Some((step, value)) = st.watch.first()? {
+        return Err(Error::NonFiniteLoss {
+            step,
+            value,
+            checkpoint: None,
+        });
     }
     Ok(out)
 }
@@ -754,6 +921,11 @@ impl LossScale {
 mod tests {
     use super::*;
     use crate::sink::MemorySink;
+
+    thread_local! {
+        /// The loop's read-backs on this thread ([`read_f64`]).
+        pub(super) static READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
     use slimflow_losses::{PremetricConfig, Rf};
     use slimflow_models::ArchConfig;
     use slimflow_schedules::TimeDist;
@@ -789,6 +961,7 @@ mod tests {
             seed: 5,
             label: "test",
             dist: None,
+            grad_reduce: GradReduce::default(),
         };
         let objective = Rf {
             time: TimeDist::Uniform { eps: 1e-3 },
@@ -825,6 +998,7 @@ mod tests {
             seed: 1,
             label: "test",
             dist: None,
+            grad_reduce: GradReduce::default(),
         };
         let dir = tempfile::tempdir().unwrap();
         let st = LoopState::new(&model, &settings);
@@ -847,10 +1021,12 @@ mod tests {
 
     #[test]
     fn accumulated_micro_batches_train_like_the_whole_batch() {
+        // weights from the test's own generator: libtorch's global one moves with the other tests
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
         let init: Vec<Tensor> = sorted_variables(&model())
             .1
             .iter()
-            .map(|t| t.detach().copy())
+            .map(|t| slimflow_losses::normal_tensor(&mut rng, &t.size(), Device::Cpu) * 0.3)
             .collect();
         let whole = trained(1, &init);
         let split = trained(2, &init);
@@ -867,6 +1043,307 @@ mod tests {
             .zip(&whole)
             .any(|(a, b)| (a - b).abs().max().double_value(&[]) > 1e-5);
         assert!(moved);
+    }
+
+    /// A toy run of `steps` steps from `init` whose batch at step `nan_at` is NaN; the loop's
+    /// read-backs, the logged steps, the saved states and how it ended.
+    fn toy_run(
+        device: Device,
+        steps: u64,
+        (log_every, every): (u64, u64),
+        nan_at: Option<u64>,
+        hook: Option<&mut dyn StepHook>,
+    ) -> (u64, Vec<u64>, Vec<u64>, Result<LoopEnd>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), device).unwrap();
+        let optim = OptimConfig {
+            warmup_steps: 0,
+            ..OptimConfig::default()
+        };
+        let checkpoint = CheckpointConfig {
+            every,
+            log_every,
+            keep_last: 100,
+            ..CheckpointConfig::default()
+        };
+        let settings = LoopSettings {
+            steps,
+            optim: &optim,
+            checkpoint: &checkpoint,
+            seed: 5,
+            label: "test",
+            dist: None,
+            grad_reduce: GradReduce::default(),
+        };
+        let objective = Rf {
+            time: TimeDist::Uniform { eps: 1e-3 },
+            premetric: PremetricConfig::L2Squared {},
+        };
+        let mut batches = |rng: &mut ChaCha20Rng, step: u64| {
+            let x1 = slimflow_losses::normal_tensor(rng, &[8, 2], device);
+            let x0 = slimflow_losses::normal_tensor(rng, &[8, 2], device);
+            let x1 = if Some(step) == nan_at {
+                x1 * f64::NAN
+            } else {
+                x1
+            };
+            Ok((
+                Batch {
+                    x0,
+                    x1,
+                    labels: None,
+                },
+                Vec::new(),
+            ))
+        };
+        let mut sink = MemorySink::default();
+        let mut observers = Observers::default().sink(&mut sink).hook(Checkpoints::new(
+            dir.path().join("checkpoints"),
+            &checkpoint,
+        ));
+        if let Some(h) = hook {
+            observers = observers.hook(h);
+        }
+        READS.with(|r| r.set(0));
+        let end = train_with(
+            dir.path(),
+            &mut model,
+            &settings,
+            &objective,
+            &mut batches,
+            observers,
+        );
+        let logged = sink.records.iter().map(|r| r.0).collect();
+        let saved = checkpointing::list_states(&dir.path().join("checkpoints"));
+        (READS.with(|r| r.get()), logged, saved, end)
+    }
+
+    #[test]
+    fn ordinary_steps_read_nothing_back() {
+        // 12 steps, logging every 4, a state every 6: reads at 4, 6, 8, 12 only
+        let (reads, logged, saved, end) = toy_run(Device::Cpu, 12, (4, 6), None, None);
+        assert_eq!(end.unwrap(), LoopEnd::Finished);
+        assert_eq!(logged, vec![4, 8, 12]);
+        assert_eq!(saved, vec![6, 12]);
+        assert_eq!(reads, 4, "one read-back per step that logs or saves");
+    }
+
+    #[test]
+    fn ordinary_cuda_steps_never_wait_for_the_device() {
+        use slimflow_c10d::cuda::{set_sync_debug_mode, SyncDebugMode};
+        if !tch::Cuda::is_available() {
+            eprintln!("no CUDA device: skipped");
+            return;
+        }
+        const CHILD: &str = "SLIMFLOW_SYNC_FREE_CHILD";
+        let name = "run_loop::tests::ordinary_cuda_steps_never_wait_for_the_device";
+        if std::env::var_os(CHILD).is_none() {
+            // the debug mode is process-wide: run alone in a child process of this test binary
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("1 passed"), "{text}");
+            return;
+        }
+        if let Err(e) = set_sync_debug_mode(SyncDebugMode::Error) {
+            eprintln!("skipped: {e} (gpu-check runs this with `--features nccl`)");
+            return;
+        }
+        // the mode is in force: a blocking read-back fails
+        let probe = Tensor::ones([4], (Kind::Float, Device::Cuda(0)));
+        assert!(
+            probe.f_to_device(Device::Cpu).is_err(),
+            "sync debug mode not in force"
+        );
+        set_sync_debug_mode(SyncDebugMode::Off).unwrap();
+
+        /// Forbids waiting for the device after step 2 up to step 10 (nothing logs or saves there).
+        struct NoWaits;
+        impl StepHook for NoWaits {
+            fn acts_at(&self, _: u64, _: u64) -> bool {
+                false
+            }
+            fn after_step(&mut self, view: &StepView<'_>) -> Result<()> {
+                let mode = match view.step {
+                    2 => SyncDebugMode::Error,
+                    10 => SyncDebugMode::Off,
+                    _ => return Ok(()),
+                };
+                set_sync_debug_mode(mode).map_err(|e| Error::Invalid(e.to_string()))
+            }
+        }
+        let mut hook = NoWaits;
+        let (reads, logged, _, end) = toy_run(Device::Cuda(0), 12, (12, 0), None, Some(&mut hook));
+        set_sync_debug_mode(SyncDebugMode::Off).unwrap();
+        assert_eq!(end.unwrap(), LoopEnd::Finished);
+        assert_eq!((reads, logged), (1, vec![12]));
+    }
+
+    #[test]
+    fn a_hook_without_a_cadence_gets_the_loss_of_every_step() {
+        struct Losses(Vec<Option<f64>>);
+        impl StepHook for Losses {
+            fn after_step(&mut self, view: &StepView<'_>) -> Result<()> {
+                self.0.push(view.loss);
+                Ok(())
+            }
+        }
+        let mut hook = Losses(Vec::new());
+        let (reads, _, _, end) = toy_run(Device::Cpu, 5, (100, 0), None, Some(&mut hook));
+        assert_eq!(end.unwrap(), LoopEnd::Finished);
+        assert_eq!(reads, 5);
+        assert!(hook.0.iter().all(|l| l.is_some_and(f64::is_finite)));
+    }
+
+    #[test]
+    fn a_non_finite_loss_stops_the_run_before_anything_is_logged_or_saved_after_it() {
+        // NaN at step index 5 (the 6th step): the states at 2 and 4 stay, nothing from 6 on
+        let (reads, logged, saved, end) = toy_run(Device::Cpu, 20, (3, 2), Some(5), None);
+        match end {
+            Err(Error::NonFiniteLoss {
+                step,
+                value,
+                checkpoint,
+            }) => {
+                assert_eq!(step, 5);
+                assert!(value.is_nan());
+                let checkpoint = checkpoint.expect("the state of step 4");
+                assert!(checkpoint.to_string_lossy().contains('4'), "{checkpoint:?}");
+            }
+            other => panic!("expected NonFiniteLoss, got {other:?}"),
+        }
+        assert_eq!(logged, vec![3]);
+        assert_eq!(saved, vec![2, 4]);
+        // reads at 2, 3, 4 and at 6, where the stop is found
+        assert_eq!(reads, 4);
+    }
+
+    #[test]
+    fn overlapped_and_after_backward_reductions_train_two_ranks_alike() {
+        // two ranks as threads, 4 steps of 2 micro-batches from the same weights, each mode
+        let mut rng = ChaCha20Rng::seed_from_u64(21);
+        let init: Vec<Vec<f32>> = sorted_variables(&model())
+            .1
+            .iter()
+            .map(|t| {
+                let v = slimflow_losses::normal_tensor(&mut rng, &t.size(), Device::Cpu) * 0.3;
+                Vec::try_from(&v.flatten(0, -1)).unwrap()
+            })
+            .collect();
+        // `unused`: the model has a parameter no step gives a gradient
+        let train_mode = |mode: GradReduce, unused: bool| -> Result<Vec<Vec<f32>>> {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = tempfile::tempdir().unwrap();
+            let ranks: Vec<_> = (0..2)
+                .map(|rank| {
+                    let (init, path) = (init.clone(), dir.path().to_path_buf());
+                    std::thread::spawn(move || {
+                        let at = crate::parallel::Rendezvous {
+                            host: "127.0.0.1".into(),
+                            port,
+                            rank0_serves: true,
+                            attempt: 0,
+                        };
+                        let timeout = std::time::Duration::from_secs(60);
+                        let d = Dist::connect(&at, rank, 2, Device::Cpu, timeout).unwrap();
+                        let mut model = model();
+                        if unused {
+                            let _ = model.vs.root().zeros("unused", &[3]);
+                        }
+                        tch::no_grad(|| {
+                            for (p, v) in sorted_variables(&model).1.iter().zip(&init) {
+                                p.shallow_clone().copy_(&Tensor::from_slice(v).view_as(p));
+                            }
+                        });
+                        let optim = OptimConfig {
+                            warmup_steps: 0,
+                            accumulate: 2,
+                            lr: 1e-2,
+                            ..OptimConfig::default()
+                        };
+                        let checkpoint = CheckpointConfig {
+                            every: 0,
+                            log_every: 2,
+                            ..CheckpointConfig::default()
+                        };
+                        let settings = LoopSettings {
+                            steps: 4,
+                            optim: &optim,
+                            checkpoint: &checkpoint,
+                            seed: 9,
+                            label: "test",
+                            dist: Some(&d),
+                            grad_reduce: mode,
+                        };
+                        let objective = Rf {
+                            time: TimeDist::Uniform { eps: 1e-3 },
+                            premetric: PremetricConfig::L2Squared {},
+                        };
+                        let mut batches = |rng: &mut ChaCha20Rng, _: u64| {
+                            let x1 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
+                            let x0 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
+                            let batch = Batch {
+                                x0,
+                                x1,
+                                labels: None,
+                            };
+                            Ok((batch, Vec::new()))
+                        };
+                        let end = train_with(
+                            &path,
+                            &mut model,
+                            &settings,
+                            &objective,
+                            &mut batches,
+                            Observers::default(),
+                        )?;
+                        assert_eq!(end, LoopEnd::Finished);
+                        Ok::<_, Error>(
+                            sorted_variables(&model)
+                                .1
+                                .iter()
+                                .map(|t| Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap())
+                                .collect::<Vec<_>>(),
+                        )
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for h in ranks {
+                out.push(h.join().unwrap()?);
+            }
+            assert_eq!(out[0], out[1], "{mode:?}: the ranks' weights differ");
+            Ok(out.remove(0))
+        };
+        let overlap = train_mode(GradReduce::Overlap, false).unwrap();
+        let after = train_mode(GradReduce::AfterBackward, false).unwrap();
+        let diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+            a.iter()
+                .flatten()
+                .zip(b.iter().flatten())
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        assert!(diff(&overlap, &after) < 1e-6, "{}", diff(&overlap, &after));
+        assert!(diff(&overlap, &init) > 1e-3, "training moved the weights");
+        // a parameter without gradients stops the overlapped reduction with the fix named; the
+        // after-backward reduction trains on
+        let e = train_mode(GradReduce::Overlap, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("performance.grad_reduce = \"after_backward\""),
+            "{e}"
+        );
+        train_mode(GradReduce::AfterBackward, true).unwrap();
     }
 
     #[test]
@@ -995,13 +1472,11 @@ mod tests {
                 2,
                 (&scale, None),
                 &mut rng,
-                dist,
+                dist.map(|d| (d, None)),
                 None,
             )
             .unwrap();
-            let Pass::Done { loss, .. } = pass else {
-                panic!("finite loss expected")
-            };
+            let loss = pass.0.double_value(&[]);
             let params = sorted_variables(&model).1;
             if let Some(d) = dist {
                 d.mean_grads(&params).unwrap();
@@ -1104,6 +1579,7 @@ mod tests {
                 seed: 5,
                 label: "test",
                 dist: None,
+                grad_reduce: GradReduce::default(),
             };
             let mut batches = |rng: &mut ChaCha20Rng, step: u64| {
                 let x1 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);

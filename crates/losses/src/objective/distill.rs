@@ -80,16 +80,14 @@ impl Objective for Distill<'_> {
 
     fn loss_with(&self, student: &dyn Network, batch: &Batch, draws: &Draws) -> Result<LossTerms> {
         let distill = self.distill_term(student, batch)?;
-        let mut parts = vec![("distill", distill.double_value(&[]))];
-        let total = match &self.guide {
+        Ok(match &self.guide {
             Some((guide, weight)) => {
                 let g = guide.term_drawn(student, draws)?;
-                parts.push(("flow_guided", g.double_value(&[])));
-                distill + g * *weight
+                let total = &distill + &g * *weight;
+                LossTerms::new(total, vec![("distill", &distill), ("flow_guided", &g)])
             }
-            None => distill,
-        };
-        Ok(LossTerms { total, parts })
+            None => LossTerms::new(distill.shallow_clone(), vec![("distill", &distill)]),
+        })
     }
 }
 

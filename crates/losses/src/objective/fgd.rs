@@ -70,7 +70,10 @@ impl FlowGuided<'_> {
         let classes = student.label_dim();
         if classes > 0 {
             let l: Vec<i64> = (0..b).map(|_| rng.gen_range(0..classes)).collect();
-            draws.push(Tensor::from_slice(&l).to_device(x1.device()));
+            draws.push(slimflow_tensor_io::upload(
+                &Tensor::from_slice(&l),
+                x1.device(),
+            ));
         }
         Ok(Draws(draws))
     }

@@ -63,13 +63,13 @@ impl LpipsHuber {
             self.divide_by_one_minus_t,
         )?;
         let total = (&huber + &perceptual).mean(Kind::Float);
-        Ok(LossTerms {
-            parts: vec![
-                ("huber", huber.mean(Kind::Float).double_value(&[])),
-                ("lpips", perceptual.mean(Kind::Float).double_value(&[])),
-            ],
+        Ok(LossTerms::new(
             total,
-        })
+            vec![
+                ("huber", &huber.mean(Kind::Float)),
+                ("lpips", &perceptual.mean(Kind::Float)),
+            ],
+        ))
     }
 }
 

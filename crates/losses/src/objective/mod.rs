@@ -38,12 +38,37 @@ pub struct Batch {
 }
 
 /// A scalar loss to minimise and its named parts (batch means) for logging.
+///
+/// The parts stay on the loss's device as detached scalars: reading one back waits for the
+/// device, so a training loop reads them ([`LossTerms::values`]) only on the steps it logs.
 #[derive(Debug)]
 pub struct LossTerms {
     /// Scalar loss (with autograd graph to the student).
     pub total: Tensor,
-    /// Named batch-mean parts, e.g. `("distill", 0.012)`.
-    pub parts: Vec<(&'static str, f64)>,
+    /// Named batch-mean parts, e.g. `("distill", 0.012)`: detached 0-dim tensors.
+    pub parts: Vec<(&'static str, Tensor)>,
+}
+
+impl LossTerms {
+    /// `total` with `parts` detached from the graph.
+    pub fn new(total: Tensor, parts: Vec<(&'static str, &Tensor)>) -> Self {
+        let parts = parts.into_iter().map(|(k, v)| (k, v.detach())).collect();
+        LossTerms { total, parts }
+    }
+
+    /// The parts' values, read back from the device in one transfer.
+    pub fn values(&self) -> Result<Vec<(&'static str, f64)>> {
+        if self.parts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stacked: Vec<Tensor> = self
+            .parts
+            .iter()
+            .map(|(_, v)| v.to_kind(tch::Kind::Double).reshape([1]))
+            .collect();
+        let values = Vec::<f64>::try_from(&Tensor::cat(&stacked, 0).to_device(tch::Device::Cpu))?;
+        Ok(self.parts.iter().map(|p| p.0).zip(values).collect())
+    }
 }
 
 /// The random draws of one loss evaluation, each a tensor whose first dimension is the batch's.

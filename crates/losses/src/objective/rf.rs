@@ -27,11 +27,8 @@ impl Rf {
         let (path, v_hat) = velocity_on_path(student, batch, t)?;
         let per_sample = self.premetric.distance(&v_hat, &path.v)?;
         let total = per_sample.mean(Kind::Float);
-        let value = total.double_value(&[]);
-        Ok(LossTerms {
-            total,
-            parts: vec![("rf", value)],
-        })
+        let part = total.detach();
+        Ok(LossTerms::new(total, vec![("rf", &part)]))
     }
 }
 
@@ -82,7 +79,7 @@ mod tests {
             .square()
             .mean(Kind::Float)
             .double_value(&[]);
-        assert!((terms.parts[0].1 - manual).abs() < 1e-6);
+        assert!((terms.values().unwrap()[0].1 - manual).abs() < 1e-6);
         terms.total.backward();
         for (name, var) in m.vs.variables() {
             assert!(var.grad().defined(), "{name}");

@@ -196,8 +196,16 @@ mod tests {
         };
         let built = rf.build(Device::Cpu).unwrap();
         let rng = || ChaCha20Rng::seed_from_u64(4);
-        let a = built.loss(&m, &batch, &mut rng()).unwrap().parts;
-        let b = direct.loss(&m, &batch, &mut rng()).unwrap().parts;
+        let a = built
+            .loss(&m, &batch, &mut rng())
+            .unwrap()
+            .values()
+            .unwrap();
+        let b = direct
+            .loss(&m, &batch, &mut rng())
+            .unwrap()
+            .values()
+            .unwrap();
         assert_eq!(a, b);
         assert!(rf.weights().is_empty());
         assert_eq!(rf.describe(), "L1");
@@ -212,7 +220,11 @@ mod tests {
             time,
             divide_by_one_minus_t: true,
         };
-        let b = direct.loss(&m, &batch, &mut rng()).unwrap().parts;
+        let b = direct
+            .loss(&m, &batch, &mut rng())
+            .unwrap()
+            .values()
+            .unwrap();
         // the same network, handed to the builder
         let net = std::cell::RefCell::new(Some(direct.lpips));
         let loader = |config: LpipsConfig, _: Device| {
@@ -220,7 +232,11 @@ mod tests {
             Ok(net.borrow_mut().take().expect("loaded once"))
         };
         let built = lh.build_with(Device::Cpu, &loader).unwrap();
-        let a = built.loss(&m, &batch, &mut rng()).unwrap().parts;
+        let a = built
+            .loss(&m, &batch, &mut rng())
+            .unwrap()
+            .values()
+            .unwrap();
         assert_eq!(
             a.iter().map(|p| p.0).collect::<Vec<_>>(),
             ["huber", "lpips"]

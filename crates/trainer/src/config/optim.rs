@@ -42,6 +42,14 @@ pub struct OptimConfig {
     /// EMA decay warm-up min(ema_decay, (1 + n)/(10 + n)) over the n-th update of the stage
     /// (SlimFlow / score_sde); off: the fixed decay from the first update (rfpp).
     pub ema_warmup: bool,
+    /// The arithmetic of one EMA update (see [`EmaForm`]).
+    #[serde(skip_serializing_if = "EmaForm::is_default")]
+    pub ema_form: EmaForm,
+    /// rfpp's `--ema_after_steps k`: the EMA starts, as a copy of the parameters, at the first
+    /// update made after more than k completed ones (update k + 2) and follows the parameters
+    /// exactly before that. Unset: it starts from the initial weights at the first update.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ema_after_steps: Option<u64>,
     /// How the learning rate ramps up over `warmup_steps` (see [`WarmupRule`]).
     pub warmup_rule: WarmupRule,
     /// Order of the gradient-norm clip and the non-finite guard (see [`GradGuard`]).
@@ -107,6 +115,24 @@ impl<'de> Deserialize<'de> for Autocast {
     }
 }
 
+/// How one EMA update rounds: the references write the same average two ways, and over a run of
+/// 10⁵–10⁶ updates the roundings differ bit for bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmaForm {
+    /// s ← s − (1 − d)·(s − θ): score_sde's `ExponentialMovingAverage`, which SlimFlow uses.
+    #[default]
+    ScoreSde,
+    /// s ← s·d + (1 − d)·θ as `mul_(d).add_(θ, alpha = 1 − d)`: rfpp's `EMA.py`.
+    Rfpp,
+}
+
+impl EmaForm {
+    fn is_default(&self) -> bool {
+        *self == EmaForm::default()
+    }
+}
+
 /// The learning rate of update k (0-based) during the warm-up of W steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -154,6 +180,8 @@ impl Default for OptimConfig {
             ema_warmup: false,
             warmup_rule: WarmupRule::FromFirst,
             grad_guard: GradGuard::ZeroThenClip,
+            ema_form: EmaForm::ScoreSde,
+            ema_after_steps: None,
         }
     }
 }
@@ -179,6 +207,17 @@ impl OptimConfig {
         let ok = self.use_ema || !self.ema_warmup;
         let msg = "ema_warmup is set but use_ema = false (the EMA is not saved)";
         check(&mut p, &format!("{key}.ema_warmup"), ok, msg);
+        for (name, set) in [
+            ("ema_form", !self.ema_form.is_default()),
+            ("ema_after_steps", self.ema_after_steps.is_some()),
+        ] {
+            let msg = format!("{name} is set but use_ema = false (the EMA is not saved)");
+            check(&mut p, &format!("{key}.{name}"), self.use_ema || !set, &msg);
+        }
+        let ok = !(self.ema_warmup && self.ema_after_steps.is_some());
+        let msg = "ema_after_steps (rfpp's delayed start) and ema_warmup (score_sde's decay \
+                   schedule) are two different EMA schedules: set one";
+        check(&mut p, &format!("{key}.ema_after_steps"), ok, msg);
         for (name, set) in [
             ("loss_scale", self.loss_scale.is_some()),
             ("loss_scale_window", self.loss_scale_window.is_some()),
@@ -222,6 +261,24 @@ mod tests {
         assert!(e.contains("distill.optim.warmup_rule"), "{e}");
         let e = err(&["train.optim.use_ema=false", "train.optim.ema_warmup=true"]);
         assert!(e.contains("train.optim.ema_warmup"), "{e}");
+        // rfpp's EMA settings on an unsaved EMA, and its delayed start with score_sde's schedule
+        let e = err(&["train.optim.use_ema=false", "train.optim.ema_form=\"rfpp\""]);
+        assert!(
+            e.contains("train.optim.ema_form: ema_form is set but use_ema = false"),
+            "{e}"
+        );
+        let e = err(&[
+            "reflow.optim.use_ema=false",
+            "reflow.optim.ema_after_steps=1",
+        ]);
+        assert!(e.contains("reflow.optim.ema_after_steps"), "{e}");
+        let e = err(&[
+            "reflow.optim.ema_warmup=true",
+            "reflow.optim.ema_after_steps=1",
+        ]);
+        assert!(e.contains("two different EMA schedules"), "{e}");
+        let e = err(&["reflow.optim.ema_form=\"lerp\""]);
+        assert!(e.contains("ema_form") || e.contains("lerp"), "{e}");
         // A loss scale without float16 autocast scales nothing.
         let e = err(&["reflow.optim.loss_scale=32768.0"]);
         assert!(

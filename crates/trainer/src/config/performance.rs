@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::DeviceChoice;
 
-/// Layout and autotuning choices.
+/// Layout, autotuning and gradient-reduction choices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PerformanceConfig {
@@ -20,6 +20,28 @@ pub struct PerformanceConfig {
     /// once and the fastest algorithm kept. CUDA only.
     #[serde(default)]
     pub cudnn_benchmark: bool,
+    /// How the ranks of a data-parallel job average the gradients (see [`GradReduce`]).
+    #[serde(default, skip_serializing_if = "GradReduce::is_default")]
+    pub grad_reduce: GradReduce,
+}
+
+/// How the ranks of a data-parallel job average the gradients (one process: nothing to average).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GradReduce {
+    /// c10d's DDP `Reducer`: bucket by bucket during the backward pass, overlapping it. Every
+    /// parameter must receive a gradient in every step (as DDP without `find_unused_parameters`).
+    #[default]
+    Overlap,
+    /// One bucketed all-reduce after the backward pass: no overlap, and parameters without a
+    /// gradient are simply left out.
+    AfterBackward,
+}
+
+impl GradReduce {
+    fn is_default(&self) -> bool {
+        *self == GradReduce::default()
+    }
 }
 
 impl PerformanceConfig {

@@ -27,6 +27,14 @@ pub trait StepHook {
     /// Step `view.step` is done.
     fn after_step(&mut self, view: &StepView<'_>) -> Result<()>;
 
+    /// Whether [`StepHook::after_step`] does anything after `step` of `steps`. Where no hook (and
+    /// no sink) does, the loop leaves the step's numbers on the device rather than wait for it;
+    /// a hook that answers true gets them in [`StepView::loss`]. The default is every step.
+    fn acts_at(&self, step: u64, steps: u64) -> bool {
+        let _ = (step, steps);
+        true
+    }
+
     /// The run ended without error: all steps done and the final model written, or interrupted
     /// with a state saved.
     fn finish(&mut self, end: LoopEnd) -> Result<()> {
@@ -45,6 +53,10 @@ impl<H: StepHook + ?Sized> StepHook for &mut H {
         (**self).after_step(view)
     }
 
+    fn acts_at(&self, step: u64, steps: u64) -> bool {
+        (**self).acts_at(step, steps)
+    }
+
     fn finish(&mut self, end: LoopEnd) -> Result<()> {
         (**self).finish(end)
     }
@@ -56,8 +68,9 @@ pub struct StepView<'a> {
     pub step: u64,
     /// Steps of the whole run.
     pub steps: u64,
-    /// The step's loss (mean over its micro-batches).
-    pub loss: f64,
+    /// The step's loss (mean over its micro-batches), read back on the steps that log or where
+    /// a hook acts ([`StepHook::acts_at`]); `None` on the others.
+    pub loss: Option<f64>,
     /// What the metric sinks received at this step; `None` between logging steps.
     pub record: Option<&'a [(&'a str, f64)]>,
     /// The model being trained.
@@ -140,8 +153,12 @@ impl SampleGrid {
 }
 
 impl StepHook for SampleGrid {
+    fn acts_at(&self, step: u64, steps: u64) -> bool {
+        self.every > 0 && (step % self.every == 0 || step == steps)
+    }
+
     fn after_step(&mut self, view: &StepView<'_>) -> Result<()> {
-        if self.every > 0 && (view.step % self.every == 0 || view.is_last()) {
+        if self.acts_at(view.step, view.steps) {
             let grid = sample_grid(&self.stage_dir, view.model, view.step, self.solver_steps)?;
             if let (Some(tb), Some(grid)) = (&self.tensorboard, grid) {
                 tb.image("samples", view.step, &grid)?;
@@ -204,9 +221,13 @@ impl Checkpoints {
 }
 
 impl StepHook for Checkpoints {
+    fn acts_at(&self, step: u64, steps: u64) -> bool {
+        checkpointing::due(step, steps, self.every)
+    }
+
     fn after_step(&mut self, view: &StepView<'_>) -> Result<()> {
         // Only steps that save touch the file system.
-        if !checkpointing::due(view.step, view.steps, self.every) {
+        if !self.acts_at(view.step, view.steps) {
             return Ok(());
         }
         let existing = checkpointing::list_states(&self.dir);
@@ -265,7 +286,7 @@ mod tests {
             let view = StepView {
                 step,
                 steps: 3,
-                loss: 0.0,
+                loss: Some(0.0),
                 record: None,
                 model: &model,
                 state: StateRef {
@@ -306,7 +327,7 @@ mod tests {
         let view = |step| StepView {
             step,
             steps: 10,
-            loss: 0.0,
+            loss: Some(0.0),
             record: None,
             model: &model,
             state: StateRef {

@@ -52,6 +52,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             seed: stage_seed(cfg.seed, 13),
             label: "distill",
             dist: ctx.dist.as_deref(),
+            grad_reduce: cfg.performance.grad_reduce,
         };
         let end = run_loop::train(&dir.path, &mut student, &settings, &objective, &mut batches)?;
         Ok(training_outcome(dir, end))

@@ -243,7 +243,7 @@ impl PairSource {
         Ok(match self {
             PairSource::Memory(pairs) => {
                 let idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-                let idx = Tensor::from_slice(&idx).to_device(pairs.z.device());
+                let idx = slimflow_tensor_io::upload(&Tensor::from_slice(&idx), pairs.z.device());
                 Batch {
                     x0: pairs.z.index_select(0, &idx),
                     x1: pairs.x1.index_select(0, &idx),
@@ -253,9 +253,9 @@ impl PairSource {
             PairSource::Reader(reader, device) => {
                 let p = reader.get(&idx)?;
                 Batch {
-                    x0: p.z.to_device(*device),
-                    x1: p.x1.to_device(*device),
-                    labels: p.labels.map(|l| l.to_device(*device)),
+                    x0: slimflow_tensor_io::upload(&p.z, *device),
+                    x1: slimflow_tensor_io::upload(&p.x1, *device),
+                    labels: p.labels.map(|l| slimflow_tensor_io::upload(&l, *device)),
                 }
             }
         })
@@ -436,7 +436,7 @@ pub fn batch_flips(u: f64, n: usize, device: tch::Device) -> Tensor {
 /// A [B] boolean mask with each entry set with probability ½ by `rng`.
 pub(crate) fn coin_flips(rng: &mut ChaCha20Rng, n: usize, device: tch::Device) -> Tensor {
     let v: Vec<bool> = (0..n).map(|_| rng.gen::<bool>()).collect();
-    Tensor::from_slice(&v).to_kind(Kind::Bool).to_device(device)
+    slimflow_tensor_io::upload(&Tensor::from_slice(&v).to_kind(Kind::Bool), device)
 }
 
 #[cfg(test)]

@@ -81,6 +81,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             seed: stage_seed(cfg.seed, 12),
             label: "reflow",
             dist: ctx.dist.as_deref(),
+            grad_reduce: cfg.performance.grad_reduce,
         };
         let end = run_loop::train(&dir.path, &mut model, &settings, &*objective, &mut batches)?;
         dir.output("pairs_sha256", pairs_sha.clone());

@@ -68,9 +68,9 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
                         loader = Some(Loader::new(set.clone(), loader_cfg, start)?);
                     }
                     let images = loader.as_mut().expect("created above").next_batch()?;
-                    let x1 = images.x.to_device(device);
+                    let x1 = slimflow_tensor_io::upload(&images.x, device);
                     let labels = match images.labels {
-                        Some(l) if conditional => Some(l.to_device(device)),
+                        Some(l) if conditional => Some(slimflow_tensor_io::upload(&l, device)),
                         _ => None,
                     };
                     Batch {
@@ -90,6 +90,7 @@ pub fn run(ctx: &StageCtx) -> Result<StageOutcome> {
             seed: stage_seed(cfg.seed, 11),
             label: "train",
             dist: ctx.dist.as_deref(),
+            grad_reduce: cfg.performance.grad_reduce,
         };
         let end = run_loop::train(&dir.path, &mut model, &settings, &*objective, &mut batches)?;
         Ok(training_outcome(dir, end))
