@@ -16,7 +16,7 @@ use slimflow_losses::{Batch, Distill, DistillForm, FlowGuided, PremetricConfig, 
 use slimflow_models::ncsnpp::{NcsnppConfig, IGNORED_KEYS};
 use slimflow_models::{ArchConfig, Model};
 use slimflow_schedules::{noise_keep, RectifiedPath, TimeDist, TimeDistribution};
-use slimflow_trainer::config::{GradGuard, OptimConfig, WarmupRule};
+use slimflow_trainer::config::{EmaForm, GradGuard, OptimConfig, WarmupRule};
 use slimflow_trainer::ema::Ema;
 use slimflow_trainer::optim::{update, zero_grad, Adam};
 use slimflow_trainer::run_loop::sorted_variables;
@@ -37,6 +37,8 @@ pub struct Recipe {
     pub flow_guided_t: [f64; 2],
     /// The EMA decay warm-up.
     pub ema_warmup: bool,
+    /// How an EMA update rounds (`ema.py`'s s − (1 − d)(s − θ)).
+    pub ema_form: EmaForm,
     /// The learning-rate warm-up rule.
     pub warmup_rule: WarmupRule,
     /// The clip / non-finite order.
@@ -50,6 +52,7 @@ pub const RECIPE: Recipe = Recipe {
     time_eps: 1e-3,
     flow_guided_t: [0.2, 0.8],
     ema_warmup: true,
+    ema_form: EmaForm::ScoreSde,
     warmup_rule: WarmupRule::FromZero,
     grad_guard: GradGuard::ClipThenReplace,
     distill_form: DistillForm::Slimflow,
@@ -63,6 +66,7 @@ pub fn recipe_optim(lr: f64, warmup: u64, grad_clip: f64, ema_decay: f64) -> Opt
         grad_clip,
         ema_decay,
         ema_warmup: RECIPE.ema_warmup,
+        ema_form: RECIPE.ema_form,
         warmup_rule: RECIPE.warmup_rule,
         grad_guard: RECIPE.grad_guard,
         ..OptimConfig::default()

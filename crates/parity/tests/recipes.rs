@@ -10,7 +10,7 @@ use slimflow_sampling::edm::EdmSamplerConfig;
 use slimflow_sampling::rfpp::{RfppMethod, RfppSampler};
 use slimflow_sampling::SolverConfig;
 use slimflow_schedules::{Anneal, TimeDist};
-use slimflow_trainer::config::{GradGuard, Init, PairFlip, WarmupRule};
+use slimflow_trainer::config::{EmaForm, GradGuard, Init, PairFlip, WarmupRule};
 use slimflow_trainer::{load_config, PipelineConfig};
 
 fn recipe(name: &str) -> PipelineConfig {
@@ -32,6 +32,11 @@ fn slimflow_recipe_is_the_replayed_step() {
             "{stage}: EMA warm-up (ema.py)"
         );
         assert_eq!(o.ema_decay, 0.999_999, "{stage}: ema_rate");
+        assert_eq!(
+            (o.ema_form, o.ema_after_steps),
+            (RECIPE.ema_form, None),
+            "{stage}: ema.py's update, from the first step"
+        );
         assert_eq!(
             o.grad_guard, RECIPE.grad_guard,
             "{stage}: clip then nan_to_num"
@@ -85,6 +90,15 @@ fn rfpp_recipe_is_rfpp_train_py() {
     );
     assert!(!o.ema_warmup, "EMA.py: fixed decay");
     assert_eq!(o.ema_decay, 0.9999);
+    // EMA.py:58 mul_(d).add_(p, 1 - d); train.py:66, 170 `--ema_after_steps 1`
+    for (stage, o) in [
+        ("train", &cfg.train.optim),
+        ("reflow", o),
+        ("distill", &cfg.distill.optim),
+    ] {
+        assert_eq!(o.ema_form, EmaForm::Rfpp, "{stage}");
+        assert_eq!(o.ema_after_steps, Some(1), "{stage}");
+    }
     assert_eq!(o.warmup_rule, WarmupRule::FromZero);
     assert_eq!((o.lr, o.warmup_steps), (2e-4, 5000));
     assert_eq!((cfg.reflow.steps, cfg.reflow.batch_size), (800_000, 512));
