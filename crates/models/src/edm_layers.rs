@@ -253,9 +253,9 @@ impl Conv2d {
 pub(crate) fn positional_args(x: &Tensor, channels: i64, endpoint: bool) -> Tensor {
     let half = channels / 2;
     let i = Tensor::arange(half, (Kind::Float, x.device())) / (half - i64::from(endpoint)) as f64;
-    let freqs = Tensor::from(1.0f32 / 10_000.0)
-        .to_device(x.device())
-        .pow(&i);
+    // made on the device: a host scalar copied there would wait for the device every forward pass
+    let base = Tensor::full([], f64::from(1.0f32 / 10_000.0), (Kind::Float, x.device()));
+    let freqs = base.pow(&i);
     x.outer(&freqs)
 }
 
