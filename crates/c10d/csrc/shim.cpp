@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -270,8 +271,8 @@ char* sfc10d_barrier(void* group) {
 // DDP's gradient reducer over a group: each bucket of gradients is all-reduced (as a mean) from
 // the autograd engine as soon as its last gradient is accumulated, so communication overlaps the
 // rest of the backward pass, and the backward pass returns once every bucket is reduced. Buckets
-// as `DistributedDataParallel` makes them: `bucket_bytes` each, the first 1 MiB, in reverse
-// parameter order until the first iteration's gradient order rebuilds them.
+// as `DistributedDataParallel` makes them: one until the first pass, then `bucket_bytes` each
+// (the first 1 MiB) in the order the gradients arrived.
 struct ReducerHandle {
   std::unique_ptr<c10d::Reducer> reducer;
 };
@@ -283,6 +284,11 @@ char* sfc10d_reducer_new(void* group, at::Tensor* const* params, size_t n, int64
     auto p = tensor_list(params, n);
     TORCH_CHECK(!p.empty(), "a gradient reducer needs at least one parameter");
     TORCH_CHECK(bucket_bytes > 0, "the bucket size must be positive");
+    for (size_t i = 0; i < n; ++i) {
+      // the reducer hooks each tensor's gradient accumulator, which only trainable leaves have
+      TORCH_CHECK(p[i].requires_grad() && p[i].is_leaf(), "tensor ", i,
+                  " of a gradient reducer is not a trainable leaf (a buffer?)");
+    }
     auto device = p[0].device().type();
     auto type = device == c10::DeviceType::CUDA ? c10d::ProcessGroup::BackendType::NCCL
                                                 : c10d::ProcessGroup::BackendType::GLOO;
@@ -291,16 +297,17 @@ char* sfc10d_reducer_new(void* group, at::Tensor* const* params, size_t n, int64
     pg->setBackend(device, type, g->backend);
     pg->setDefaultBackend(type);
     std::vector<bool> dense(n, false);
-    auto first = static_cast<size_t>(c10d::kDefaultFirstBucketBytes);
+    // as DDP without unused-parameter detection: one bucket until the first pass shows the
+    // gradients' order, then `rebuild_buckets` cuts {1 MiB, bucket_bytes, ...} in that order
     auto [indices, limits] = c10d::compute_bucket_assignment_by_size(
-        p, {first, static_cast<size_t>(bucket_bytes)}, dense);
+        p, {std::numeric_limits<size_t>::max()}, dense);
+    (void)limits;
     std::reverse(indices.begin(), indices.end());
-    std::vector<int64_t> caps(limits.rbegin(), limits.rend());
     auto reducer = std::make_unique<c10d::Reducer>(
         p, std::move(indices), pg, dense, bucket_bytes, /*find_unused_parameters=*/false,
         /*gradient_as_bucket_view=*/false, std::unordered_map<size_t, std::string>{},
         c10d::kDefaultFirstBucketBytes, /*skip_all_reduce_unused_params=*/false,
-        /*use_python_reducer=*/false, std::move(caps));
+        /*use_python_reducer=*/false, std::vector<int64_t>{});
     *out = new ReducerHandle{std::move(reducer)};
   });
 }
@@ -312,8 +319,10 @@ char* sfc10d_reducer_prepare(void* reducer, const at::Tensor* output) {
       [&] { static_cast<ReducerHandle*>(reducer)->reducer->prepare_for_backward({*output}); });
 }
 
-// Rebuilds the buckets in the order gradients arrived, once, after the first reduced pass (a
-// broadcast from rank 0, so every rank must call it at the same point). *rebuilt: whether it did.
+// Checks that the last armed pass reduced every bucket (a parameter without a gradient leaves
+// one open), then rebuilds the buckets in the order gradients arrived, once, after the first
+// reduced pass (a broadcast from rank 0, so every rank must call it at the same point).
+// *rebuilt: whether it did.
 char* sfc10d_reducer_rebuild(void* reducer, int* rebuilt) {
   return guarded(
       [&] { *rebuilt = static_cast<ReducerHandle*>(reducer)->reducer->rebuild_buckets() ? 1 : 0; });
@@ -321,8 +330,15 @@ char* sfc10d_reducer_rebuild(void* reducer, int* rebuilt) {
 
 // The destructor removes the autograd hooks; it may throw, and free has no one to report to.
 void sfc10d_reducer_free(void* reducer) {
+  auto* h = static_cast<ReducerHandle*>(reducer);
+  if (h == nullptr) {
+    return;
+  }
+  // released first: a destructor that throws inside unique_ptr's (noexcept) one would terminate
+  c10d::Reducer* r = h->reducer.release();
+  delete h;
   try {
-    delete static_cast<ReducerHandle*>(reducer);
+    delete r;
   } catch (...) {
   }
 }

@@ -486,12 +486,14 @@ impl ProcessGroup {
 }
 
 impl ProcessGroup {
-    /// c10d's `Reducer` (the engine of `DistributedDataParallel`) over this group for `params`:
-    /// during each backward pass armed with [`GradReducer::prepare_for_backward`], every bucket of
-    /// gradients (`bucket_bytes` each, the first 1 MiB) is all-reduced as a mean from the autograd
-    /// engine once its last gradient is accumulated, overlapping the rest of the pass, which
-    /// returns with every gradient averaged. Unarmed passes only accumulate (gradient
-    /// accumulation). Every parameter must receive a gradient in every armed pass.
+    /// c10d's `Reducer` (the engine of `DistributedDataParallel`) over this group for `params`
+    /// (trainable leaves only, no buffers): during each backward pass armed with
+    /// [`GradReducer::prepare_for_backward`], every bucket of gradients is all-reduced as a mean
+    /// from the autograd engine once its last gradient is accumulated, overlapping the rest of the
+    /// pass, which returns with every gradient averaged. Buckets as DDP makes them: one until
+    /// the first pass, then `bucket_bytes` each (the first 1 MiB) in arrival order. Unarmed passes
+    /// only accumulate (gradient accumulation). Every parameter must receive a gradient in every
+    /// armed pass.
     pub fn grad_reducer(&self, params: &[Tensor], bucket_bytes: usize) -> Result<GradReducer> {
         let bytes = i64::try_from(bucket_bytes).unwrap_or(i64::MAX);
         let raw = ffi::RawReducer::new(&self.raw, params, bytes).map_err(self.err("reducer"))?;
@@ -519,9 +521,9 @@ impl GradReducer {
             .map_err(|m| self.err("prepare_for_backward", m))
     }
 
-    /// After the first reduced pass, rebuilds the buckets in the order the gradients arrived
-    /// (once; a collective, so every rank calls it at the same point, before a forward pass).
-    /// Whether it rebuilt them.
+    /// Call after each armed pass, on every rank at the same point: fails if the pass left a
+    /// bucket unreduced (a parameter got no gradient), and after the first pass rebuilds the
+    /// buckets in the order the gradients arrived (once; a collective). Whether it rebuilt them.
     pub fn rebuild_buckets(&mut self) -> Result<bool> {
         self.raw
             .rebuild()

@@ -212,7 +212,6 @@ fn scenario_reducer() {
                 }
             }
         });
-        rebuilt.push(reducer.rebuild_buckets().expect("rebuild"));
         let accumulate = if step == 1 { 2 } else { 1 };
         for k in 0..accumulate {
             let l = loss();
@@ -221,6 +220,7 @@ fn scenario_reducer() {
             }
             l.f_backward().expect("backward");
         }
+        rebuilt.push(reducer.rebuild_buckets().expect("rebuild"));
         let n = accumulate as f64;
         assert!(
             close(&w.grad(), &(&want_w * n)),
@@ -233,7 +233,11 @@ fn scenario_reducer() {
             f32s(&b.grad())
         );
     }
-    assert_eq!(rebuilt, vec![false, true, false]);
+    assert_eq!(rebuilt, vec![true, false, false]);
+    // a buffer (no gradient accumulator) is refused, not hooked
+    let buffer = Tensor::zeros([2], (Kind::Float, Device::Cpu));
+    let e = pg.grad_reducer(&[buffer], 1 << 20).unwrap_err().to_string();
+    assert!(e.contains("not a trainable leaf"), "{e}");
     drop(reducer);
     // without the reducer the hooks are gone: a pass keeps the local gradient
     let _ = w.grad().zero_();

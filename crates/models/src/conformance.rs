@@ -61,6 +61,20 @@ pub fn check(config: &ArchConfig, expected_params: Option<i64>) {
     (v * Tensor::randn(x.size().as_slice(), (Kind::Float, Device::Cpu)))
         .sum(Kind::Float)
         .backward();
+    // data-parallel training's DDP reducer waits for a gradient of every trainable parameter
+    let mut missing: Vec<String> = model
+        .vs
+        .variables()
+        .into_iter()
+        .filter(|(_, p)| p.requires_grad() && !p.grad().defined())
+        .map(|(n, _)| n)
+        .collect();
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "{name}: no gradient reaches {missing:?} (with several ranks, set \
+         performance.grad_reduce = \"after_backward\" for such a network)"
+    );
     let params = model.vs.trainable_variables();
     let reached = params
         .iter()

@@ -18,9 +18,11 @@ pub fn upload(host: &Tensor, device: Device) -> Tensor {
     if !device.is_cuda() || host.device() != Device::Cpu {
         return host.to_device(device);
     }
+    // `_pin_memory` always copies into a fresh staging block (`pin_memory` with a device argument
+    // would also print a deprecation warning per call)
     let staged = host
         .f_contiguous()
-        .and_then(|t| t.f_pin_memory(device))
+        .and_then(|t| t.f_internal_pin_memory(device))
         .and_then(|t| t.f_to_device_(device, t.kind(), true, false));
     staged.unwrap_or_else(|_| host.to_device(device))
 }
@@ -38,7 +40,9 @@ mod tests {
         if tch::Cuda::is_available() {
             devices.push(Device::Cuda(0));
             // the staged path is the one taken, not the blocking fallback
-            assert!(x.pin_memory(Device::Cuda(0)).is_pinned(Device::Cuda(0)));
+            assert!(x
+                .internal_pin_memory(Device::Cuda(0))
+                .is_pinned(Device::Cuda(0)));
         } else {
             eprintln!("no CUDA device: the upload is checked on the CPU only");
         }

@@ -106,10 +106,19 @@ pub(crate) fn grads(params: &[Tensor]) -> Vec<Tensor> {
 /// step. The norm is read back to the host only by [`GradGuard::SkipStep`], whose decision is the
 /// host's (as rfpp's check before `optimizer.step()` is); the other guards run on the device.
 pub fn guard_and_clip(params: &[Tensor], max_norm: f64, guard: GradGuard) -> Result<Tensor> {
+    Ok(guard_clip_decide(params, max_norm, guard)?.0)
+}
+
+/// [`guard_and_clip`], and whether [`GradGuard::SkipStep`] skips the update (decided from its one
+/// read-back of the norm).
+fn guard_clip_decide(params: &[Tensor], max_norm: f64, guard: GradGuard) -> Result<(Tensor, bool)> {
     tch::no_grad(|| {
         let grads = grads(params);
         if grads.is_empty() {
-            return Ok(Tensor::zeros([], (tch::Kind::Float, tch::Device::Cpu)));
+            return Ok((
+                Tensor::zeros([], (tch::Kind::Float, tch::Device::Cpu)),
+                false,
+            ));
         }
         if guard == GradGuard::ZeroThenClip {
             for g in &grads {
@@ -118,7 +127,7 @@ pub fn guard_and_clip(params: &[Tensor], max_norm: f64, guard: GradGuard) -> Res
         }
         let norm = foreach::total_norm(&grads)?;
         if guard == GradGuard::SkipStep && !norm.double_value(&[]).is_finite() {
-            return Ok(norm);
+            return Ok((norm, true));
         }
         if max_norm > 0.0 {
             // torch: max_norm / (norm + 1e-6) as reciprocal·max_norm, clamped at 1 and always
@@ -132,7 +141,7 @@ pub fn guard_and_clip(params: &[Tensor], max_norm: f64, guard: GradGuard) -> Res
                 let _ = g.shallow_clone().nan_to_num_(0.0, 1e5, -1e5);
             }
         }
-        Ok(norm)
+        Ok((norm, false))
     })
 }
 
@@ -164,10 +173,8 @@ pub fn update(
     step: u64,
     apply: bool,
 ) -> Result<UpdateInfo> {
-    let grad_norm = guard_and_clip(params, cfg.grad_clip, cfg.grad_guard)?;
+    let (grad_norm, skip) = guard_clip_decide(params, cfg.grad_clip, cfg.grad_guard)?;
     let lr = warmup_lr(cfg.lr, step, cfg.warmup_steps, cfg.warmup_rule);
-    // already read back by the guard: the value is on the host side of the wait
-    let skip = cfg.grad_guard == GradGuard::SkipStep && !grad_norm.double_value(&[]).is_finite();
     if apply && !skip {
         adam.step(params, lr)?;
         ema.update(params)?;

@@ -196,7 +196,14 @@ pub fn train_with(
     let start = st.resume(&ckpt_dir, settings.label)?;
     if let Some(d) = dist {
         if settings.grad_reduce == GradReduce::Overlap {
-            st.reducer = Some(d.grad_reducer(&st.params)?);
+            // the trainable ones: buffers have no gradient to reduce
+            let trainable: Vec<Tensor> = st
+                .params
+                .iter()
+                .filter(|p| p.requires_grad())
+                .map(|p| p.shallow_clone())
+                .collect();
+            st.reducer = Some(d.grad_reducer(&trainable)?);
         }
         let mut state = vec![start as f64];
         state.extend(st.checksum()?);
@@ -658,10 +665,7 @@ fn backward(
         Some((d, r)) => (Some(d), r),
         None => (None, None),
     };
-    if let (Some(d), Some(r)) = (dist, reducer.as_deref_mut()) {
-        // before the step's first forward pass, on every rank alike
-        r.rebuild_buckets().map_err(|e| reducer_error(d, e))?;
-    }
+
     let n = batch.x0.size().first().copied().unwrap_or(0);
     let ways = accumulate as i64 * dist.map_or(1, |d| d.world() as i64);
     if n % ways != 0 || n == 0 {
@@ -707,6 +711,9 @@ fn backward(
                         r.backward_error(e.to_string()),
                     )
                 })?;
+                // on every rank alike: a bucket left open (a parameter without a gradient) fails
+                // here, before the update; after the first step the buckets are rebuilt
+                r.rebuild_buckets().map_err(|e| reducer_error(d, e))?;
             }
             _ => scaled.backward(),
         }
@@ -733,8 +740,9 @@ fn reducer_error(d: &Dist, e: slimflow_c10d::C10dError) -> Error {
     let message = e.to_string();
     if message.contains("did not receive grad") || message.contains("not used in producing loss") {
         return Error::Invalid(format!(
-            "{message}\n(parameter indices count the parameters sorted by name.) A parameter that \
-             gets no gradient in some step stops the overlapped gradient reduction: set \
+            "{message}\n(parameter indices count the trainable parameters sorted by name.) A \
+             parameter that gets no gradient in some step stops the overlapped gradient reduction: \
+             set \
              performance.grad_reduce = \"after_backward\""
         ));
     }
@@ -906,8 +914,9 @@ impl LossScale {
         }
         if let Some(g) = grads.first() {
             // as rfpp's `grad *= 1 / loss_scale`: 1/scale rounded to the gradients' dtype
-            let inverse = Tensor::from(1.0 / self.value).to_device(g.device());
-            slimflow_c10d::foreach::mul(&grads, &inverse.to_kind(g.kind()))?;
+            // filled on the device (no copy from the host)
+            let inverse = Tensor::full([], 1.0 / self.value, (g.kind(), g.device()));
+            slimflow_c10d::foreach::mul(&grads, &inverse)?;
         }
         self.clean += 1;
         if self.clean % self.window == 0 {
@@ -1150,6 +1159,10 @@ mod tests {
             return;
         }
         if let Err(e) = set_sync_debug_mode(SyncDebugMode::Error) {
+            // the CUDA build of the shim must set it; the others cannot
+            if cfg!(feature = "nccl") {
+                panic!("the CUDA build could not set the sync debug mode: {e}");
+            }
             eprintln!("skipped: {e} (gpu-check runs this with `--features nccl`)");
             return;
         }
@@ -1255,14 +1268,16 @@ mod tests {
                         let timeout = std::time::Duration::from_secs(60);
                         let d = Dist::connect(&at, rank, 2, Device::Cpu, timeout).unwrap();
                         let mut model = model();
-                        if unused {
-                            let _ = model.vs.root().zeros("unused", &[3]);
-                        }
                         tch::no_grad(|| {
                             for (p, v) in sorted_variables(&model).1.iter().zip(&init) {
                                 p.shallow_clone().copy_(&Tensor::from_slice(v).view_as(p));
                             }
                         });
+                        // a buffer, as the EDM networks' resample filters: not for the reducer
+                        let _ = model.vs.root().zeros_no_train("buffer", &[2]);
+                        if unused {
+                            let _ = model.vs.root().zeros("unused", &[3]);
+                        }
                         let optim = OptimConfig {
                             warmup_steps: 0,
                             accumulate: 2,
@@ -1310,6 +1325,7 @@ mod tests {
                             sorted_variables(&model)
                                 .1
                                 .iter()
+                                .filter(|t| t.requires_grad())
                                 .map(|t| Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap())
                                 .collect::<Vec<_>>(),
                         )
