@@ -348,16 +348,8 @@ impl ProcessGroup {
     }
 
     fn err(&self, op: &'static str) -> impl FnOnce(String) -> C10dError {
-        let (backend, rank, world_size, timeout) =
-            (self.backend, self.rank, self.world_size, self.timeout);
-        move |message| C10dError::Collective {
-            op,
-            backend,
-            rank,
-            world_size,
-            timeout,
-            message,
-        }
+        let group = (self.backend, self.rank, self.world_size, self.timeout);
+        move |message| collective_error(group, op, message)
     }
 
     fn check_dense(op: &'static str, t: &Tensor) -> Result<()> {
@@ -536,15 +528,23 @@ impl GradReducer {
     }
 
     fn err(&self, op: &'static str, message: String) -> C10dError {
-        let (backend, rank, world_size, timeout) = self.group;
-        C10dError::Collective {
-            op,
-            backend,
-            rank,
-            world_size,
-            timeout,
-            message,
-        }
+        collective_error(self.group, op, message)
+    }
+}
+
+/// The error of `op` on a group described by (backend, rank, world size, timeout).
+fn collective_error(
+    (backend, rank, world_size, timeout): (&'static str, usize, usize, Duration),
+    op: &'static str,
+    message: String,
+) -> C10dError {
+    C10dError::Collective {
+        op,
+        backend,
+        rank,
+        world_size,
+        timeout,
+        message,
     }
 }
 

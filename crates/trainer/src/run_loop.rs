@@ -944,6 +944,25 @@ mod tests {
         Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu).unwrap()
     }
 
+    /// The toy runs' objective: the 1-RF loss with uniform t.
+    fn toy_objective() -> Rf {
+        Rf {
+            time: TimeDist::Uniform { eps: 1e-3 },
+            premetric: PremetricConfig::L2Squared {},
+        }
+    }
+
+    /// A batch of 8 independent 2-D (noise, data) pairs from `rng` (x1 drawn first).
+    fn toy_batch(rng: &mut ChaCha20Rng, device: Device) -> Batch {
+        let x1 = slimflow_losses::normal_tensor(rng, &[8, 2], device);
+        let x0 = slimflow_losses::normal_tensor(rng, &[8, 2], device);
+        Batch {
+            x0,
+            x1,
+            labels: None,
+        }
+    }
+
     /// Three steps from the weights `init` (copied in: libtorch's global seed is shared by the
     /// tests running in parallel).
     fn trained(accumulate: usize, init: &[Tensor]) -> Vec<Tensor> {
@@ -972,22 +991,9 @@ mod tests {
             dist: None,
             grad_reduce: GradReduce::default(),
         };
-        let objective = Rf {
-            time: TimeDist::Uniform { eps: 1e-3 },
-            premetric: PremetricConfig::L2Squared {},
-        };
-        let mut batches = |rng: &mut ChaCha20Rng, _step: u64| {
-            let x1 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
-            let x0 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
-            Ok((
-                Batch {
-                    x0,
-                    x1,
-                    labels: None,
-                },
-                Vec::new(),
-            ))
-        };
+        let objective = toy_objective();
+        let mut batches =
+            |rng: &mut ChaCha20Rng, _: u64| Ok((toy_batch(rng, Device::Cpu), Vec::new()));
         let end = train(dir.path(), &mut model, &settings, &objective, &mut batches).unwrap();
         assert_eq!(end, LoopEnd::Finished);
         sorted_variables(&model).1
@@ -1084,26 +1090,13 @@ mod tests {
             dist: None,
             grad_reduce: GradReduce::default(),
         };
-        let objective = Rf {
-            time: TimeDist::Uniform { eps: 1e-3 },
-            premetric: PremetricConfig::L2Squared {},
-        };
+        let objective = toy_objective();
         let mut batches = |rng: &mut ChaCha20Rng, step: u64| {
-            let x1 = slimflow_losses::normal_tensor(rng, &[8, 2], device);
-            let x0 = slimflow_losses::normal_tensor(rng, &[8, 2], device);
-            let x1 = if Some(step) == nan_at {
-                x1 * f64::NAN
-            } else {
-                x1
-            };
-            Ok((
-                Batch {
-                    x0,
-                    x1,
-                    labels: None,
-                },
-                Vec::new(),
-            ))
+            let mut batch = toy_batch(rng, device);
+            if Some(step) == nan_at {
+                batch.x1 *= f64::NAN;
+            }
+            Ok((batch, Vec::new()))
         };
         let mut sink = MemorySink::default();
         let mut observers = Observers::default().sink(&mut sink).hook(Checkpoints::new(
@@ -1298,19 +1291,9 @@ mod tests {
                             dist: Some(&d),
                             grad_reduce: mode,
                         };
-                        let objective = Rf {
-                            time: TimeDist::Uniform { eps: 1e-3 },
-                            premetric: PremetricConfig::L2Squared {},
-                        };
+                        let objective = toy_objective();
                         let mut batches = |rng: &mut ChaCha20Rng, _: u64| {
-                            let x1 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
-                            let x0 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
-                            let batch = Batch {
-                                x0,
-                                x1,
-                                labels: None,
-                            };
-                            Ok((batch, Vec::new()))
+                            Ok((toy_batch(rng, Device::Cpu), Vec::new()))
                         };
                         let end = train_with(
                             &path,
@@ -1473,10 +1456,7 @@ mod tests {
                 labels: None,
             };
             let objective = Recording {
-                inner: Rf {
-                    time: TimeDist::Uniform { eps: 1e-3 },
-                    premetric: PremetricConfig::L2Squared {},
-                },
+                inner: toy_objective(),
                 seen: Default::default(),
             };
             let scale = LossScale::new(false, &OptimConfig::default());
@@ -1573,10 +1553,7 @@ mod tests {
     #[test]
     fn added_sinks_and_hooks_see_what_metrics_jsonl_gets() {
         let dir = tempfile::tempdir().unwrap();
-        let objective = Rf {
-            time: TimeDist::Uniform { eps: 1e-3 },
-            premetric: PremetricConfig::L2Squared {},
-        };
+        let objective = toy_objective();
         let optim = OptimConfig {
             warmup_steps: 0,
             ..OptimConfig::default()
@@ -1598,14 +1575,7 @@ mod tests {
                 grad_reduce: GradReduce::default(),
             };
             let mut batches = |rng: &mut ChaCha20Rng, step: u64| {
-                let x1 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
-                let x0 = slimflow_losses::normal_tensor(rng, &[8, 2], Device::Cpu);
-                let batch = Batch {
-                    x0,
-                    x1,
-                    labels: None,
-                };
-                Ok((batch, vec![("beta", step as f64)]))
+                Ok((toy_batch(rng, Device::Cpu), vec![("beta", step as f64)]))
             };
             let observers = Observers::standard(dir.path(), &settings)
                 .sink(memory)
