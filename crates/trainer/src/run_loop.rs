@@ -383,7 +383,7 @@ impl StepOut {
                 .map(|p| p.0)
                 .zip(head[2..].iter().copied())
                 .collect(),
-            non_finite: (watched[0] >= 0.0).then_some((watched[0] as u64, watched[1])),
+            non_finite: NonFiniteWatch::decode(watched),
         })
     }
 }
@@ -435,8 +435,12 @@ impl NonFiniteWatch {
 
     /// The first non-finite step and its loss, if there was one (a read-back).
     fn first(&self) -> Result<Option<(u64, f64)>> {
-        let v = read_f64(&[&self.first])?;
-        Ok((v[0] >= 0.0).then_some((v[0] as u64, v[1])))
+        Ok(Self::decode(&read_f64(&[&self.first])?))
+    }
+
+    /// The watch's `[step, loss]` read back: the step and loss, if one was not finite.
+    fn decode(v: &[f64]) -> Option<(u64, f64)> {
+        (v[0] >= 0.0).then_some((v[0] as u64, v[1]))
     }
 }
 
@@ -944,6 +948,44 @@ mod tests {
         Model::new(&ArchConfig::preset("mlp-toy-small").unwrap(), Device::Cpu).unwrap()
     }
 
+    /// The toy model with its sorted variables set to `init` (flattened values).
+    fn model_with(init: &[Vec<f32>]) -> Model {
+        let model = model();
+        tch::no_grad(|| {
+            for (p, v) in sorted_variables(&model).1.iter().zip(init) {
+                p.shallow_clone().copy_(&Tensor::from_slice(v).view_as(p));
+            }
+        });
+        model
+    }
+
+    /// A loopback port free at the time of asking.
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Rank `rank` of a 2-rank Gloo job over loopback at `port` (rank 0 serves the store).
+    fn loopback_rank(port: u16, rank: usize) -> Dist {
+        let at = crate::parallel::Rendezvous {
+            host: "127.0.0.1".into(),
+            port,
+            rank0_serves: true,
+            attempt: 0,
+        };
+        Dist::connect(
+            &at,
+            rank,
+            2,
+            Device::Cpu,
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap()
+    }
+
     /// The toy runs' objective: the 1-RF loss with uniform t.
     fn toy_objective() -> Rf {
         Rf {
@@ -1242,30 +1284,14 @@ mod tests {
             .collect();
         // `unused`: the model has a parameter no step gives a gradient
         let train_mode = |mode: GradReduce, unused: bool| -> Result<Vec<Vec<f32>>> {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = free_port();
             let dir = tempfile::tempdir().unwrap();
             let ranks: Vec<_> = (0..2)
                 .map(|rank| {
                     let (init, path) = (init.clone(), dir.path().to_path_buf());
                     std::thread::spawn(move || {
-                        let at = crate::parallel::Rendezvous {
-                            host: "127.0.0.1".into(),
-                            port,
-                            rank0_serves: true,
-                            attempt: 0,
-                        };
-                        let timeout = std::time::Duration::from_secs(60);
-                        let d = Dist::connect(&at, rank, 2, Device::Cpu, timeout).unwrap();
-                        let mut model = model();
-                        tch::no_grad(|| {
-                            for (p, v) in sorted_variables(&model).1.iter().zip(&init) {
-                                p.shallow_clone().copy_(&Tensor::from_slice(v).view_as(p));
-                            }
-                        });
+                        let d = loopback_rank(port, rank);
+                        let mut model = model_with(&init);
                         // a buffer, as the EDM networks' resample filters: not for the reducer
                         let _ = model.vs.root().zeros_no_train("buffer", &[2]);
                         if unused {
@@ -1430,11 +1456,7 @@ mod tests {
 
     #[test]
     fn each_rank_computes_its_rows_of_every_micro_batch_and_gets_the_mean_gradient() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let init: Vec<Vec<f32>> = sorted_variables(&model())
             .1
             .iter()
@@ -1442,12 +1464,7 @@ mod tests {
             .collect();
         // batch of 8 rows (x1 = row index), 2 micro-batches of 4: one process, then two ranks
         let run = move |dist: Option<&Dist>| -> (Vec<f32>, f64, Vec<Vec<f32>>) {
-            let model = model();
-            tch::no_grad(|| {
-                for (p, v) in sorted_variables(&model).1.iter().zip(&init) {
-                    p.shallow_clone().copy_(&Tensor::from_slice(v).view_as(p));
-                }
-            });
+            let model = model_with(&init);
             let x1 = Tensor::arange(16, (Kind::Float, Device::Cpu)).view([8, 2]) / 16.0;
             let x0 = x1.flip([0]);
             let batch = Batch {
@@ -1489,14 +1506,7 @@ mod tests {
             .map(|rank| {
                 let run = run.clone();
                 std::thread::spawn(move || {
-                    let at = crate::parallel::Rendezvous {
-                        host: "127.0.0.1".into(),
-                        port,
-                        rank0_serves: true,
-                        attempt: 0,
-                    };
-                    let timeout = std::time::Duration::from_secs(60);
-                    let d = Dist::connect(&at, rank, 2, Device::Cpu, timeout).unwrap();
+                    let d = loopback_rank(port, rank);
                     let (rows, local_loss, grads) = run(Some(&d));
                     let mean_loss = d.sum(&[local_loss]).unwrap()[0] / 2.0;
                     (rows, mean_loss, grads)
