@@ -746,8 +746,7 @@ fn reducer_error(d: &Dist, e: slimflow_c10d::C10dError) -> Error {
         return Error::Invalid(format!(
             "{message}\n(parameter indices count the trainable parameters sorted by name.) A \
              parameter that gets no gradient in some step stops the overlapped gradient reduction: \
-             set \
-             performance.grad_reduce = \"after_backward\""
+             set performance.grad_reduce = \"after_backward\""
         ));
     }
     d.lost("the gradient reducer", e)
