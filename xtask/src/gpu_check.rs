@@ -25,6 +25,40 @@ pub struct GpuCheckArgs {
     /// Leave out the parity cases.
     #[arg(long)]
     pub skip_parity: bool,
+    /// Build here what a GPU machine without a Rust toolchain needs, into DIR: the release
+    /// `slimflow` binary with NCCL, the test executables that hold CUDA tests (all of
+    /// `slimflow-c10d`'s), this program and a manifest; then run `DIR/xtask gpu-check --prebuilt
+    /// DIR` there.
+    #[arg(long, value_name = "DIR", conflicts_with = "prebuilt")]
+    pub bundle: Option<PathBuf>,
+    /// Check with the binaries of a `--bundle` directory instead of building (no cargo needed).
+    #[arg(long, value_name = "DIR")]
+    pub prebuilt: Option<PathBuf>,
+}
+
+/// The manifest of a `--bundle` directory.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// `git rev-parse HEAD` of the tree it was built from, and whether that tree had changes.
+    pub commit: String,
+    pub dirty: bool,
+    /// The test executables, each run as `FILE FILTER` with the package directory as its
+    /// working directory, as `cargo test` runs them.
+    pub tests: Vec<TestExe>,
+}
+
+/// One test executable of a bundle.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct TestExe {
+    /// Path inside the bundle.
+    pub file: String,
+    /// Package, and its directory relative to the workspace root.
+    pub package: String,
+    pub package_dir: String,
+    /// The libtest name filter (empty: every test of the executable).
+    pub filter: String,
+    /// The tests the filter selects, as listed when the bundle was made.
+    pub tests: Vec<String>,
 }
 
 /// Whether a CUDA GPU is visible (`nvidia-smi -L` lists one); `SLIMFLOW_NO_CUDA` forces CPU.
@@ -36,6 +70,247 @@ pub(crate) fn cuda_available() -> bool {
         .arg("-L")
         .output()
         .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GPU"))
+}
+
+/// The test executables of the workspace built with NCCL in release mode, as (package name,
+/// package directory, executable), and the `slimflow` binary of the same build (the integration
+/// tests run it), from cargo's JSON messages.
+fn test_executables() -> Result<(Vec<(String, PathBuf, PathBuf)>, PathBuf)> {
+    let out = crate::cargo()
+        .args([
+            "test",
+            "--release",
+            "--workspace",
+            "--exclude",
+            "xtask",
+            "--features",
+            "slimflow-cli/nccl",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .current_dir(crate::root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("starting cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the test executables failed ({})", out.status);
+    }
+    let mut exes = Vec::new();
+    let mut bin = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        if msg["profile"]["test"] != true {
+            if msg["target"]["name"] == "slimflow" && msg["target"]["kind"][0] == "bin" {
+                bin = msg["executable"].as_str().map(PathBuf::from);
+            }
+            continue;
+        }
+        let (Some(exe), Some(manifest)) =
+            (msg["executable"].as_str(), msg["manifest_path"].as_str())
+        else {
+            continue;
+        };
+        let package = msg["package_id"]
+            .as_str()
+            .and_then(|id| id.rsplit('#').next())
+            .and_then(|tail| tail.split('@').next())
+            .unwrap_or_default()
+            .to_string();
+        let dir = Path::new(manifest)
+            .parent()
+            .context("a manifest path without a directory")?
+            .to_path_buf();
+        exes.push((package, dir, PathBuf::from(exe)));
+    }
+    let bin = bin.context("cargo built no `slimflow` binary for the integration tests")?;
+    Ok((exes, bin))
+}
+
+/// The tests of `exe` that `filter` selects (`--list`).
+fn listed_tests(exe: &Path, filter: &str) -> Result<Vec<String>> {
+    let mut cmd = Command::new(exe);
+    cmd.args(["--list", "--format", "terse"]);
+    if !filter.is_empty() {
+        cmd.arg(filter);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("listing the tests of {}", exe.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} --list failed ({}): {}",
+            exe.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Copies `from` to `to` and strips its symbols where `strip` is installed (the bundle travels).
+fn copy_stripped(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    // a missing `strip` only costs size
+    let _ = Command::new("strip").arg(to).status();
+    Ok(())
+}
+
+/// `--bundle DIR`: builds the release binary and test executables with NCCL and writes them, this
+/// program and the manifest into `dir`.
+pub fn bundle(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+    }
+    let tests_dir = dir.join("tests");
+    std::fs::create_dir_all(&tests_dir)
+        .with_context(|| format!("creating {}", tests_dir.display()))?;
+    // this program first: a build may replace its file
+    let me = std::env::current_exe().context("locating this program")?;
+    copy_stripped(&me, &dir.join("xtask"))?;
+    let (exes, bin) = test_executables()?;
+    copy_stripped(&bin, &dir.join("slimflow"))?;
+    let root = crate::root();
+    let mut tests = Vec::new();
+    for (package, package_dir, exe) in exes {
+        // the shim's crate runs whole (its NCCL collectives); elsewhere the tests named for CUDA
+        let filter = if package == "slimflow-c10d" {
+            ""
+        } else {
+            "cuda"
+        };
+        let listed = listed_tests(&exe, filter)?;
+        if listed.is_empty() {
+            continue;
+        }
+        let name = exe
+            .file_name()
+            .context("a test executable without a file name")?
+            .to_string_lossy()
+            .to_string();
+        copy_stripped(&exe, &tests_dir.join(&name))?;
+        let rel = package_dir
+            .strip_prefix(&root)
+            .unwrap_or(&package_dir)
+            .display()
+            .to_string();
+        println!("bundle: {name}: {} test(s) ({package})", listed.len());
+        tests.push(TestExe {
+            file: format!("tests/{name}"),
+            package,
+            package_dir: rel,
+            filter: filter.to_string(),
+            tests: listed,
+        });
+    }
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(&root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let manifest = Manifest {
+        commit: git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into()),
+        dirty: git(&["status", "--porcelain", "--untracked-files=no"])
+            .is_some_and(|s| !s.is_empty()),
+        tests,
+    };
+    let path = dir.join("manifest.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    let size: u64 = std::fs::read_dir(dir)?
+        .chain(std::fs::read_dir(&tests_dir)?)
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "bundle: {} ({:.1} MB). On the GPU machine, from a checkout of the same tree at {}:\n  \
+         LD_LIBRARY_PATH=<torch>/lib {}/xtask gpu-check --prebuilt {}",
+        dir.display(),
+        size as f64 / 1e6,
+        root.display(),
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Reads a bundle's manifest.
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (made by `gpu-check --bundle`)", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Makes a bundle runnable here: the tree it was built from must be at the same path (its
+/// executables know the workspace by that path), and libtorch must be findable: without
+/// `LD_LIBRARY_PATH`, python3's torch is used (the bundle's rpath names the build machine's).
+fn prepare_prebuilt() -> Result<()> {
+    let root = crate::root();
+    if !root.join("Cargo.toml").is_file() {
+        bail!(
+            "the bundle was built in {}, which is not a checkout here: run from a checkout at \
+             that path (e.g. `ln -s \"$PWD\" {}`)",
+            root.display(),
+            root.display()
+        );
+    }
+    if std::env::var_os("LD_LIBRARY_PATH").is_some_and(|p| !p.is_empty()) {
+        return Ok(());
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
+        ])
+        .output()
+        .context("starting python3 to locate torch (or set LD_LIBRARY_PATH to libtorch's lib)")?;
+    if !out.status.success() {
+        bail!(
+            "python3 has no torch ({}); set LD_LIBRARY_PATH to libtorch's lib directory",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let lib = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    println!("gpu-check: libtorch from python3's torch: {lib}");
+    std::env::set_var("LD_LIBRARY_PATH", lib);
+    Ok(())
+}
+
+/// Runs a bundle's test executables; one JSON entry each.
+fn run_prebuilt_tests(dir: &Path, manifest: &Manifest) -> Vec<Value> {
+    let mut runs = Vec::new();
+    for t in &manifest.tests {
+        let exe = dir.join(&t.file);
+        let mut cmd = Command::new(&exe);
+        if !t.filter.is_empty() {
+            cmd.arg(&t.filter);
+        }
+        let line = format!("{} {}", t.file, t.filter);
+        println!("gpu-check: {line} ({} test(s))", t.tests.len());
+        let status = cmd.current_dir(crate::root().join(&t.package_dir)).status();
+        let passed = status.as_ref().is_ok_and(|s| s.success());
+        let mut entry = json!({"command": line, "package": t.package, "passed": passed});
+        if let Err(e) = status {
+            entry["error"] = json!(format!("starting {}: {e}", exe.display()));
+        }
+        runs.push(entry);
+    }
+    runs
 }
 
 /// The `slimflow` binary: `$SLIMFLOW_BIN`, else `cargo build --release -p slimflow-cli`.
@@ -147,14 +422,43 @@ fn bench_row(bin: &Path, args: &[String]) -> std::result::Result<Value, String> 
 
 /// Runs the check and writes the report; fails when any part failed (after writing it).
 pub fn run(args: &GpuCheckArgs) -> Result<()> {
-    let bin = binary()?;
+    // absolute: the tests run in their packages' directories
+    let prebuilt = match &args.prebuilt {
+        Some(dir) => {
+            prepare_prebuilt()?;
+            Some(std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?)
+        }
+        None => None,
+    };
+    let manifest = prebuilt.as_deref().map(read_manifest).transpose()?;
+    let bin = match &prebuilt {
+        Some(dir) => dir.join("slimflow"),
+        None => binary()?,
+    };
     let cuda = cuda_available();
     let device = if cuda { "cuda" } else { "cpu" };
     println!("gpu-check: {} on {device}", bin.display());
     let mut failed = Vec::new();
 
-    // (b) the CUDA tests: every test whose name mentions cuda, in release mode.
-    let cuda_tests = if cuda {
+    // (b) the CUDA tests: every test whose name mentions cuda, in release mode. From a bundle,
+    // its executables, all built with NCCL, in place of (b) and (b2), on any machine (without a
+    // GPU they check the refusals).
+    let prebuilt_tests = match (&prebuilt, &manifest) {
+        (Some(dir), Some(m)) => {
+            let runs = run_prebuilt_tests(dir, m);
+            let passed = runs.iter().all(|r| r["passed"] == true);
+            if !passed {
+                failed.push("cuda_tests".to_string());
+            }
+            Some(json!({
+                "ran": true, "passed": passed, "commit": m.commit, "dirty": m.dirty, "runs": runs,
+            }))
+        }
+        _ => None,
+    };
+    let cuda_tests = if let Some(t) = &prebuilt_tests {
+        t.clone()
+    } else if cuda {
         let status = crate::cargo()
             .args(["test", "--release", "--workspace", "--", "cuda"])
             .current_dir(crate::root())
@@ -173,7 +477,9 @@ pub fn run(args: &GpuCheckArgs) -> Result<()> {
     // (b2) the CUDA build of the shim (`nccl` feature): the c10d crate's tests (ProcessGroupNCCL:
     // a 1-rank group on one GPU, 2 ranks on cuda:0 and cuda:1 with two or more) and the trainer's
     // CUDA tests that need it (ordinary steps under CUDA's sync debug mode "error").
-    let nccl_tests = if cuda {
+    let nccl_tests = if prebuilt_tests.is_some() {
+        json!({"ran": true, "in": "cuda_tests (every bundled executable is built with NCCL)"})
+    } else if cuda {
         let commands: [&[&str]; 2] = [
             &[
                 "test",
@@ -216,7 +522,8 @@ pub fn run(args: &GpuCheckArgs) -> Result<()> {
         json!({"ran": false, "skipped": reason})
     };
 
-    // (c) parity (the runner computes on the CPU: `slimflow parity` takes no device).
+    // (c) parity: networks, LPIPS, the Inception and the EDM sampler on the checked device (TF32
+    // off on CUDA), the float64 and training-step kinds on the CPU.
     let parity = if args.skip_parity {
         json!({"ran": false, "skipped": "--skip-parity"})
     } else {
@@ -230,7 +537,7 @@ pub fn run(args: &GpuCheckArgs) -> Result<()> {
             json!({"ran": false, "skipped": format!("{} is not a directory", dir.display())})
         } else {
             let out = Command::new(&bin)
-                .args(["parity", "--json"])
+                .args(["parity", "--json", "--device", device])
                 .arg(&dir)
                 .current_dir(crate::root())
                 .output()
@@ -244,7 +551,7 @@ pub fn run(args: &GpuCheckArgs) -> Result<()> {
                 dir.display()
             );
             json!({
-                "ran": true, "dir": dir.display().to_string(), "device": "cpu",
+                "ran": true, "dir": dir.display().to_string(), "device": device,
                 "pass": pass, "fail": fail, "exit": out.status.code(), "cases": cases,
             })
         }
@@ -307,6 +614,7 @@ pub fn run(args: &GpuCheckArgs) -> Result<()> {
         "cuda": cuda,
         "quick": args.quick,
         "binary": bin.display().to_string(),
+        "prebuilt": args.prebuilt.as_ref().map(|d| d.display().to_string()),
         "cuda_tests": cuda_tests,
         "nccl_tests": nccl_tests,
         "parity": parity,

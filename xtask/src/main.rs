@@ -244,7 +244,14 @@ fn dispatch(cli: Cli) -> Result<()> {
                 .args(&args))
         }
         Cmd::GpuCheck(args) => {
-            setup::ensure()?;
+            if let Some(dir) = &args.bundle {
+                setup::ensure()?;
+                return gpu_check::bundle(dir);
+            }
+            // a bundle's binaries find libtorch through LD_LIBRARY_PATH; nothing to install
+            if args.prebuilt.is_none() {
+                setup::ensure()?;
+            }
             gpu_check::run(&args)
         }
         Cmd::Pipeline {

@@ -26,6 +26,7 @@
 #include <torch/csrc/distributed/c10d/reducer.hpp>
 #ifdef SLIMFLOW_C10D_NCCL
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
@@ -379,6 +380,54 @@ char* sfc10d_cuda_set_sync_debug_mode(int mode) {
 #ifdef SLIMFLOW_C10D_NCCL
     c10::cuda::warning_state().set_sync_debug_mode(static_cast<c10::cuda::SyncDebugMode>(mode));
 #else
+    TORCH_CHECK(false, "slimflow-c10d was built without the `nccl` feature (no CUDA support)");
+#endif
+  });
+}
+
+// TensorFloat-32 in float32 work on CUDA (`torch.backends.cudnn.allow_tf32`,
+// `torch.backends.cuda.matmul.allow_tf32`): libtorch's defaults are on for cuDNN convolutions and
+// off for cuBLAS matrix products. Process-wide; a setting, no CUDA build needed. Each out-pointer,
+// when not null, receives the setting in force before the call; a negative value keeps it.
+char* sfc10d_set_allow_tf32(int cudnn, int cublas, int* cudnn_before, int* cublas_before) {
+  return guarded([&] {
+    auto& ctx = at::globalContext();
+    if (cudnn_before != nullptr) {
+      *cudnn_before = ctx.allowTF32CuDNN() ? 1 : 0;
+    }
+    if (cublas_before != nullptr) {
+      *cublas_before = ctx.allowTF32CuBLAS() ? 1 : 0;
+    }
+    if (cudnn >= 0) {
+      ctx.setAllowTF32CuDNN(cudnn != 0);
+    }
+    if (cublas >= 0) {
+      ctx.setAllowTF32CuBLAS(cublas != 0);
+    }
+  });
+}
+
+// The CUDA caching allocator's peak of allocated bytes on `device` since the last reset
+// (`torch.cuda.max_memory_allocated`); `reset` != 0 then starts a new peak
+// (`torch.cuda.reset_peak_memory_stats`). Needs the CUDA build of the shim.
+char* sfc10d_cuda_peak_allocated(int device, int reset, int64_t* peak) {
+  return guarded([&] {
+#ifdef SLIMFLOW_C10D_NCCL
+    TORCH_CHECK(device >= 0 && device < c10::cuda::device_count(), "no CUDA device ", device,
+                " (", static_cast<int>(c10::cuda::device_count()), " visible)");
+    // the allocator exists once CUDA is initialised, which the first CUDA tensor would do
+    at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
+    auto index = static_cast<c10::DeviceIndex>(device);
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
+    *peak = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
+                .peak;
+    if (reset != 0) {
+      c10::cuda::CUDACachingAllocator::resetPeakStats(index);
+    }
+#else
+    (void)device;
+    (void)reset;
+    (void)peak;
     TORCH_CHECK(false, "slimflow-c10d was built without the `nccl` feature (no CUDA support)");
 #endif
   });

@@ -90,6 +90,17 @@ mod sys {
         pub fn sfc10d_autocast_set_enabled(device: c_int, enabled: c_int) -> *mut c_char;
         pub fn sfc10d_autocast_is_enabled(device: c_int, enabled: *mut c_int) -> *mut c_char;
         pub fn sfc10d_cuda_set_sync_debug_mode(mode: c_int) -> *mut c_char;
+        pub fn sfc10d_cuda_peak_allocated(
+            device: c_int,
+            reset: c_int,
+            peak: *mut i64,
+        ) -> *mut c_char;
+        pub fn sfc10d_set_allow_tf32(
+            cudnn: c_int,
+            cublas: c_int,
+            cudnn_before: *mut c_int,
+            cublas_before: *mut c_int,
+        ) -> *mut c_char;
         pub fn sfc10d_reducer_new(
             group: *mut c_void,
             params: *const *mut c_void,
@@ -406,6 +417,30 @@ pub fn autocast_is_enabled(device: c_int) -> Result<bool, String> {
 pub fn cuda_set_sync_debug_mode(mode: c_int) -> Result<(), String> {
     // SAFETY: a plain integer; the shim validates it.
     take_error(unsafe { sys::sfc10d_cuda_set_sync_debug_mode(mode) })
+}
+
+/// The allocator's peak of allocated bytes on `device`; `reset` starts a new one.
+pub fn cuda_peak_allocated(device: c_int, reset: bool) -> Result<i64, String> {
+    let mut peak = 0i64;
+    // SAFETY: `peak` is a valid slot; the shim checks the device index.
+    take_error(unsafe { sys::sfc10d_cuda_peak_allocated(device, c_int::from(reset), &mut peak) })?;
+    Ok(peak)
+}
+
+/// Sets TF32 for cuDNN / cuBLAS float32 work (`None` keeps one); returns the settings before.
+pub fn set_allow_tf32(cudnn: Option<bool>, cublas: Option<bool>) -> Result<(bool, bool), String> {
+    let code = |b: Option<bool>| b.map_or(-1, c_int::from);
+    let (mut before_cudnn, mut before_cublas) = (0 as c_int, 0 as c_int);
+    // SAFETY: plain integers and two valid out-slots.
+    take_error(unsafe {
+        sys::sfc10d_set_allow_tf32(
+            code(cudnn),
+            code(cublas),
+            &mut before_cudnn,
+            &mut before_cublas,
+        )
+    })?;
+    Ok((before_cudnn != 0, before_cublas != 0))
 }
 
 /// Pointers to the `at::Tensor`s of a list, checked to have `n` entries.

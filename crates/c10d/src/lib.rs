@@ -658,6 +658,41 @@ pub mod cuda {
         };
         crate::ffi::cuda_set_sync_debug_mode(code).map_err(C10dError::Cuda)
     }
+
+    /// Whether float32 convolutions (cuDNN) and matrix products (cuBLAS) on CUDA may use
+    /// TensorFloat-32: libtorch's defaults, as PyTorch's, are on for convolutions and off for
+    /// matrix products.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Tf32 {
+        /// cuDNN convolutions (`torch.backends.cudnn.allow_tf32`).
+        pub cudnn: bool,
+        /// cuBLAS matrix products (`torch.backends.cuda.matmul.allow_tf32`).
+        pub cublas: bool,
+    }
+
+    /// Sets the process-wide TF32 switches and returns those in force before (to restore them).
+    /// A setting only: it works in every build and takes effect on CUDA.
+    pub fn set_tf32(tf32: Tf32) -> Result<Tf32> {
+        let (cudnn, cublas) = crate::ffi::set_allow_tf32(Some(tf32.cudnn), Some(tf32.cublas))
+            .map_err(C10dError::Cuda)?;
+        Ok(Tf32 { cudnn, cublas })
+    }
+
+    /// The TF32 switches in force.
+    pub fn tf32() -> Result<Tf32> {
+        let (cudnn, cublas) = crate::ffi::set_allow_tf32(None, None).map_err(C10dError::Cuda)?;
+        Ok(Tf32 { cudnn, cublas })
+    }
+
+    /// The CUDA caching allocator's peak of allocated bytes on device `index` since the last
+    /// reset (`torch.cuda.max_memory_allocated`); `reset` then starts a new peak. Needs the
+    /// `nccl` feature; without it, or for a device that is not there, an error.
+    pub fn peak_allocated_bytes(index: usize, reset: bool) -> Result<u64> {
+        let device =
+            i32::try_from(index).map_err(|_| C10dError::Cuda(format!("no CUDA device {index}")))?;
+        let peak = crate::ffi::cuda_peak_allocated(device, reset).map_err(C10dError::Cuda)?;
+        u64::try_from(peak).map_err(|_| C10dError::Cuda(format!("negative peak {peak}")))
+    }
 }
 
 #[cfg(test)]
@@ -674,6 +709,55 @@ mod tests {
         ];
         let b = buckets(&ts, 160);
         assert_eq!(b, vec![(vec![0, 2], 120), (vec![3], 400), (vec![1], 80)]);
+    }
+
+    #[test]
+    fn tf32_switches_start_at_libtorchs_defaults_and_round_trip() {
+        // the only test of this binary that touches them: they are process-wide
+        let defaults = cuda::tf32().unwrap();
+        assert_eq!(
+            defaults,
+            cuda::Tf32 {
+                cudnn: true,
+                cublas: false
+            }
+        );
+        let off = cuda::Tf32 {
+            cudnn: false,
+            cublas: false,
+        };
+        assert_eq!(cuda::set_tf32(off).unwrap(), defaults);
+        assert_eq!(cuda::tf32().unwrap(), off);
+        let on = cuda::Tf32 {
+            cudnn: true,
+            cublas: true,
+        };
+        assert_eq!(cuda::set_tf32(on).unwrap(), off);
+        assert_eq!(cuda::set_tf32(defaults).unwrap(), on);
+        assert_eq!(cuda::tf32().unwrap(), defaults);
+    }
+
+    #[test]
+    fn the_cuda_allocator_peak_follows_an_allocation_and_is_refused_without_cuda() {
+        if !ffi::nccl_compiled() {
+            match cuda::peak_allocated_bytes(0, true) {
+                Err(C10dError::Cuda(m)) => assert!(m.contains("`nccl` feature"), "{m}"),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+            return;
+        }
+        let visible = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+        assert!(cuda::peak_allocated_bytes(visible, false).is_err());
+        if visible == 0 {
+            return;
+        }
+        // other tests of this binary may allocate on the device at the same time: only a lower
+        // bound holds (64 MiB of our own, alive while the peak is read)
+        cuda::peak_allocated_bytes(0, true).unwrap();
+        let t = Tensor::zeros([16 << 20], (Kind::Float, Device::Cuda(0)));
+        let peak = cuda::peak_allocated_bytes(0, false).unwrap();
+        assert!(peak >= 64 << 20, "peak {peak} below the 64 MiB allocated");
+        drop(t);
     }
 
     #[test]

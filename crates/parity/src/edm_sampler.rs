@@ -4,7 +4,6 @@
 
 use slimflow_models::edm_velocity::EdmVelocity;
 use slimflow_sampling::edm::{sample, EdmSamplerConfig};
-use tch::Device;
 
 use crate::error::Result;
 use crate::{each_run, Case, KeyResult};
@@ -12,7 +11,7 @@ use crate::{each_run, Case, KeyResult};
 /// Runs the case.
 pub fn run(case: &Case<'_>) -> Result<Vec<KeyResult>> {
     let cfg = crate::networks::song_config(case)?;
-    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let mut vs = tch::nn::VarStore::new(case.device);
     let net = EdmVelocity::new(&vs.root(), &cfg);
     crate::networks::load(case, &mut vs, &[])?;
     each_run(case, |run, args| {

@@ -1,14 +1,12 @@
 //! pytorch-fid: the Inception's pool3 features and the Fréchet distance (with its statistics).
 
-use tch::Device;
-
 use crate::error::Result;
 use crate::{each_run, Case, KeyResult};
 
 /// `pytorch_fid.InceptionV3(pool3)`.
 pub fn run_inception(case: &Case<'_>) -> Result<Vec<KeyResult>> {
     let net =
-        slimflow_metrics::inception::FidInception::load(&case.file("weights_file")?, Device::Cpu)?;
+        slimflow_metrics::inception::FidInception::load(&case.file("weights_file")?, case.device)?;
     each_run(case, |run, args| {
         let images = args.tensor(case, "images")?;
         let y = tch::no_grad(|| net.pool3(&images))?;

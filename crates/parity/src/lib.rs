@@ -56,6 +56,8 @@ pub struct CaseResult {
     pub keys: Vec<KeyResult>,
     /// Why the case failed to run, if it did.
     pub error: Option<String>,
+    /// Where it computed (`cpu`, `cuda:0`).
+    pub device: String,
     /// libtorch's intra-op threads during the case: the reference's recorded
     /// `environment.torch_num_threads` when the case has one (`None`: the process default).
     pub threads: Option<i32>,
@@ -63,6 +65,9 @@ pub struct CaseResult {
 
 /// A loaded case: its json, directory and io tensors.
 pub struct Case<'a> {
+    /// Where the case computes: the requested device for the network, LPIPS, Inception and
+    /// sampler kinds, the CPU for the others (see [`run_case_on`]).
+    pub device: tch::Device,
     /// The parsed json.
     pub json: &'a Value,
     /// Its file (for messages).
@@ -73,8 +78,9 @@ pub struct Case<'a> {
 }
 
 impl<'a> Case<'a> {
-    fn new(json: &'a Value, path: &'a Path) -> Self {
+    fn new(json: &'a Value, path: &'a Path, device: tch::Device) -> Self {
         Case {
+            device,
             json,
             path,
             dir: path.parent().unwrap_or(Path::new(".")),
@@ -103,11 +109,11 @@ impl<'a> Case<'a> {
         Ok(self.io.get_or_init(|| file))
     }
 
-    /// The io tensor `key`.
+    /// The io tensor `key`, on the case's device.
     pub fn tensor(&self, key: &str) -> Result<tch::Tensor> {
         self.io()?
             .get(key)
-            .map(|t| t.shallow_clone())
+            .map(|t| t.to_device(self.device))
             .map_err(|e| self.bad(e.to_string()))
     }
 
@@ -168,27 +174,35 @@ pub fn run_outputs(run: &Value) -> impl Iterator<Item = (&str, &str)> {
 /// A case kind's implementation.
 type Runner = fn(&Case<'_>) -> Result<Vec<KeyResult>>;
 
-/// The implemented kinds.
-fn runner(kind: &str) -> Option<Runner> {
+/// The implemented kinds, each with whether it computes on the requested device. The others stay
+/// on the CPU: rfpp's t distribution and the Fréchet distance are float64 host arithmetic, and
+/// the SlimFlow step replays a first Adam update, whose lr·g/(|g| + ε) turns a gradient's last bit
+/// into a visible weight difference, so only the recording's own summation order compares.
+fn runner(kind: &str) -> Option<(Runner, bool)> {
     Some(match kind {
-        "rfpp.t_dist.sample_t" => t_dist::run,
-        "lpips.LPIPS(vgg)" => lpips::run_max,
-        "lpips.LPIPS(vgg)+avgpool" => lpips::run_avg,
-        "pytorch_fid.calculate_frechet_distance" => fid::run_frechet,
-        "pytorch_fid.InceptionV3(pool3)" => fid::run_inception,
-        "rfpp.SongUNet" => networks::run_song_unet,
-        "rfpp.EDMPrecondVel(SongUNet)" => networks::run_edm_velocity,
-        "rfpp.DhariwalUNet" => networks::run_dhariwal_unet,
-        "rfpp.EDMPrecondVel(DhariwalUNet)" => networks::run_edm_velocity_adm,
-        "slimflow.NCSNpp" => networks::run_ncsnpp,
-        "rfpp.edm_sampler(EDMPrecond(SongUNet))" => edm_sampler::run,
-        "slimflow.RectifiedFlow.train_step" => slimflow_step::run,
+        "rfpp.t_dist.sample_t" => (t_dist::run, false),
+        "lpips.LPIPS(vgg)" => (lpips::run_max, true),
+        "lpips.LPIPS(vgg)+avgpool" => (lpips::run_avg, true),
+        "pytorch_fid.calculate_frechet_distance" => (fid::run_frechet, false),
+        "pytorch_fid.InceptionV3(pool3)" => (fid::run_inception, true),
+        "rfpp.SongUNet" => (networks::run_song_unet, true),
+        "rfpp.EDMPrecondVel(SongUNet)" => (networks::run_edm_velocity, true),
+        "rfpp.DhariwalUNet" => (networks::run_dhariwal_unet, true),
+        "rfpp.EDMPrecondVel(DhariwalUNet)" => (networks::run_edm_velocity_adm, true),
+        "slimflow.NCSNpp" => (networks::run_ncsnpp, true),
+        "rfpp.edm_sampler(EDMPrecond(SongUNet))" => (edm_sampler::run, true),
+        "slimflow.RectifiedFlow.train_step" => (slimflow_step::run, false),
         _ => return None,
     })
 }
 
-/// Runs every `*.json` case in `dir`, sorted by name.
+/// Runs every `*.json` case in `dir`, sorted by name, on the CPU.
 pub fn run_dir(dir: &Path) -> Result<Vec<CaseResult>> {
+    run_dir_on(dir, tch::Device::Cpu)
+}
+
+/// [`run_dir`] with the device kinds on `device` (see [`run_case_on`]).
+pub fn run_dir_on(dir: &Path, device: tch::Device) -> Result<Vec<CaseResult>> {
     let mut cases: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|source| Error::Io {
             path: dir.to_path_buf(),
@@ -205,11 +219,18 @@ pub fn run_dir(dir: &Path) -> Result<Vec<CaseResult>> {
             reason: "no parity cases (*.json) found".into(),
         });
     }
-    Ok(cases.iter().map(|p| run_case(p)).collect())
+    Ok(cases.iter().map(|p| run_case_on(p, device)).collect())
 }
 
-/// Runs one case file.
+/// Runs one case file on the CPU.
 pub fn run_case(json_path: &Path) -> CaseResult {
+    run_case_on(json_path, tch::Device::Cpu)
+}
+
+/// Runs one case file; networks, LPIPS, the Inception and the sampler compute on `device`
+/// (inputs and weights moved there, outputs compared on the host by the case's own tolerances),
+/// the other kinds on the CPU. For CUDA float32 the caller decides TF32 (off to compare).
+pub fn run_case_on(json_path: &Path, device: tch::Device) -> CaseResult {
     let case = json_path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -221,6 +242,7 @@ pub fn run_case(json_path: &Path) -> CaseResult {
         keys: vec![],
         error: Some(e.to_string()),
         threads: None,
+        device: device_name(tch::Device::Cpu),
     };
     let json: Value = match std::fs::read_to_string(json_path)
         .map_err(|source| Error::Io {
@@ -245,7 +267,7 @@ pub fn run_case(json_path: &Path) -> CaseResult {
             },
         );
     };
-    let Some(run) = runner(&kind) else {
+    let Some((run, on_device)) = runner(&kind) else {
         return CaseResult {
             case,
             kind,
@@ -253,9 +275,11 @@ pub fn run_case(json_path: &Path) -> CaseResult {
             keys: vec![],
             error: None,
             threads: None,
+            device: device_name(tch::Device::Cpu),
         };
     };
-    let c = Case::new(&json, json_path);
+    let device = if on_device { device } else { tch::Device::Cpu };
+    let c = Case::new(&json, json_path, device);
     let threads = match recorded_threads(&c) {
         Ok(t) => t,
         Err(e) => return fail(kind, e),
@@ -277,10 +301,24 @@ pub fn run_case(json_path: &Path) -> CaseResult {
             keys,
             error: None,
             threads,
+            device: String::new(),
         },
         Err(e) => fail(kind, e),
     };
-    CaseResult { threads, ..result }
+    CaseResult {
+        threads,
+        device: device_name(device),
+        ..result
+    }
+}
+
+/// `cpu`, `cuda:N`.
+fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        tch::Device::Cpu => "cpu".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
 }
 
 /// The reference's intra-op thread count, `environment.torch_num_threads`, when recorded.

@@ -3,7 +3,6 @@
 
 use serde_json::Value;
 use slimflow_losses::lpips::{Backbone, Lpips, LpipsConfig, Pooling, Resize};
-use tch::Device;
 
 use crate::args::RunArgs;
 use crate::error::Result;
@@ -28,7 +27,7 @@ fn run(case: &Case<'_>, pooling: Pooling) -> Result<Vec<KeyResult>> {
             pooling,
             resize: input_transform(args)?,
         };
-        let lp = Lpips::from_file(&weights, config, Device::Cpu)?;
+        let lp = Lpips::from_file(&weights, config, case.device)?;
         // lpips' call is (in0, in1, normalize); piq's is (x, y) on [0, 1] with ImageNet statistics,
         // which is lpips with normalize = true.
         let (a, b, normalize) = if args.has("in0") {

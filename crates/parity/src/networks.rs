@@ -7,7 +7,7 @@ use slimflow_models::dhariwal_unet::{DhariwalUnet, DhariwalUnetConfig};
 use slimflow_models::edm_velocity::EdmVelocity;
 use slimflow_models::ncsnpp::{Ncsnpp, NcsnppConfig, IGNORED_KEYS};
 use slimflow_models::song_unet::{SongUnet, SongUnetConfig};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::args::RunArgs;
 use crate::error::Result;
@@ -94,7 +94,7 @@ pub fn class_labels(
 /// `rfpp.SongUNet` called directly: F(x, noise_labels[, class_labels]).
 pub fn run_song_unet(case: &Case<'_>) -> Result<Vec<KeyResult>> {
     let cfg = song_config(case)?;
-    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let mut vs = tch::nn::VarStore::new(case.device);
     let net = SongUnet::new(&vs.root(), &cfg);
     load(case, &mut vs, &[])?;
     run_direct(case, cfg.label_dim, |x, n, y, a| {
@@ -105,7 +105,7 @@ pub fn run_song_unet(case: &Case<'_>) -> Result<Vec<KeyResult>> {
 /// `rfpp.DhariwalUNet` called directly: F(x, noise_labels[, class_labels]).
 pub fn run_dhariwal_unet(case: &Case<'_>) -> Result<Vec<KeyResult>> {
     let cfg = adm_config(case)?;
-    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let mut vs = tch::nn::VarStore::new(case.device);
     let net = DhariwalUnet::new(&vs.root(), &cfg);
     load(case, &mut vs, &[])?;
     run_direct(case, cfg.label_dim, |x, n, y, a| {
@@ -132,7 +132,7 @@ fn run_direct(
 /// `rfpp.EDMPrecondVel(SongUNet)` at rfpp's time t_r.
 pub fn run_edm_velocity(case: &Case<'_>) -> Result<Vec<KeyResult>> {
     let cfg = song_config(case)?;
-    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let vs = tch::nn::VarStore::new(case.device);
     let net = EdmVelocity::new(&vs.root(), &cfg);
     run_wrapped(case, vs, &net, cfg.label_dim)
 }
@@ -140,7 +140,7 @@ pub fn run_edm_velocity(case: &Case<'_>) -> Result<Vec<KeyResult>> {
 /// `rfpp.EDMPrecondVel(DhariwalUNet)` at rfpp's time t_r.
 pub fn run_edm_velocity_adm(case: &Case<'_>) -> Result<Vec<KeyResult>> {
     let cfg = adm_config(case)?;
-    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let vs = tch::nn::VarStore::new(case.device);
     let net = EdmVelocity::adm(&vs.root(), &cfg);
     run_wrapped(case, vs, &net, cfg.label_dim)
 }
@@ -215,7 +215,7 @@ pub fn ncsnpp_config(case: &Case<'_>, full: &Value) -> Result<NcsnppConfig> {
 /// `slimflow.NCSNpp`: F(x, time_cond) (unconditional; class labels are refused).
 pub fn run_ncsnpp(case: &Case<'_>) -> Result<Vec<KeyResult>> {
     let cfg = ncsnpp_config(case, &case.json["full_config"])?;
-    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let mut vs = tch::nn::VarStore::new(case.device);
     let net = Ncsnpp::new(&vs.root(), &cfg);
     load(case, &mut vs, IGNORED_KEYS)?;
     each_run(case, |run, args| {

@@ -16,7 +16,7 @@ use tch::{nn::OptimizerConfig, Device, Kind, Tensor};
 
 use crate::config::{CheckpointConfig, OptimConfig, PipelineConfig};
 use crate::error::{Error, Result};
-use crate::run_loop::{self, synchronize, LoopSettings, StepPhases};
+use crate::run_loop::{self, synchronize, LoopSettings, StepTimes};
 use crate::stage::{mix_pairs, SourceNoise};
 
 /// The training stage whose step is timed.
@@ -80,8 +80,8 @@ pub struct BenchResult {
     pub objective: String,
     /// Whether the LPIPS weights were not installed and random ones stood in.
     pub random_lpips: bool,
-    /// Phase times of each timed step.
-    pub steps: Vec<StepPhases>,
+    /// The timed steps: phase times, whole steps and, on CUDA, back-to-back steps.
+    pub times: StepTimes,
     /// Seconds of each interleaved plain tch step (empty without `baseline`).
     pub baseline: Vec<f64>,
 }
@@ -232,7 +232,7 @@ pub fn bench_step(
         }
         Ok(())
     };
-    let steps = run_loop::timed_steps(
+    let times = run_loop::timed_steps(
         &mut model,
         &settings,
         &*objective,
@@ -245,7 +245,7 @@ pub fn bench_step(
         params: model.num_params(),
         objective: describe,
         random_lpips: random_lpips.get(),
-        steps,
+        times,
         baseline,
     })
 }
@@ -442,12 +442,16 @@ mod tests {
         let marks = Cell::new(0);
         let r = bench_step(&cfg, &req, &mut || marks.set(marks.get() + 1)).unwrap();
         assert_eq!(marks.get(), 1);
-        assert_eq!(r.steps.len(), 3);
+        assert_eq!((r.times.phases.len(), r.times.whole.len()), (3, 3));
+        assert_eq!(r.times.pipelined, None);
         assert_eq!(r.baseline.len(), 3);
         assert!(r.baseline.iter().all(|s| *s > 0.0));
         req.baseline = false;
         let r = bench_step(&cfg, &req, &mut || marks.set(marks.get() + 1)).unwrap();
-        assert_eq!((marks.get(), r.steps.len(), r.baseline.len()), (2, 3, 0));
+        assert_eq!(
+            (marks.get(), r.times.phases.len(), r.baseline.len()),
+            (2, 3, 0)
+        );
         // a plain step alone, for callers that time it their own way
         assert!(PlainStep::new(&cfg, &req).unwrap().run().unwrap() > 0.0);
     }

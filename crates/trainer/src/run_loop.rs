@@ -806,10 +806,25 @@ pub(crate) fn synchronize(device: tch::Device) {
     }
 }
 
+/// The timings of [`timed_steps`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepTimes {
+    /// Phase times of each step of the phase pass, the device idle at each phase boundary.
+    pub phases: Vec<StepPhases>,
+    /// Seconds of each whole step, waiting for the device only at step boundaries (as a training
+    /// step is timed by `torch.cuda.synchronize()` around it); on the CPU the phase totals.
+    pub whole: Vec<f64>,
+    /// Seconds per step of steps run back to back with one wait at the end, as the loop runs
+    /// (host work of a step overlaps the device's work on the one before). CUDA only.
+    pub pipelined: Option<f64>,
+}
+
 /// Runs `warmup + steps` training steps of `model` exactly as [`train_with`] does (the same batch
 /// function, objective, micro-batching, loss scale, guard, clip, Adam and EMA), without resuming,
 /// logging or checkpointing, and returns the phase times of the last `steps`. `between(step)` runs
-/// after each step, outside its timing (the bench interleaves its baseline there).
+/// after each step of the phase pass, outside its timing (the bench interleaves its baseline
+/// there). On CUDA, where waiting at phase boundaries changes what is timed, `steps` more steps
+/// are timed whole and `steps` more back to back.
 pub fn timed_steps(
     model: &mut Model,
     settings: &LoopSettings<'_>,
@@ -817,10 +832,12 @@ pub fn timed_steps(
     next_batch: &mut BatchFn<'_>,
     (warmup, steps): (u64, u64),
     between: &mut dyn FnMut(u64) -> Result<()>,
-) -> Result<Vec<StepPhases>> {
+) -> Result<StepTimes> {
     let mut st = LoopState::new(model, settings);
     let device = model.vs.device();
     let mut out = Vec::with_capacity(steps as usize);
+    let mut whole = Vec::with_capacity(steps as usize);
+    let mut pipelined = None;
     for step in 0..warmup + steps {
         let mut clock = PhaseClock::new(device);
         // one process: a done step (the watch sees a non-finite loss)
@@ -838,6 +855,22 @@ pub fn timed_steps(
         }
         between(step)?;
     }
+    let first = warmup + steps;
+    if device.is_cuda() {
+        for step in first..first + steps {
+            synchronize(device);
+            let start = std::time::Instant::now();
+            st.step(model, settings, objective, next_batch, step, None)?;
+            synchronize(device);
+            whole.push(start.elapsed().as_secs_f64());
+        }
+        let start = std::time::Instant::now();
+        for step in first + steps..first + 2 * steps {
+            st.step(model, settings, objective, next_batch, step, None)?;
+        }
+        synchronize(device);
+        pipelined = Some(start.elapsed().as_secs_f64() / steps.max(1) as f64);
+    }
     if let Some((step, value)) = st.watch.first()? {
         return Err(Error::NonFiniteLoss {
             step,
@@ -845,7 +878,14 @@ pub fn timed_steps(
             checkpoint: None,
         });
     }
-    Ok(out)
+    if whole.is_empty() {
+        whole = out.iter().map(StepPhases::total).collect();
+    }
+    Ok(StepTimes {
+        phases: out,
+        whole,
+        pipelined,
+    })
 }
 
 /// Rows `start..start + len` of `batch`.

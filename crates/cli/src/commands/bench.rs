@@ -11,6 +11,7 @@ use slimflow_models::Precision;
 use slimflow_trainer::bench::{bench_sampling, bench_step, BenchRequest, BenchStage, SamplingKind};
 use slimflow_trainer::config::DeviceChoice;
 use slimflow_trainer::{load_config, ConfigError};
+use tch::Device;
 
 /// What `--stage` times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,17 +42,22 @@ pub enum PrecisionArg {
 /// Options of `bench`.
 #[derive(Debug, Args)]
 #[command(after_long_help = "\
-The training stages run `--warmup` untimed then `--steps` timed steps of the stage's own step: \
-sampling t, batch assembly (annealing, flips), the configured objective (1-RF premetric, \
+The training stages run `--warmup` untimed steps of the stage's own step, then `--steps` timed \
+with a wait for the device at each phase boundary (the phase shares); on the CPU these are also \
+the whole-step times. On CUDA, where such waits change what is timed, `--steps` more are timed \
+whole, waiting only at step boundaries (as a PyTorch step between two `torch.cuda.synchronize()`: \
+`ms_per_step`), and `--steps` more run back to back with one wait at the end \
+(`ms_per_step_pipelined`: the rate of a training run, whose host work overlaps the device's). \
+The step: sampling t, batch assembly (annealing, flips), the configured objective (1-RF premetric, \
 pseudo-Huber or LPIPS-Huber, distillation with LPIPS and the flow-guided term), backward, guard, \
 clip, Adam and EMA, on synthetic pairs of the network's shape held in memory (no dataset or pair \
 store needed). Without installed LPIPS weights random ones stand in (printed). After each timed \
 step the same network and batch run a plain tch step (forward, L2 loss, backward, tch::nn::Adam), \
 so drift in load or clock falls on both alike; `overhead` is our step's median over that one's.
 
-Peak memory is the process's resident high-water mark (VmHWM) through the first timed step, before \
-the baseline's network exists, on the CPU; on CUDA the allocator's peak is not reachable through \
-tch and is reported as unavailable.
+Peak memory is, through the first timed step and before the baseline's network exists, the \
+process's resident high-water mark (VmHWM) on the CPU and the CUDA caching allocator's peak of \
+allocated bytes on CUDA (`torch.cuda.max_memory_allocated`; the binary's `nccl` build).
 
 Examples:
   slimflow bench --preset cifar10/slimflow --stage reflow --batch 16
@@ -245,17 +251,17 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         "channels_last": cfg.performance.channels_last,
         "cudnn_benchmark": cfg.performance.cudnn_benchmark,
     });
-    let cuda_note = "CUDA allocator peak not reachable through tch";
-    let reset = !device.is_cuda() && reset_peak_rss();
+    let memory = PeakMemory::start(device);
     let mut report = setup;
     let text = if training {
         let mut peak = None;
-        let mut mark = || peak = (!device.is_cuda()).then(peak_rss_bytes).flatten();
+        let mut mark = || peak = memory.read();
         let r = bench_step(&cfg, &req, &mut mark).context("timing the training step")?;
-        let totals: Vec<f64> = r.steps.iter().map(|p| p.total()).collect();
-        let (median, min, max) = stats(&totals);
+        let phases = &r.times.phases;
+        let totals: Vec<f64> = phases.iter().map(|p| p.total()).collect();
+        let (median, min, max) = stats(&r.times.whole);
         let sum = |f: fn(&slimflow_trainer::run_loop::StepPhases) -> f64| {
-            r.steps.iter().map(f).sum::<f64>() / totals.iter().sum::<f64>()
+            phases.iter().map(f).sum::<f64>() / totals.iter().sum::<f64>()
         };
         let shares = json!({
             "batch": sum(|p| p.batch),
@@ -275,6 +281,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         m.insert("images_per_s".into(), json!(args.batch as f64 / median));
         m.insert("peak_bytes".into(), json!(peak));
         m.insert("shares".into(), shares.clone());
+        m.insert("ms_per_step_phased".into(), json!(stats(&totals).0 * 1e3));
+        if let Some(p) = r.times.pipelined {
+            m.insert("ms_per_step_pipelined".into(), json!(p * 1e3));
+        }
         if let Some((b, _, _)) = baseline {
             m.insert("baseline_ms_per_step".into(), json!(b * 1e3));
             m.insert("overhead".into(), json!(median / b));
@@ -313,6 +323,13 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             shares["backward"].as_f64().unwrap_or(0.0) * 100.0,
             shares["optimizer_ema"].as_f64().unwrap_or(0.0) * 100.0,
         );
+        if let Some(p) = r.times.pipelined {
+            t.push_str(&format!(
+                "steps back to back: {:.1} ms/step; with a wait at every phase boundary (for the shares): {:.1} ms/step\n",
+                p * 1e3,
+                stats(&totals).0 * 1e3
+            ));
+        }
         if let Some((b, bmin, bmax)) = baseline {
             t.push_str(&format!(
                 "plain tch step (forward, L2, backward, nn::Adam), interleaved: {:.1} ms (min {:.1}, max {:.1}); overhead {:.3}×\n",
@@ -335,7 +352,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             .transpose()?;
         let r = bench_sampling(&cfg, kind, &req, solver.as_ref(), precision)
             .context("timing the sampler")?;
-        let peak = (!device.is_cuda()).then(peak_rss_bytes).flatten();
+        let peak = memory.read();
         let (median, min, max) = stats(&r.seconds);
         let m = report.as_object_mut().expect("an object");
         m.insert("arch".into(), json!(r.arch));
@@ -373,14 +390,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     };
     let mut text = text;
     let peak = report["peak_bytes"].as_u64();
-    push_peak(
-        &mut report,
-        &mut text,
-        peak,
-        reset,
-        device.is_cuda(),
-        cuda_note,
-    );
+    push_peak(&mut report, &mut text, peak, &memory.how());
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -389,22 +399,59 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where the peak memory of a benchmark is read: the process's resident high-water mark on the
+/// CPU, the CUDA caching allocator's peak on CUDA; each reset before the benchmark where possible.
+enum PeakMemory {
+    Resident { reset: bool },
+    Cuda { index: usize, error: Option<String> },
+}
+
+impl PeakMemory {
+    fn start(device: Device) -> Self {
+        match device {
+            Device::Cuda(index) => PeakMemory::Cuda {
+                index,
+                error: slimflow_c10d::cuda::peak_allocated_bytes(index, true)
+                    .err()
+                    .map(|e| e.to_string()),
+            },
+            _ => PeakMemory::Resident {
+                reset: reset_peak_rss(),
+            },
+        }
+    }
+
+    fn read(&self) -> Option<u64> {
+        match self {
+            PeakMemory::Resident { .. } => peak_rss_bytes(),
+            PeakMemory::Cuda { index, error: None } => {
+                slimflow_c10d::cuda::peak_allocated_bytes(*index, false).ok()
+            }
+            PeakMemory::Cuda { .. } => None,
+        }
+    }
+
+    fn how(&self) -> String {
+        match self {
+            PeakMemory::Resident { reset: true } => {
+                "resident high-water mark (VmHWM) of the benchmark, reset before it".into()
+            }
+            PeakMemory::Resident { reset: false } => {
+                "resident high-water mark (VmHWM) of the process".into()
+            }
+            PeakMemory::Cuda { error: None, .. } => {
+                "CUDA caching allocator's peak of allocated bytes, reset before the benchmark"
+                    .into()
+            }
+            PeakMemory::Cuda { error: Some(e), .. } => {
+                format!("CUDA allocator peak not readable: {e}")
+            }
+        }
+    }
+}
+
 /// Records the peak memory and how it was measured.
-fn push_peak(
-    report: &mut serde_json::Value,
-    text: &mut String,
-    peak: Option<u64>,
-    reset: bool,
-    cuda: bool,
-    cuda_note: &str,
-) {
-    let how = if cuda {
-        cuda_note.to_string()
-    } else if reset {
-        "resident high-water mark (VmHWM) of the benchmark, reset before it".to_string()
-    } else {
-        "resident high-water mark (VmHWM) of the process".to_string()
-    };
+fn push_peak(report: &mut serde_json::Value, text: &mut String, peak: Option<u64>, how: &str) {
     if let Some(m) = report.as_object_mut() {
         m.insert("peak_memory".into(), json!(how));
     }

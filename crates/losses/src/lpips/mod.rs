@@ -376,18 +376,45 @@ impl Lpips {
             (x - &self.shift) / &self.scale
         };
         let b = in0.size()[0];
-        // One pass over both inputs: [2B, 3, H, W].
-        let taps = self.net.taps(&Tensor::cat(&[prep(in0), prep(in1)], 0));
-        let parts: Vec<Tensor> = taps
+        let unit = |f: &Tensor| {
+            f / (f
+                .square()
+                .sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
+                .sqrt()
+                + 1e-10)
+        };
+        // Both inputs in one pass ([2B, 3, H, W]) unless only one needs a gradient (a training
+        // loss against a fixed target): then the other passes alone without autograd, so the
+        // backward does not run through the network for it (half of LPIPS' backward work).
+        let grads = (in0.requires_grad(), in1.requires_grad());
+        let pairs: Vec<(Tensor, Tensor)> = if grads.0 != grads.1 {
+            let pass = |x: &Tensor, grad: bool| {
+                let p = prep(x);
+                if grad {
+                    self.net.taps(&p)
+                } else {
+                    tch::no_grad(|| self.net.taps(&p))
+                }
+            };
+            let (ta, tb) = (pass(in0, grads.0), pass(in1, grads.1));
+            ta.iter()
+                .zip(&tb)
+                .map(|(a, b)| (unit(a), unit(b)))
+                .collect()
+        } else {
+            let taps = self.net.taps(&Tensor::cat(&[prep(in0), prep(in1)], 0));
+            taps.iter()
+                .map(|f| {
+                    let n = unit(f);
+                    (n.narrow(0, 0, b), n.narrow(0, b, b))
+                })
+                .collect()
+        };
+        let parts: Vec<Tensor> = pairs
             .iter()
             .zip(&self.lins)
-            .map(|(f, w)| {
-                let n = f
-                    / (f.square()
-                        .sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
-                        .sqrt()
-                        + 1e-10);
-                let d = (n.narrow(0, 0, b) - n.narrow(0, b, b)).square();
+            .map(|((na, nb), w)| {
+                let d = (na - nb).square();
                 d.conv2d(w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
                     .mean_dim([2i64, 3].as_slice(), false, Kind::Float)
                     .view([b])
@@ -466,6 +493,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_fixed_target_passes_without_autograd_and_gives_the_batched_value_and_gradient() {
+        let lp = random_lpips(Backbone::Alex);
+        let x = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let y = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        // separate passes: only x needs a gradient
+        let xa = x.copy().set_requires_grad(true);
+        let da = lp.distance(&xa, &y).unwrap();
+        da.sum(Kind::Float).backward();
+        // one batched pass: both need one
+        let xb = x.copy().set_requires_grad(true);
+        let yb = y.copy().set_requires_grad(true);
+        let db = lp.distance(&xb, &yb).unwrap();
+        db.sum(Kind::Float).backward();
+        let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+        assert!(diff(&da.detach(), &db.detach()) < 1e-6);
+        assert!(diff(&xa.grad(), &xb.grad()) < 1e-6);
+        assert!(yb.grad().defined(), "the batched pass reached the target");
+        // the swapped case: the target side is the one that needs a gradient
+        let ys = y.copy().set_requires_grad(true);
+        let ds = lp.distance(&x, &ys).unwrap();
+        assert!(diff(&ds.detach(), &db.detach()) < 1e-6);
+        ds.sum(Kind::Float).backward();
+        assert!(diff(&ys.grad(), &yb.grad()) < 1e-6);
     }
 
     #[test]
