@@ -3,6 +3,10 @@
 //! present (and the `slimflow-c10d` tests with its `nccl` feature, which run real NCCL collectives
 //! on the GPUs), the parity cases, and the benchmark table through `slimflow bench --json` (small
 //! batches on the CPU, the recipes' sizes on CUDA), and writes one JSON report.
+//!
+//! `--bundle DIR` builds all of that here into one folder; `DIR/xtask gpu-check --prebuilt DIR`
+//! runs it on a GPU machine that has no Rust toolchain (the source tree at the path it was built
+//! from, libtorch from `LD_LIBRARY_PATH` or python3's torch).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,10 +76,16 @@ pub(crate) fn cuda_available() -> bool {
         .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GPU"))
 }
 
-/// The test executables of the workspace built with NCCL in release mode, as (package name,
-/// package directory, executable), and the `slimflow` binary of the same build (the integration
-/// tests run it), from cargo's JSON messages.
-fn test_executables() -> Result<(Vec<(String, PathBuf, PathBuf)>, PathBuf)> {
+/// One test executable of a release build.
+struct BuiltTest {
+    package: String,
+    package_dir: PathBuf,
+    exe: PathBuf,
+}
+
+/// The test executables of the workspace built with NCCL in release mode, and the `slimflow`
+/// binary of the same build (the integration tests run it), from cargo's JSON messages.
+fn test_executables() -> Result<(Vec<BuiltTest>, PathBuf)> {
     let out = crate::cargo()
         .args([
             "test",
@@ -125,7 +135,11 @@ fn test_executables() -> Result<(Vec<(String, PathBuf, PathBuf)>, PathBuf)> {
             .parent()
             .context("a manifest path without a directory")?
             .to_path_buf();
-        exes.push((package, dir, PathBuf::from(exe)));
+        exes.push(BuiltTest {
+            package,
+            package_dir: dir,
+            exe: PathBuf::from(exe),
+        });
     }
     let bin = bin.context("cargo built no `slimflow` binary for the integration tests")?;
     Ok((exes, bin))
@@ -181,7 +195,12 @@ pub fn bundle(dir: &Path) -> Result<()> {
     copy_stripped(&bin, &dir.join("slimflow"))?;
     let root = crate::root();
     let mut tests = Vec::new();
-    for (package, package_dir, exe) in exes {
+    for BuiltTest {
+        package,
+        package_dir,
+        exe,
+    } in exes
+    {
         // the shim's crate runs whole (its NCCL collectives); elsewhere the tests named for CUDA
         let filter = if package == "slimflow-c10d" {
             ""
@@ -347,7 +366,7 @@ const ROWS: &[Row] = &[
         cpu_args: &[],
     },
     Row {
-        name: "edm_teacher_55.7m_reflow_lpips_huber",
+        name: "edm_teacher_ncsnpp_56.4m_reflow_lpips_huber",
         args: &[
             "--preset",
             "cifar10/rfpp",

@@ -47,7 +47,7 @@ fn gpu_check_quick_runs_on_the_cpu_and_writes_its_report() {
         names,
         [
             "slimflow_student_15.7m_reflow",
-            "edm_teacher_55.7m_reflow_lpips_huber",
+            "edm_teacher_ncsnpp_56.4m_reflow_lpips_huber",
             "slimflow_distill_flow_guided",
             "edm_sampler_pairs",
             "slimflow_student_15.7m_reflow_channels_last"
